@@ -1,0 +1,3 @@
+from cxrscreen.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""Typer CLI: one module per command; thin over the Python API."""

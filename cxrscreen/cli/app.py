@@ -1,0 +1,37 @@
+"""The ``cxrscreen`` Typer application: joins the command modules."""
+
+from __future__ import annotations
+
+import typer
+
+from cxrscreen import __version__
+from cxrscreen.cli.scan import scan_command
+from cxrscreen.cli.train import train_command
+
+app = typer.Typer(
+    name="cxrscreen",
+    help="Overnight chest X-ray triage: DICOM folder → QC → ResNet50 → worklists and reports.\n\n"
+    "Research use only; not a medical device.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("scan")(scan_command)
+app.command("train")(train_command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cxrscreen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """Overnight chest X-ray triage (research use, not a medical device)."""
+
+
+def main() -> None:
+    app()

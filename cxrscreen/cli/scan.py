@@ -1,0 +1,94 @@
+"""``cxrscreen scan``: score every DICOM file under a folder and write the worklists."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cxrscreen.cli.common import ExitCode, fail, is_tty
+from cxrscreen.logs import setup_logging
+
+
+def scan_command(
+    folder: Annotated[Path, typer.Argument(help="Folder to scan recursively for DICOM files.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (worklists, reports, ledger).")] = Path(
+        "cxrscreen-out"
+    ),
+    model: Annotated[Path | None, typer.Option(help="Model metadata (.json) or weights (.safetensors); default: the embedded model.")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Decision threshold in (0, 1); default: the model's own.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16 (auto: bf16 on CPUs that support it, AMP on CUDA).")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=1024)] = 16,
+    workers: Annotated[int | None, typer.Option(min=0, max=64, help="Decode worker processes (default: cores - 1, 1–4).")] = None,
+    reports: Annotated[str, typer.Option(help="PDF reports for: flagged (abnormal + review) | all | none.")] = "flagged",
+    rescan: Annotated[bool, typer.Option("--rescan", help="Score every file again, even if the ledger has it.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON on stdout.")] = False,
+    log_file: Annotated[Path | None, typer.Option("--log-file", help="Append a log (no patient identifiers) here.")] = None,
+) -> None:
+    """Find DICOM files, reject what is not an assessable frontal chest film, score the rest, write worklists."""
+    from cxrscreen.model.files import ModelIntegrityError
+    from cxrscreen.pipeline import ScanInputError, scan
+    from cxrscreen.state.lock import LockedError
+
+    if not folder.exists():
+        fail(f"{folder}: no such folder")
+    if not folder.is_dir():
+        fail(f"{folder}: not a folder")
+    if device not in ("auto", "cpu", "cuda"):
+        fail(f"--device: {device!r} is not auto, cpu or cuda")
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        fail(f"--precision: {precision!r} is not auto, fp32, bf16 or fp16")
+    if reports not in ("flagged", "all", "none"):
+        fail(f"--reports: {reports!r} is not flagged, all or none")
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        fail("--threshold must be strictly between 0 and 1")
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out}: exists and is not a folder")
+    setup_logging(quiet=quiet or as_json, log_file=log_file)
+    console = Console(stderr=True, quiet=quiet or as_json)
+    progress = Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                        TimeElapsedColumn(), console=console, disable=quiet or as_json or not is_tty(), transient=True)
+    task = None
+
+    def on_event(e: dict) -> None:
+        nonlocal task
+        if e["event"] == "start":
+            task = progress.add_task("scan", total=e["todo"], rate="")
+        elif e["event"] == "batch" and task is not None:
+            progress.update(task, completed=e["done"], rate=f"{e['img_s']:.1f} img/s")
+        elif e["event"] == "report" and task is not None:
+            progress.update(task, description="reports")
+
+    try:
+        with progress:
+            result = scan(folder, out=out, model=model, threshold=threshold, device=device, precision=precision,
+                          batch_size=batch_size, workers=workers, reports=reports, rescan=rescan, progress=on_event)
+    except LockedError as exc:
+        fail(f"{exc}; not starting a second run", ExitCode.LOCKED)
+    except (ScanInputError, FileNotFoundError, ModelIntegrityError) as exc:
+        fail(str(exc))
+    except RuntimeError as exc:
+        if "CUDA" in str(exc):
+            fail(str(exc))
+        raise
+    s = result.summary
+    if as_json:
+        typer.echo(json.dumps(s, indent=2))
+    else:
+        decisions = ", ".join(f"{v} {k}" for k, v in sorted(s["decisions"].items())) or "nothing new"
+        console.print(f"{s['files_found']} files, {s['files_skipped_already_scored']} already scored, "
+                      f"{s['files_processed']} processed: {decisions}")
+        console.print(f"worklists: {result.images_csv} and {result.studies_csv}")
+        errors = s["statuses"]
+        n_err = sum(v for k, v in errors.items() if k.startswith("error"))
+        if n_err:
+            console.print(f"{n_err} file(s) could not be read; see the status column (exit code 1)")
+    logging.getLogger("cxrscreen").info("run %s finished with exit code %d", result.run_id, result.exit_code)
+    raise typer.Exit(result.exit_code)

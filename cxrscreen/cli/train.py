@@ -1,0 +1,78 @@
+"""``cxrscreen train``: train a ResNet50 from a manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from cxrscreen.cli.common import fail, is_tty
+
+
+def train_command(
+    manifest: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="CSV with path,label,split (+dataset,group).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for checkpoints and the trained model.")],
+    init: Annotated[str, typer.Option(help="imgsim | none | PATH to a torchvision-layout ResNet50 state dict.")] = "imgsim",
+    epochs: Annotated[int, typer.Option(min=1)] = 4,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
+    optimizer: Annotated[str, typer.Option(help="adamax (default) or adamw.")] = "adamax",
+    class_weighting: Annotated[bool, typer.Option("--class-weighting/--no-class-weighting")] = True,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment")] = True,
+    seed: int = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16")] = "auto",
+    workers: Annotated[int, typer.Option(min=0)] = 0,
+    limit: Annotated[int | None, typer.Option(help="Use at most N images per split (smoke runs).")] = None,
+    name: str = "cxrscreen-resnet50",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Train a ResNet50 (one logit = abnormal); the best epoch by val AUROC is kept as OUT/model.json."""
+    from cxrscreen.training.data import ManifestError
+    from cxrscreen.training.train import TrainConfig, train
+
+    if init not in ("imgsim", "none") and not Path(init).is_file():
+        fail(f"--init: {init} is neither 'imgsim', 'none' nor an existing file")
+    if optimizer not in ("adamax", "adamw"):
+        fail(f"--optimizer: {optimizer!r} is not adamax or adamw")
+    if (out / "checkpoint.pt").exists() and not resume:
+        fail(f"{out} already holds a checkpoint; pass --resume to continue or choose another --out")
+    cfg = TrainConfig(manifest=str(manifest), out=str(out), init=init, epochs=epochs, batch_size=batch_size,
+                      lr=lr, optimizer=optimizer, class_weighting=class_weighting, augment=augment,
+                      seed=seed, device=device, precision=precision, workers=workers, limit=limit, name=name)
+    console = Console(stderr=True, quiet=quiet)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                        TimeRemainingColumn(), console=console, disable=quiet or not is_tty())
+    task = None
+
+    def on_event(e: dict) -> None:
+        nonlocal task
+        kind = e["event"]
+        if kind == "step":
+            desc = f"epoch {e['epoch'] + 1}/{epochs}"
+            if task is None:
+                task = progress.add_task(desc, total=e["steps"], info="")
+            progress.update(task, completed=e["step"], total=e["steps"], description=desc,
+                            info=f"loss {e['loss']:.4f} · {e['img_s']:.1f} img/s")
+        elif kind == "epoch":
+            if task is not None:
+                progress.remove_task(task)
+                task = None
+            console.print(f"epoch {e['epoch'] + 1}: train loss {e['train_loss']:.4f}, "
+                          f"val AUROC {e['val_auroc']:.4f} ({e['seconds']:.0f} s; best epoch {e['best_epoch'] + 1})")
+        elif kind == "caching":
+            console.print(f"preparing {e['train']} train and {e['val']} val images")
+        elif kind == "resumed":
+            console.print(f"resuming at epoch {e['epoch'] + 1}")
+
+    try:
+        with progress:
+            meta = train(cfg, resume=resume, progress=on_event)
+    except (ManifestError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    console.print(f"model: {out / 'model.json'} (sha256 {meta['sha256'][:12]}, best epoch "
+                  f"{meta['training']['best']['epoch'] + 1}, val AUROC {meta['training']['best']['auroc']:.4f})")

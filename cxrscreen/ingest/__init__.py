@@ -1,0 +1,1 @@
+"""Finding and decoding input images."""

@@ -1,0 +1,33 @@
+"""Logging set-up: warnings to stderr (unless quiet), everything to --log-file; no patient data."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(quiet: bool = False, log_file: Path | None = None) -> None:
+    logger = logging.getLogger("cxrscreen")
+    logger.setLevel(logging.INFO)
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    logger.propagate = False
+    if not quiet:
+        err = logging.StreamHandler()
+        err.setLevel(logging.WARNING)
+        err.setFormatter(logging.Formatter("cxrscreen: %(levelname)s: %(message)s"))
+        logger.addHandler(err)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        old = os.umask(0o027)
+        try:
+            fh = logging.FileHandler(log_file, encoding="utf-8")
+        finally:
+            os.umask(old)
+        fh.setLevel(logging.INFO)
+        fh.setFormatter(logging.Formatter(FORMAT))
+        logger.addHandler(fh)

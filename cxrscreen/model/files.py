@@ -1,0 +1,140 @@
+"""Model files: ``NAME.safetensors`` (weights) + ``NAME.json`` (metadata incl. sha256). No pickle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from cxrscreen.model.architecture import ARCHITECTURE, build_resnet50
+from cxrscreen.preprocess import PreprocessSpec
+from cxrscreen.state.atomic import atomic_write_bytes, atomic_write_text
+
+FORMAT = "cxrscreen-model/1"
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default.json"
+
+
+class ModelIntegrityError(RuntimeError):
+    """The weights do not match the sha256 recorded in the metadata."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference, with its metadata."""
+
+    net: torch.nn.Module
+    meta: dict[str, Any]
+    path: Path
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        return PreprocessSpec.from_dict(self.meta["preprocess"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta["threshold"])
+
+    @property
+    def sha256(self) -> str:
+        return str(self.meta["sha256"])
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name", self.path.stem))
+
+    @property
+    def tag(self) -> str:
+        """Short identifier for worklists: name@sha256-prefix."""
+        return f"{self.name}@{self.sha256[:12]}"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_model_path(path: Path | str | None) -> Path:
+    """Accept the JSON metadata, the .safetensors file, or None (embedded default)."""
+    if path is None:
+        return DEFAULT_MODEL
+    p = Path(path)
+    if p.suffix == ".safetensors":
+        p = p.with_suffix(".json")
+    if not p.is_file():
+        raise FileNotFoundError(f"model metadata not found: {p}")
+    return p
+
+
+def save_model(
+    net: torch.nn.Module,
+    meta: dict[str, Any],
+    json_path: Path | str,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, Any]:
+    """Write weights + metadata atomically; returns the metadata as written (with sha256)."""
+    json_path = Path(json_path)
+    if json_path.suffix != ".json":
+        json_path = json_path.with_suffix(".json")
+    weights_path = json_path.with_suffix(".safetensors")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous().cpu()
+        for k, v in net.state_dict().items()
+    }
+    tmp = weights_path.with_name(f".{weights_path.name}.tmp")
+    save_file(state, str(tmp), metadata={"format": FORMAT})
+    data = tmp.read_bytes()
+    tmp.unlink()
+    atomic_write_bytes(weights_path, data)
+    out = dict(meta)
+    out.setdefault("format", FORMAT)
+    out.setdefault("architecture", {"name": ARCHITECTURE, "in_channels": 1, "num_classes": 1})
+    out["weights_file"] = weights_path.name
+    out["weights_dtype"] = str(dtype).removeprefix("torch.")
+    out["sha256"] = hashlib.sha256(data).hexdigest()
+    atomic_write_text(json_path, json.dumps(out, indent=2, sort_keys=False) + "\n")
+    return out
+
+
+def read_meta(path: Path | str | None) -> tuple[Path, dict[str, Any]]:
+    json_path = resolve_model_path(path)
+    try:
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{json_path}: invalid model metadata ({exc})") from exc
+    for key in ("sha256", "weights_file", "preprocess", "threshold"):
+        if key not in meta:
+            raise ValueError(f"{json_path}: model metadata lacks '{key}'")
+    return json_path, meta
+
+
+def load_model(path: Path | str | None = None, verify: bool = True) -> LoadedModel:
+    """Load a model file; refuse weights whose sha256 differs from the metadata."""
+    json_path, meta = read_meta(path)
+    weights_path = json_path.parent / meta["weights_file"]
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"model weights not found: {weights_path}")
+    if verify:
+        actual = sha256_file(weights_path)
+        if actual != meta["sha256"]:
+            raise ModelIntegrityError(
+                f"{weights_path.name}: sha256 {actual[:12]}… does not match the metadata "
+                f"({str(meta['sha256'])[:12]}…); refusing to load a modified model"
+            )
+    arch = meta.get("architecture", {})
+    if arch.get("name", ARCHITECTURE) != ARCHITECTURE:
+        raise ValueError(f"unsupported architecture {arch.get('name')!r}")
+    net = build_resnet50(int(arch.get("in_channels", 1)), int(arch.get("num_classes", 1)))
+    state = load_file(str(weights_path))
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+    net.load_state_dict(state, strict=True)
+    net.eval()
+    return LoadedModel(net=net, meta=meta, path=json_path)

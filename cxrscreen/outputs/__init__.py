@@ -1,0 +1,1 @@
+"""Worklists (CSV), per-study PDF reports, the batch summary."""

@@ -1,0 +1,119 @@
+"""Priority-sorted worklists (pandas, UTF-8 CSV): one row per image, one row per study."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrscreen import __version__
+from cxrscreen.records import ABNORMAL, DECISION_ORDER, NORMAL, REVIEW, ImageRecord
+from cxrscreen.state.atomic import atomic_open
+
+IMAGE_COLUMNS = [
+    "rank", "decision", "probability", "threshold", "status", "qc_notes",
+    "PatientID", "AccessionNumber", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
+    "StudyDate", "Modality", "ViewPosition", "BodyPartExamined", "path", "report",
+    "model", "model_sha256", "software_version", "scored_at",
+]
+STUDY_COLUMNS = [
+    "rank", "decision", "probability", "threshold", "n_images", "n_assessable", "n_abnormal",
+    "n_not_assessable", "n_error", "statuses", "PatientID", "AccessionNumber", "StudyInstanceUID",
+    "StudyDate", "Modality", "paths", "report", "model", "model_sha256", "software_version",
+]
+
+
+def _sort(df: pd.DataFrame, key_cols: list[str]) -> pd.DataFrame:
+    """abnormal by probability desc, then review, then normal by probability desc; stable ties."""
+    if df.empty:
+        return df.assign(rank=pd.Series(dtype=int))
+    order = df["decision"].map(DECISION_ORDER).fillna(len(DECISION_ORDER))
+    prob = df["probability"].astype(float).fillna(-1.0)
+    df = df.assign(_o=order, _p=-prob).sort_values(["_o", "_p", *key_cols], kind="mergesort")
+    df = df.drop(columns=["_o", "_p"]).reset_index(drop=True)
+    df["rank"] = np.arange(1, len(df) + 1)
+    return df
+
+
+def images_frame(records: Iterable[ImageRecord], model_name: str) -> pd.DataFrame:
+    """The image worklist as a DataFrame (sorted, ranked)."""
+    rows = []
+    for r in records:
+        rows.append({
+            "decision": r.decision,
+            "probability": None if r.probability is None else round(float(r.probability), 6),
+            "threshold": float(r.tags.get("_threshold", "nan")),
+            "status": r.status,
+            "qc_notes": ";".join(r.qc_notes),
+            **{k: r.tag(k) for k in ("PatientID", "AccessionNumber", "StudyInstanceUID", "SeriesInstanceUID",
+                                     "SOPInstanceUID", "StudyDate", "Modality", "ViewPosition",
+                                     "BodyPartExamined")},
+            "path": r.path,
+            "report": r.report,
+            "model": model_name,
+            "model_sha256": r.tag("_model_sha256")[:12],
+            "software_version": __version__,
+            "scored_at": r.tag("_scored_at"),
+        })
+    df = pd.DataFrame(rows, columns=[c for c in IMAGE_COLUMNS if c != "rank"])
+    return _sort(df, ["path"])[IMAGE_COLUMNS]
+
+
+def study_key(row: pd.Series) -> str:
+    """StudyInstanceUID, or the file itself when the file has none (unreadable, DICOMDIR…)."""
+    return row["StudyInstanceUID"] or f"file:{row['path']}"
+
+
+def studies_frame(images: pd.DataFrame) -> pd.DataFrame:
+    """One row per StudyInstanceUID: max probability over assessable images; review rules."""
+    if images.empty:
+        return pd.DataFrame(columns=STUDY_COLUMNS)
+    df = images.assign(_study=images.apply(study_key, axis=1))
+    rows = []
+    for key, g in df.groupby("_study", sort=True):
+        ok = g[g["status"] == "ok"]
+        probs = ok["probability"].dropna().astype(float)
+        n_abn = int((g["decision"] == ABNORMAL).sum())
+        if n_abn:
+            decision = ABNORMAL
+        elif (g["decision"] == REVIEW).any() or probs.empty:
+            decision = REVIEW
+        else:
+            decision = NORMAL
+        first = g.iloc[0]
+        rows.append({
+            "decision": decision,
+            "probability": float(probs.max()) if not probs.empty else None,
+            "threshold": float(g["threshold"].iloc[0]),
+            "n_images": len(g),
+            "n_assessable": len(ok),
+            "n_abnormal": n_abn,
+            "n_not_assessable": int(g["status"].str.startswith("not_assessable").sum()),
+            "n_error": int(g["status"].str.startswith("error").sum()),
+            "statuses": ";".join(sorted(set(g["status"]))),
+            "PatientID": first["PatientID"],
+            "AccessionNumber": first["AccessionNumber"],
+            "StudyInstanceUID": first["StudyInstanceUID"] if not str(key).startswith("file:") else "",
+            "StudyDate": first["StudyDate"],
+            "Modality": ";".join(sorted({m for m in g["Modality"] if m})),
+            "paths": ";".join(g["path"]),
+            "report": next((p for p in g["report"] if p), ""),
+            "model": first["model"],
+            "model_sha256": first["model_sha256"],
+            "software_version": first["software_version"],
+        })
+    out = pd.DataFrame(rows, columns=[c for c in STUDY_COLUMNS if c != "rank"])
+    return _sort(out, ["StudyInstanceUID", "paths"])[STUDY_COLUMNS]
+
+
+def write_csv(df: pd.DataFrame, path: Path) -> Path:
+    """Atomic UTF-8 CSV write (mode 0640)."""
+    with atomic_open(path, "w") as fh:
+        df.to_csv(fh, index=False, lineterminator="\n")
+    return path
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)

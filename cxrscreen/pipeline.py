@@ -1,0 +1,384 @@
+"""``scan``: DICOM folder → QC → MONAI preprocessing → ResNet50 → worklists (the Python API).
+
+The stages live in their own modules (ingest, qc, preprocess, model, outputs, state); this module
+wires them: discovery and the ledger decide what needs work, a DataLoader's worker processes
+decode and preprocess while the main process scores batches, and every scored batch is committed
+to the ledger before the next one, so a killed run loses nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cxrscreen import __version__
+from cxrscreen.ingest.decode import DecodeError, decode_dataset, extract_tags, read_dataset
+from cxrscreen.ingest.discover import DICOMDIR_SOP_CLASS, discover, is_dicom
+from cxrscreen.model.files import LoadedModel, load_model
+from cxrscreen.model.inference import Runtime, choose_runtime, predict_batch, prepare
+from cxrscreen.outputs.worklist import images_frame, studies_frame, write_csv
+from cxrscreen.preprocess import PreprocessSpec, build_transform
+from cxrscreen.qc import OK, check_header, check_pixels, error, not_assessable, polarity_suspect
+from cxrscreen.records import ABNORMAL, REVIEW, ImageRecord, decide
+from cxrscreen.state.atomic import atomic_write_text
+from cxrscreen.state.ledger import Ledger, file_sha256
+from cxrscreen.state.lock import folder_lock
+
+log = logging.getLogger("cxrscreen")
+
+STATE_DIR = ".cxrscreen"
+REPORT_POLICIES = ("flagged", "all", "none")
+
+
+class ScanInputError(ValueError):
+    """A usage problem (missing folder, unusable model…): exit code 2."""
+
+
+@dataclass
+class ScanResult:
+    """What a scan did; ``summary`` is also written as ``runs/<id>/run.json``."""
+
+    run_id: str
+    out: Path
+    images_csv: Path
+    studies_csv: Path
+    run_dir: Path
+    exit_code: int
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def instance_hash(text: str) -> str:
+    """Non-identifying handle for logs (no names, IDs or paths)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- per-file work
+@dataclass
+class Prepared:
+    """What a worker hands back for one file (pixels only for assessable images)."""
+
+    index: int
+    status: str
+    tags: dict[str, str]
+    notes: tuple[str, ...] = ()
+    image: torch.Tensor | None = None
+    t_decode: float = 0.0
+    t_preprocess: float = 0.0
+
+
+def prepare_file(path: Path, spec: PreprocessSpec, transform: Callable, index: int = 0) -> Prepared:
+    """Read → header QC → decode → pixel QC → preprocess; never raises."""
+    t0 = time.perf_counter()
+    tags: dict[str, str] = {}
+    try:
+        if path.stat().st_size == 0:
+            return Prepared(index, error("empty_file"), tags)
+        if not is_dicom(path):
+            return Prepared(index, error("not_dicom"), tags)
+        ds = read_dataset(path)
+        tags = extract_tags(ds)
+        media = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
+        if media == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+            return Prepared(index, not_assessable("dicomdir"), tags)
+        status = check_header(tags)
+        if status != OK:
+            return Prepared(index, status, tags, t_decode=time.perf_counter() - t0)
+        decoded = decode_dataset(ds, target=2 * spec.input_size)
+        del ds
+        t1 = time.perf_counter()
+        status = check_pixels(decoded.pixels)
+        notes = tuple(decoded.notes)
+        if status != OK:
+            return Prepared(index, status, tags, notes, t_decode=t1 - t0)
+        if polarity_suspect(decoded.pixels):
+            notes += ("polarity_suspect",)
+        image = transform(decoded.pixels)
+        return Prepared(index, OK, tags, notes, torch.as_tensor(image), t1 - t0, time.perf_counter() - t1)
+    except DecodeError as exc:
+        return Prepared(index, error(exc.reason), tags, t_decode=time.perf_counter() - t0)
+    except MemoryError:
+        return Prepared(index, error("out_of_memory"), tags)
+    except Exception as exc:  # a bad file never stops the run
+        return Prepared(index, error(f"unexpected_{type(exc).__name__}"), tags)
+
+
+class _FileDataset(Dataset):
+    def __init__(self, paths: list[Path], spec: PreprocessSpec) -> None:
+        self.paths = paths
+        self.spec = spec
+        self.transform = build_transform(spec, augment=False)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> Prepared:
+        return prepare_file(self.paths[i], self.spec, self.transform, i)
+
+
+def _collate(items: list[Prepared]) -> list[Prepared]:
+    return items
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def default_workers() -> int:
+    """Decode workers: one per spare core, at least one, at most four."""
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+# --------------------------------------------------------------------------- planning
+def plan(files: list[Path], root: Path, ledger: Ledger, model_sha: str, rescan: bool) -> tuple[list[tuple[Path, str]], int]:
+    """Which files need work: (path, sha256) pairs, and how many were skipped as already scored."""
+    known = ledger.known()
+    todo: list[tuple[Path, str]] = []
+    skipped = 0
+    for p in files:
+        rel = p.relative_to(root).as_posix()
+        st = p.stat()
+        k = known.get(rel)
+        if k is not None and not rescan and k.model_sha256 == model_sha:
+            if k.size == st.st_size and k.mtime_ns == st.st_mtime_ns:
+                skipped += 1
+                continue
+            sha = file_sha256(p)
+            if sha == k.sha256:
+                ledger.touch(rel, st.st_size, st.st_mtime_ns)
+                skipped += 1
+                continue
+            todo.append((p, sha))
+            continue
+        todo.append((p, file_sha256(p)))
+    return todo, skipped
+
+
+# --------------------------------------------------------------------------- the scan
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def scan(
+    folder: Path | str,
+    out: Path | str = "cxrscreen-out",
+    model: Path | str | LoadedModel | None = None,
+    threshold: float | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int = 16,
+    workers: int | None = None,
+    reports: str = "flagged",
+    rescan: bool = False,
+    progress: ProgressFn | None = None,
+) -> ScanResult:
+    """Scan ``folder`` recursively and write worklists (and reports) under ``out``."""
+    t_start = time.time()
+    folder, out = Path(folder), Path(out)
+    if not folder.is_dir():
+        raise ScanInputError(f"{folder}: not a folder")
+    if reports not in REPORT_POLICIES:
+        raise ScanInputError(f"--reports must be one of {', '.join(REPORT_POLICIES)}")
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise ScanInputError("--threshold must be between 0 and 1")
+    if batch_size < 1:
+        raise ScanInputError("--batch-size must be at least 1")
+    os.umask(0o027)
+    lm = model if isinstance(model, LoadedModel) else load_model(model)
+    thr = float(lm.threshold if threshold is None else threshold)
+    rt = choose_runtime(device, precision)
+    emit = progress or (lambda _e: None)
+    out.mkdir(parents=True, exist_ok=True)
+    state = out / STATE_DIR
+    with folder_lock(state), Ledger(state / "ledger.sqlite") as ledger:
+        run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        while (out / "runs" / run_id).exists():
+            time.sleep(1.0)
+            run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        run_dir = out / "runs" / run_id
+        ledger.start_run(run_id)
+        durations: Counter[str] = Counter()
+
+        t = time.perf_counter()
+        root = folder
+        files = discover(folder)
+        durations["discover"] = time.perf_counter() - t
+        t = time.perf_counter()
+        todo, skipped = plan(files, root, ledger, lm.sha256, rescan)
+        durations["plan"] = time.perf_counter() - t
+        log.info("run %s: %d files found, %d already scored, %d to process", run_id, len(files), skipped, len(todo))
+        emit({"event": "start", "files": len(files), "todo": len(todo), "skipped": skipped, "run_id": run_id})
+
+        new_records = _score(todo, root, lm, rt, thr, batch_size, workers, ledger, run_id, durations, emit)
+
+        if reports != "none":
+            t = time.perf_counter()
+            _reports(out, root, lm, rt, ledger, reports, emit)
+            durations["reports"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        images = images_frame(ledger.records(), lm.name)
+        studies = studies_frame(images)
+        images_csv = write_csv(images, out / "worklist_images.csv")
+        studies_csv = write_csv(studies, out / "worklist_studies.csv")
+        new_paths = {r.path for r in new_records}
+        new_images = images[images["path"].isin(new_paths)].reset_index(drop=True)
+        new_images["rank"] = range(1, len(new_images) + 1)
+        new_studies = studies_frame(new_images.drop(columns=["rank"]).assign(rank=0)) if len(new_images) else studies.iloc[0:0]
+        write_csv(new_images, run_dir / "new_images.csv")
+        write_csv(new_studies, run_dir / "new_studies.csv")
+        durations["worklists"] = time.perf_counter() - t
+
+        n_err = sum(1 for r in new_records if r.status.startswith("error"))
+        exit_code = 1 if n_err else 0
+        summary = _summary(run_id, folder, out, lm, rt, thr, files, skipped, new_records, images, studies,
+                           durations, time.time() - t_start, exit_code)
+        summary["drift"] = drift_check(summary, ledger.previous_summaries(7, exclude=run_id))
+        for w in summary["drift"]["warnings"]:
+            log.warning("drift: %s", w)
+        atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2) + "\n")
+        ledger.finish_run(run_id, summary)
+        _summary_pdf(out, summary, studies, lm, thr)
+    return ScanResult(run_id, out, images_csv, studies_csv, run_dir, exit_code, summary)
+
+
+def _score(todo, root, lm: LoadedModel, rt: Runtime, thr: float, batch_size: int, workers: int | None,
+           ledger: Ledger, run_id: str, durations: Counter, emit: ProgressFn) -> list[ImageRecord]:
+    if not todo:
+        return []
+    spec = lm.spec
+    net = prepare(lm.net, rt)
+    nw = default_workers() if workers is None else max(0, workers)
+    ds = _FileDataset([p for p, _ in todo], spec)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=nw, collate_fn=_collate,
+                        worker_init_fn=_worker_init if nw else None, prefetch_factor=2 if nw else None,
+                        pin_memory=rt.device.type == "cuda")
+    records: list[ImageRecord] = []
+    done = 0
+    t0 = time.perf_counter()
+    t_wait = time.perf_counter()
+    for batch in loader:
+        durations["wait_for_decode"] += time.perf_counter() - t_wait
+        ok = [it for it in batch if it.image is not None]
+        probs: dict[int, float] = {}
+        if ok:
+            t = time.perf_counter()
+            x = torch.stack([it.image for it in ok])
+            if rt.device.type == "cuda":
+                x = x.pin_memory()
+            p = predict_batch(net, x, rt).numpy()
+            durations["infer"] += time.perf_counter() - t
+            probs = {it.index: float(v) for it, v in zip(ok, p, strict=True)}
+        batch_records = []
+        for it in batch:
+            path, sha = todo[it.index]
+            st = path.stat()
+            prob = probs.get(it.index)
+            rec = ImageRecord(path=path.relative_to(root).as_posix(), status=it.status, tags=it.tags,
+                              qc_notes=it.notes, probability=prob, decision=decide(it.status, prob, thr, it.notes),
+                              size=st.st_size, mtime_ns=st.st_mtime_ns)
+            durations["decode"] += it.t_decode
+            durations["preprocess"] += it.t_preprocess
+            if it.status.startswith("error"):
+                log.warning("file %s: %s", instance_hash(rec.path), it.status)
+            batch_records.append((rec, sha))
+        t = time.perf_counter()
+        ledger.put(batch_records, lm.sha256, thr, run_id)
+        durations["ledger"] += time.perf_counter() - t
+        records.extend(r for r, _ in batch_records)
+        done += len(batch)
+        emit({"event": "batch", "done": done, "total": len(todo), "img_s": done / (time.perf_counter() - t0)})
+        t_wait = time.perf_counter()
+    durations["score_wall"] = time.perf_counter() - t0
+    return records
+
+
+def _reports(out: Path, root: Path, lm: LoadedModel, rt: Runtime, ledger: Ledger, policy: str, emit: ProgressFn) -> None:
+    """Per-study PDF reports with Grad-CAM (outputs.report); missing ones are (re)made."""
+    try:
+        from cxrscreen.outputs.report import write_reports
+    except ImportError:  # reports module not available in this build
+        return
+    write_reports(out, root, lm, rt, ledger, policy, emit)
+
+
+def _summary_pdf(out: Path, summary: dict, studies, lm: LoadedModel, thr: float) -> None:
+    try:
+        from cxrscreen.outputs.summary import write_summary_pdf
+    except ImportError:
+        return
+    write_summary_pdf(out / "summary.pdf", summary, studies, lm, thr)
+
+
+def _summary(run_id, folder, out, lm, rt, thr, files, skipped, new_records, images, studies, durations,
+             wall, exit_code) -> dict[str, Any]:
+    probs = np.array([r.probability for r in new_records if r.probability is not None], dtype=float)
+    n_scored = int(probs.size)
+    infer = durations.get("score_wall", 0.0)
+    return {
+        "run_id": run_id,
+        "software_version": __version__,
+        "folder": str(folder),
+        "out": str(out),
+        "model": {"name": lm.name, "sha256": lm.sha256, "path": str(lm.path)},
+        "threshold": thr,
+        "runtime": rt.describe(),
+        "files_found": len(files),
+        "files_skipped_already_scored": skipped,
+        "files_processed": len(new_records),
+        "images_scored": n_scored,
+        "decisions": dict(Counter(r.decision for r in new_records)),
+        "statuses": dict(Counter(r.status for r in new_records)),
+        "worklist_totals": {"images": len(images), "studies": len(studies),
+                            "decisions": dict(Counter(studies["decision"])) if len(studies) else {}},
+        "flag_rate": (sum(r.decision == ABNORMAL for r in new_records) / n_scored) if n_scored else None,
+        "review_rate": (sum(r.decision == REVIEW for r in new_records) / len(new_records)) if new_records else None,
+        "probability_quantiles": ({str(q): float(np.quantile(probs, q)) for q in (0.1, 0.25, 0.5, 0.75, 0.9)}
+                                  if n_scored else {}),
+        "durations_s": {k: round(v, 3) for k, v in durations.items()},
+        "images_per_s": round(len(new_records) / infer, 2) if infer > 0 else None,
+        "wall_s": round(wall, 3),
+        "exit_code": exit_code,
+    }
+
+
+DRIFT_BOUNDS = {"flag_rate": 0.15, "review_rate": 0.15, "median_probability": 0.15}
+DRIFT_MIN_IMAGES = 20
+
+
+def drift_check(current: dict, previous: list[dict]) -> dict[str, Any]:
+    """Compare this run's rates and median score with the mean of previous runs (≥ 20 images each).
+
+    A warning when an absolute difference exceeds ``DRIFT_BOUNDS`` (documented in the README).
+    """
+    prev = [p for p in previous if (p.get("images_scored") or 0) >= DRIFT_MIN_IMAGES]
+    result: dict[str, Any] = {"compared_runs": len(prev), "bounds": DRIFT_BOUNDS, "warnings": [], "baseline": {}}
+    if (current.get("images_scored") or 0) < DRIFT_MIN_IMAGES or not prev:
+        return result
+
+    def metric(s: dict, name: str) -> float | None:
+        if name == "median_probability":
+            return s.get("probability_quantiles", {}).get("0.5")
+        return s.get(name)
+
+    for name, bound in DRIFT_BOUNDS.items():
+        vals = [v for v in (metric(p, name) for p in prev) if v is not None]
+        cur = metric(current, name)
+        if not vals or cur is None:
+            continue
+        base = float(np.mean(vals))
+        result["baseline"][name] = base
+        if abs(cur - base) > bound:
+            result["warnings"].append(f"{name} {cur:.3f} vs {base:.3f} over the last {len(vals)} runs "
+                                      f"(bound ±{bound})")
+    return result

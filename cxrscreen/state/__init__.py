@@ -1,0 +1,1 @@
+"""What makes nightly runs safe: atomic writes, the lock, the ledger."""

@@ -1,0 +1,151 @@
+"""The SQLite ledger: what has been scored, by which model, so nightly runs are incremental.
+
+One row per file (path relative to the scanned folder). A file is skipped when its size and
+mtime match the ledger (fast path) or, when they differ, its sha256 still matches — and the
+row was scored by the same model (weights sha256). Every write is a transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxrscreen.records import ImageRecord
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    sop_uid TEXT NOT NULL DEFAULT '',
+    model_sha256 TEXT NOT NULL,
+    status TEXT NOT NULL,
+    qc_notes TEXT NOT NULL DEFAULT '',
+    probability REAL,
+    threshold REAL NOT NULL,
+    decision TEXT NOT NULL,
+    report TEXT NOT NULL DEFAULT '',
+    tags TEXT NOT NULL DEFAULT '{}',
+    run_id TEXT NOT NULL,
+    scored_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS images_sop ON images (sop_uid, sha256);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    started TEXT NOT NULL,
+    finished TEXT,
+    summary TEXT
+);
+"""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Known:
+    size: int
+    mtime_ns: int
+    sha256: str
+    model_sha256: str
+
+
+class Ledger:
+    """Thin wrapper over one SQLite connection (WAL, synchronous=FULL)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+        path.chmod(0o640)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def known(self) -> dict[str, Known]:
+        rows = self.db.execute("SELECT path, size, mtime_ns, sha256, model_sha256 FROM images")
+        return {r[0]: Known(r[1], r[2], r[3], r[4]) for r in rows}
+
+    def touch(self, path: str, size: int, mtime_ns: int) -> None:
+        """Same content, new mtime/size metadata: remember it so the fast path hits next time."""
+        self.db.execute("UPDATE images SET size=?, mtime_ns=? WHERE path=?", (size, mtime_ns, path))
+
+    def put(self, records: Iterable[tuple[ImageRecord, str]], model_sha256: str, threshold: float, run_id: str) -> None:
+        """Insert or replace scored records (``(record, sha256)`` pairs) in one transaction."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%S")
+        rows = [
+            (r.path, r.size, r.mtime_ns, sha, r.tag("SOPInstanceUID"), model_sha256, r.status,
+             ";".join(r.qc_notes), r.probability, threshold, r.decision, r.report,
+             json.dumps(r.tags, sort_keys=True), run_id, now)
+            for r, sha in records
+        ]
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany(
+                "INSERT OR REPLACE INTO images (path, size, mtime_ns, sha256, sop_uid, model_sha256, status, "
+                "qc_notes, probability, threshold, decision, report, tags, run_id, scored_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+
+    def set_report(self, path: str, report: str) -> None:
+        with self.db:
+            self.db.execute("UPDATE images SET report=? WHERE path=?", (report, path))
+
+    def records(self, run_id: str | None = None) -> Iterator[ImageRecord]:
+        sql = ("SELECT path, status, tags, qc_notes, probability, decision, report, size, mtime_ns, threshold, "
+               "model_sha256, run_id, scored_at FROM images")
+        args: tuple = ()
+        if run_id is not None:
+            sql += " WHERE run_id=?"
+            args = (run_id,)
+        for row in self.db.execute(sql + " ORDER BY path", args):
+            yield self._record(row)
+
+    @staticmethod
+    def _record(row: tuple) -> ImageRecord:
+        path, status, tags, notes, prob, decision, report, size, mtime, thr, msha, run_id, when = row
+        tags = json.loads(tags)
+        tags["_threshold"] = str(thr)
+        tags["_model_sha256"] = msha
+        tags["_run_id"] = run_id
+        tags["_scored_at"] = when
+        return ImageRecord(path=path, status=status, tags=tags, qc_notes=tuple(n for n in notes.split(";") if n),
+                           probability=prob, decision=decision, report=report, size=size, mtime_ns=mtime)
+
+    def start_run(self, run_id: str) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO runs (run_id, started) VALUES (?, ?)",
+                            (run_id, time.strftime("%Y-%m-%dT%H:%M:%S")))
+
+    def finish_run(self, run_id: str, summary: dict) -> None:
+        with self.db:
+            self.db.execute("UPDATE runs SET finished=?, summary=? WHERE run_id=?",
+                            (time.strftime("%Y-%m-%dT%H:%M:%S"), json.dumps(summary), run_id))
+
+    def previous_summaries(self, limit: int = 7, exclude: str | None = None) -> list[dict]:
+        rows = self.db.execute(
+            "SELECT summary FROM runs WHERE summary IS NOT NULL AND run_id != ? ORDER BY started DESC LIMIT ?",
+            (exclude or "", limit),
+        )
+        return [json.loads(r[0]) for r in rows]

@@ -1,0 +1,1 @@
+"""Training, metrics with confidence intervals, threshold calibration."""
