@@ -141,7 +141,9 @@ def default_workers() -> int:
 
 
 # --------------------------------------------------------------------------- planning
-def plan(files: list[Path], root: Path, ledger: Ledger, model_sha: str, rescan: bool) -> tuple[list[tuple[Path, str]], int]:
+def plan(
+    files: list[Path], root: Path, ledger: Ledger, model_sha: str, rescan: bool
+) -> tuple[list[tuple[Path, str]], int]:
     """Which files need work: (path, sha256) pairs, and how many were skipped as already scored."""
     known = ledger.known()
     todo: list[tuple[Path, str]] = []
@@ -207,6 +209,7 @@ def scan(
             run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         run_dir = out / "runs" / run_id
         ledger.start_run(run_id)
+        resumed = ledger.unfinished_runs(exclude=run_id)  # killed runs: this run delivers their rows
         durations: Counter[str] = Counter()
 
         t = time.perf_counter()
@@ -215,11 +218,15 @@ def scan(
         durations["discover"] = time.perf_counter() - t
         t = time.perf_counter()
         todo, skipped = plan(files, root, ledger, lm.sha256, rescan)
+        redecided = ledger.redecide(lm.sha256, thr)
         durations["plan"] = time.perf_counter() - t
         log.info("run %s: %d files found, %d already scored, %d to process", run_id, len(files), skipped, len(todo))
         emit({"event": "start", "files": len(files), "todo": len(todo), "skipped": skipped, "run_id": run_id})
 
         new_records = _score(todo, root, lm, rt, thr, batch_size, workers, ledger, run_id, durations, emit)
+        if resumed:
+            own = {r.path for r in new_records}
+            new_records = [r for rid in resumed for r in ledger.records(rid) if r.path not in own] + new_records
 
         if reports != "none":
             t = time.perf_counter()
@@ -234,7 +241,7 @@ def scan(
         new_paths = {r.path for r in new_records}
         new_images = images[images["path"].isin(new_paths)].reset_index(drop=True)
         new_images["rank"] = range(1, len(new_images) + 1)
-        new_studies = studies_frame(new_images.drop(columns=["rank"]).assign(rank=0)) if len(new_images) else studies.iloc[0:0]
+        new_studies = studies_frame(new_images)
         write_csv(new_images, run_dir / "new_images.csv")
         write_csv(new_studies, run_dir / "new_studies.csv")
         durations["worklists"] = time.perf_counter() - t
@@ -242,13 +249,14 @@ def scan(
         n_err = sum(1 for r in new_records if r.status.startswith("error"))
         exit_code = 1 if n_err else 0
         summary = _summary(run_id, folder, out, lm, rt, thr, files, skipped, new_records, images, studies,
-                           durations, time.time() - t_start, exit_code)
+                           durations, time.time() - t_start, exit_code, redecided)
+        summary["resumed_runs"] = resumed
         summary["drift"] = drift_check(summary, ledger.previous_summaries(7, exclude=run_id))
         for w in summary["drift"]["warnings"]:
             log.warning("drift: %s", w)
         atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2) + "\n")
-        ledger.finish_run(run_id, summary)
-        _summary_pdf(out, summary, studies, lm, thr)
+        ledger.finish_run(run_id, summary, resumed)
+        _summary_pdf(out, summary, studies, lm, thr, images)
     return ScanResult(run_id, out, images_csv, studies_csv, run_dir, exit_code, summary)
 
 
@@ -303,7 +311,9 @@ def _score(todo, root, lm: LoadedModel, rt: Runtime, thr: float, batch_size: int
     return records
 
 
-def _reports(out: Path, root: Path, lm: LoadedModel, rt: Runtime, ledger: Ledger, policy: str, emit: ProgressFn) -> None:
+def _reports(
+    out: Path, root: Path, lm: LoadedModel, rt: Runtime, ledger: Ledger, policy: str, emit: ProgressFn
+) -> None:
     """Per-study PDF reports with Grad-CAM (outputs.report); missing ones are (re)made."""
     try:
         from cxrscreen.outputs.report import write_reports
@@ -312,16 +322,16 @@ def _reports(out: Path, root: Path, lm: LoadedModel, rt: Runtime, ledger: Ledger
     write_reports(out, root, lm, rt, ledger, policy, emit)
 
 
-def _summary_pdf(out: Path, summary: dict, studies, lm: LoadedModel, thr: float) -> None:
+def _summary_pdf(out: Path, summary: dict, studies, lm: LoadedModel, thr: float, images=None) -> None:
     try:
         from cxrscreen.outputs.summary import write_summary_pdf
     except ImportError:
         return
-    write_summary_pdf(out / "summary.pdf", summary, studies, lm, thr)
+    write_summary_pdf(out / "summary.pdf", summary, studies, lm, thr, images=images)
 
 
 def _summary(run_id, folder, out, lm, rt, thr, files, skipped, new_records, images, studies, durations,
-             wall, exit_code) -> dict[str, Any]:
+             wall, exit_code, redecided=0) -> dict[str, Any]:
     probs = np.array([r.probability for r in new_records if r.probability is not None], dtype=float)
     n_scored = int(probs.size)
     infer = durations.get("score_wall", 0.0)
@@ -336,6 +346,7 @@ def _summary(run_id, folder, out, lm, rt, thr, files, skipped, new_records, imag
         "files_found": len(files),
         "files_skipped_already_scored": skipped,
         "files_processed": len(new_records),
+        "rows_redecided_new_threshold": redecided,
         "images_scored": n_scored,
         "decisions": dict(Counter(r.decision for r in new_records)),
         "statuses": dict(Counter(r.status for r in new_records)),

@@ -87,13 +87,15 @@ class Built:
     relpath: str
     data: bytes
     pixels: np.ndarray | None  # exact expected pixels (lossless), or the pre-JPEG array (lossy)
-    expected: str
+    expected: str  # QC status the pipeline should give
+    label: str  # source label: normal / abnormal / n/a
     what: str
     source: str
 
     @property
     def syntax(self) -> str:
-        return "truncated" if self.relpath.endswith(CORRUPT_NAME) else _ts_name(_read(self.data))
+        name = _read(self.data).file_meta.TransferSyntaxUID.keyword
+        return f"{name} (truncated)" if self.relpath.endswith(CORRUPT_NAME) else name
 
 
 STUDIES = {
@@ -219,7 +221,7 @@ def set_pixels(ds: Dataset, arr: np.ndarray, photometric: str, bits: int, rescal
     ds.set_pixel_data(arr, photometric, bits, generate_instance_uid=False)
     if rescale:
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "US"
-    ds.WindowCenter, ds.WindowWidth = window(arr)
+    ds.WindowCenter, ds.WindowWidth = map(str, window(arr))
     ds.WindowCenterWidthExplanation = "DEMO DEFAULT"
 
 
@@ -229,52 +231,43 @@ def serialise(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
-def compressed(ds: Dataset, syntax: str) -> Dataset:
-    """Compress in place with a lossless codec (pylibjpeg-openjpeg / pyjpegls / pylibjpeg-rle)."""
-    ds.compress(syntax, generate_instance_uid=False)
-    return ds
-
-
 # ---------------------------------------------------------------- the files
 
 
-def kermany_file(
-    data: Path,
-    acc: str,
-    series: int,
-    image: str,
-    *,
-    modality: str,
-    view: str,
-    bits: int,
-    syntax: str,
-    filename: str,
-    expected: str,
-    what: str,
-    mono1: bool = False,
-    longest: int = 1024,
-) -> Built:
-    """A DX/CR chest built from a Kermany JPEG (0.14 mm nominal original pixel pitch)."""
-    img, scale = fullres(data, image, longest)
-    stored = to_detector(img, bits, seed=hash_seed(acc, series))
-    if mono1:
-        stored = (2**bits - 1 - stored).astype(np.uint16)
-    sop = DX_STORAGE if modality == "DX" else CR_STORAGE
-    source = f"{KERMANY}: {image}"
-    ds = header(
-        STUDIES[acc],
-        series,
-        modality=modality,
-        sop_class=sop,
-        view=view,
-        body="CHEST",
-        spacing_mm=0.14 / scale,
-        derivation=f"Downscaled to {max(stored.shape)} px from {source}",
-    )
-    set_pixels(ds, stored, "MONOCHROME1" if mono1 else "MONOCHROME2", bits)
-    if syntax != ExplicitVRLittleEndian:
-        compressed(ds, syntax)
-    return Built(f"{STUDIES[acc].folder}/{filename}", serialise(ds), stored, expected, what, source)
+@dataclass(frozen=True)
+class Spec:
+    """One chest file built from a Kermany JPEG."""
+
+    acc: str
+    series: int
+    image: str
+    modality: str
+    view: str
+    bits: int
+    syntax: str
+    filename: str
+    expected: str
+    label: str
+    what: str
+    mono1: bool = False
+    longest: int = 1024
+
+
+KERMANY_FILES = (
+    Spec("ACC0001", 1, "IM-0634-0001.jpeg", "DX", "PA", 12, ExplicitVRLittleEndian, "DX_PA_uncompressed.dcm",
+         "ok", "normal", "DX For Presentation PA, MONOCHROME2, 12-bit, rescale 1/0 + window"),
+    Spec("ACC0001", 2, "NORMAL2-IM-0736-0001.jpeg", "DX", "LL", 12, JPEG2000Lossless, "DX_LL_lateral.dcm",
+         "not_assessable:lateral_view", "normal",
+         "DX tagged ViewPosition LL, 2nd image of the ACC0001 study (pixels are a frontal film)", longest=768),
+    Spec("ACC0002", 1, "person366_virus_746.jpeg", "CR", "PA", 12, ExplicitVRLittleEndian, "CR_PA_monochrome1.dcm",
+         "ok", "abnormal", "CR PA, MONOCHROME1 (stored values inverted), 12-bit", mono1=True),
+    Spec("ACC0003", 1, "person88_virus_165.jpeg", "DX", "PA", 14, JPEG2000Lossless, "DX_PA_j2k_lossless.dcm",
+         "ok", "abnormal", "DX PA, MONOCHROME2, 14-bit; study with two images (source: same child)", longest=1280),
+    Spec("ACC0003", 2, "person88_virus_166.jpeg", "DX", "AP", 12, JPEGLSLossless, "DX_AP_jpegls_lossless.dcm",
+         "ok", "abnormal", "DX AP, MONOCHROME2, 12-bit; 2nd image of the ACC0003 study", longest=1280),
+    Spec("ACC0004", 1, "NORMAL2-IM-1261-0001.jpeg", "CR", "PA", 12, RLELossless, "IMG00001",
+         "ok", "normal", "CR PA, MONOCHROME2, 12-bit; file name without extension"),
+)  # fmt: skip
 
 
 def hash_seed(*parts: object) -> int:
@@ -282,9 +275,33 @@ def hash_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256("/".join(map(str, (UID_ROOT, *parts))).encode()).digest()[:4], "little")
 
 
+def kermany_file(data: Path, spec: Spec) -> Built:
+    """A DX/CR chest built from a Kermany JPEG (0.14 mm nominal original pixel pitch)."""
+    img, scale = fullres(data, spec.image, spec.longest)
+    stored = to_detector(img, spec.bits, seed=hash_seed(spec.acc, spec.series))
+    if spec.mono1:
+        stored = (2**spec.bits - 1 - stored).astype(np.uint16)
+    source = f"{KERMANY}: {spec.image}"
+    ds = header(
+        STUDIES[spec.acc],
+        spec.series,
+        modality=spec.modality,
+        sop_class=DX_STORAGE if spec.modality == "DX" else CR_STORAGE,
+        view=spec.view,
+        body="CHEST",
+        spacing_mm=0.14 / scale,
+        derivation=f"Downscaled to {max(stored.shape)} px from {source}",
+    )
+    set_pixels(ds, stored, "MONOCHROME1" if spec.mono1 else "MONOCHROME2", spec.bits)
+    if spec.syntax != ExplicitVRLittleEndian:
+        ds.compress(spec.syntax, generate_instance_uid=False)  # pylibjpeg-openjpeg / pyjpegls / pylibjpeg-rle
+    relpath = f"{STUDIES[spec.acc].folder}/{spec.filename}"
+    return Built(relpath, serialise(ds), stored, spec.expected, spec.label, spec.what, source)
+
+
 def sc_jpeg(data: Path) -> Built:
     """Secondary Capture, Modality OT, 8-bit JPEG baseline (Pillow, quality 90), encapsulated by pydicom."""
-    image = "person1066_bacteria_3000.jpeg"
+    image, acc = "person1066_bacteria_3000.jpeg", "ACC0005"
     img, scale = fullres(data, image, 1024)
     arr = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
     buf = io.BytesIO()
@@ -292,7 +309,7 @@ def sc_jpeg(data: Path) -> Built:
     jpeg = buf.getvalue()
     source = f"{KERMANY}: {image}"
     ds = header(
-        STUDIES["ACC0005"],
+        STUDIES[acc],
         1,
         modality="OT",
         sop_class=SC_STORAGE,
@@ -312,14 +329,9 @@ def sc_jpeg(data: Path) -> Built:
     ds.PixelData = encapsulate([jpeg])
     ds["PixelData"].VR = "OB"
     ds["PixelData"].is_undefined_length = True
-    return Built(
-        f"{STUDIES['ACC0005'].folder}/SC_chest_jpeg_baseline.dcm",
-        serialise(ds),
-        arr,
-        "ok",
-        "Secondary Capture (Modality OT, BodyPartExamined CHEST) of a pediatric pneumonia film, 8-bit",
-        source,
-    )
+    what = "Secondary Capture (Modality OT, BodyPartExamined CHEST), MONOCHROME2, 8-bit, lossy q90"
+    relpath = f"{STUDIES[acc].folder}/SC_chest_jpeg_baseline.dcm"
+    return Built(relpath, serialise(ds), arr, "ok", "abnormal", what, source)
 
 
 def nema_file(
@@ -328,14 +340,14 @@ def nema_file(
     acc: str,
     *,
     body: str,
-    view: str,
     longest: int,
     plate_mm: float,
     filename: str,
     expected: str,
+    label: str,
     what: str,
 ) -> Built:
-    """A CR derived from a NEMA WG04 film: downscaled, MONOCHROME1 and bit depth kept, new identity."""
+    """A CR derived from a NEMA WG04 film: downscaled, MONOCHROME1, bit depth and view kept, new identity."""
     src, stored, scale = nema(data, name, longest)
     source = f"{NEMA}: {name}"
     spacing = plate_mm / max(int(src.Rows), int(src.Columns)) / scale
@@ -344,166 +356,49 @@ def nema_file(
         1,
         modality="CR",
         sop_class=CR_STORAGE,
-        view=view,
+        view=str(src.ViewPosition),
         body=body,
         spacing_mm=spacing,
         derivation=f"Downscaled to {max(stored.shape)} px from {source}",
     )
     ds.PatientOrientation = list(src.PatientOrientation)
     set_pixels(ds, stored, str(src.PhotometricInterpretation), int(src.BitsStored))
-    return Built(f"{STUDIES[acc].folder}/{filename}", serialise(ds), stored, expected, what, source)
+    return Built(f"{STUDIES[acc].folder}/{filename}", serialise(ds), stored, expected, label, what, source)
 
 
 def corrupt(data: Path) -> Built:
     """A valid DX file cut off halfway through its (uncompressed) Pixel Data value."""
-    good = kermany_file(
-        data,
-        "ACC0008",
-        1,
-        "IM-0505-0001-0002.jpeg",
-        modality="DX",
-        view="PA",
-        bits=12,
-        syntax=ExplicitVRLittleEndian,
-        filename=CORRUPT_NAME,
-        expected="",
-        what="",
-        longest=640,
-    )
-    tag = good.data.rfind(b"\xe0\x7f\x10\x00OW\x00\x00")
+    what = "DX PA, 12-bit, cut off halfway through Pixel Data (header intact)"
+    spec = Spec("ACC0008", 1, "IM-0505-0001-0002.jpeg", "DX", "PA", 12, ExplicitVRLittleEndian, CORRUPT_NAME,
+                "error:decode_failed", "normal", what, longest=640)  # fmt: skip
+    good = kermany_file(data, spec)
+    tag = good.data.rfind(b"\xe0\x7f\x10\x00OW\x00\x00")  # (7FE0,0010) OW, explicit VR LE
     length = int.from_bytes(good.data[tag + 8 : tag + 12], "little")
-    cut = tag + 12 + (length // 2) // 2 * 2
-    good.data, good.pixels = good.data[:cut], None
-    good.expected = "error:decode_failed"
-    good.what = "DX PA, 12-bit, cut off halfway through Pixel Data (header intact)"
+    good.data = good.data[: tag + 12 + length // 4 * 2]
+    good.pixels = None
     return good
 
 
 def build(data: Path) -> list[Built]:
     """Every sample file, in README order."""
-    ok, abnormal = "ok", "ok (abnormal film)"
-    k = kermany_file
     return [
-        k(
-            data,
-            "ACC0001",
-            1,
-            "IM-0634-0001.jpeg",
-            modality="DX",
-            view="PA",
-            bits=12,
-            syntax=ExplicitVRLittleEndian,
-            filename="DX_PA_uncompressed.dcm",
-            expected=ok + " (normal film)",
-            what="DX For Presentation PA, MONOCHROME2, 12-bit, rescale 1/0 + window",
-        ),
-        k(
-            data,
-            "ACC0001",
-            2,
-            "NORMAL2-IM-0736-0001.jpeg",
-            modality="DX",
-            view="LL",
-            bits=12,
-            syntax=JPEG2000Lossless,
-            filename="DX_LL_lateral.dcm",
-            expected="not_assessable:lateral_view",
-            what="DX tagged ViewPosition LL (same study as the PA; pixels are a frontal film)",
-            longest=768,
-        ),
-        k(
-            data,
-            "ACC0002",
-            1,
-            "person366_virus_746.jpeg",
-            modality="CR",
-            view="PA",
-            bits=12,
-            syntax=ExplicitVRLittleEndian,
-            filename="CR_PA_monochrome1.dcm",
-            expected=abnormal,
-            mono1=True,
-            what="CR PA, MONOCHROME1 (stored values inverted), 12-bit",
-        ),
-        k(
-            data,
-            "ACC0003",
-            1,
-            "person88_virus_165.jpeg",
-            modality="DX",
-            view="PA",
-            bits=14,
-            syntax=JPEG2000Lossless,
-            filename="DX_PA_j2k_lossless.dcm",
-            expected=abnormal,
-            longest=1280,
-            what="DX PA, MONOCHROME2, 14-bit, study with two images (PA + AP, same patient in the source)",
-        ),
-        k(
-            data,
-            "ACC0003",
-            2,
-            "person88_virus_166.jpeg",
-            modality="DX",
-            view="AP",
-            bits=12,
-            syntax=JPEGLSLossless,
-            filename="DX_AP_jpegls_lossless.dcm",
-            expected=abnormal,
-            longest=1280,
-            what="DX AP, MONOCHROME2, 12-bit, second image of the ACC0003 study",
-        ),
-        k(
-            data,
-            "ACC0004",
-            1,
-            "NORMAL2-IM-1261-0001.jpeg",
-            modality="CR",
-            view="PA",
-            bits=12,
-            syntax=RLELossless,
-            filename="IMG00001",
-            expected=ok + " (normal film)",
-            what="CR PA, MONOCHROME2, 12-bit, file name without extension",
-        ),
+        *(kermany_file(data, spec) for spec in KERMANY_FILES),
         sc_jpeg(data),
-        nema_file(
-            data,
-            "RG1_UNCR.dcm",
-            "ACC0006",
-            body="CHEST",
-            view="PA",
-            longest=1024,
-            plate_mm=500,
-            filename="CR_PA_adult_nodules.dcm",
-            expected=abnormal,
-            what="adult CR PA, MONOCHROME1, 15-bit; multiple round nodules/masses",
-        ),
-        nema_file(
-            data,
-            "RG3_UNCR.dcm",
-            "ACC0007",
-            body="LEG",
-            view="AP",
-            longest=800,
-            plate_mm=350,
-            filename="CR_lower_leg.dcm",
-            expected="not_assessable:body_part_leg",
-            what="CR AP lower leg, MONOCHROME1, 10-bit (not a chest)",
-        ),
+        nema_file(data, "RG1_UNCR.dcm", "ACC0006", body="CHEST", longest=1024, plate_mm=500,
+                  filename="CR_PA_adult_nodules.dcm", expected="ok", label="abnormal",
+                  what="adult CR PA, MONOCHROME1, 15-bit; multiple round nodules/masses"),
+        nema_file(data, "RG3_UNCR.dcm", "ACC0007", body="LEG", longest=800, plate_mm=350,
+                  filename="CR_lower_leg.dcm", expected="not_assessable:body_part_leg", label="n/a",
+                  what="CR AP lower leg, MONOCHROME1, 10-bit (not a chest)"),
         corrupt(data),
-    ]
+    ]  # fmt: skip
 
 
 # ---------------------------------------------------------------- verification & output
 
 
 def _read(data: bytes) -> Dataset:
-    return pydicom.dcmread(io.BytesIO(data))
-
-
-def _ts_name(ds: Dataset) -> str:
-    return ds.file_meta.TransferSyntaxUID.keyword
+    return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
 
 
 def verify(items: list[Built], out: Path) -> list[str]:
@@ -547,16 +442,18 @@ def readme(items: list[Built]) -> str:
         "pydicom root `1.2.826.0.1.3680043.8.498`.",
         "Images are downscaled copies of public data; no original file is included.",
         "",
-        "| file | what | transfer syntax | size | expected outcome |",
-        "|---|---|---|---|---|",
+        "| file | what | transfer syntax | size | expected outcome | source label |",
+        "|---|---|---|---|---|---|",
     ]
     for it in items:
         size = f"{len(it.data) / 1024:.0f} KiB"
-        lines.append(f"| `{it.relpath}` | {it.what} | {it.syntax} | {size} | `{it.expected}` |")
+        lines.append(f"| `{it.relpath}` | {it.what} | {it.syntax} | {size} | `{it.expected}` | {it.label} |")
     lines += [
         "",
-        "Expected outcomes are the QC statuses (`ok`, `not_assessable:<reason>`, `error:<reason>`); the",
-        '"abnormal"/"normal" notes are the source labels, not a promise about the model\'s score.',
+        "Expected outcomes are QC statuses (`ok`, `not_assessable:<reason>`, `error:<reason>`). The source",
+        "label is the ground truth of the source image, not a promise about the model's score. For the",
+        "truncated file any `error:` status is right; the reason code depends on how the decoder classifies",
+        'pydicom\'s "number of bytes of pixel data is less than expected" error (`decode_failed` today).',
         "The lossless files decode to exactly the pixels that were encoded; the JPEG baseline file is lossy (q90).",
         "",
         "## Sources and licenses",
@@ -595,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "README.md").write_text(readme(items))
     problems = verify(items, args.out)
     for it in items:
-        print(f"{len(it.data):>9,d}  {it.syntax:<32} {it.expected:<30} {it.relpath}")
+        print(f"{len(it.data):>9,d}  {it.syntax:<36} {it.expected:<28} {it.label:<8} {it.relpath}")
     for p in problems:
         print(f"PROBLEM: {p}", file=sys.stderr)
     return 1 if problems else 0

@@ -5,6 +5,9 @@ from __future__ import annotations
 import typer
 
 from cxrscreen import __version__
+from cxrscreen.cli.calibrate import calibrate_command
+from cxrscreen.cli.evaluate import evaluate_command
+from cxrscreen.cli.export import export_command
 from cxrscreen.cli.scan import scan_command
 from cxrscreen.cli.train import train_command
 
@@ -18,6 +21,9 @@ app = typer.Typer(
 )
 app.command("scan")(scan_command)
 app.command("train")(train_command)
+app.command("evaluate")(evaluate_command)
+app.command("calibrate")(calibrate_command)
+app.command("export")(export_command)
 
 
 def _version(value: bool) -> None:

@@ -253,7 +253,8 @@ def decode_dataset(ds: Dataset, target: int | None = None) -> Decoded:
 
 def _classify(exc: BaseException) -> str:
     text = str(exc).lower()
-    if "length" in text and ("pixel data" in text or "expected" in text) or "truncat" in text or isinstance(exc, EOFError):
+    short_data = ("length" in text or "less than expected" in text) and ("pixel data" in text or "expected" in text)
+    if short_data or "truncat" in text or isinstance(exc, EOFError):
         return "truncated"
     if "no pixel data" in text or "pixeldata" in text and "missing" in text:
         return "no_pixel_data"

@@ -98,7 +98,7 @@ def studies_frame(images: pd.DataFrame) -> pd.DataFrame:
             "StudyInstanceUID": first["StudyInstanceUID"] if not str(key).startswith("file:") else "",
             "StudyDate": first["StudyDate"],
             "Modality": ";".join(sorted({m for m in g["Modality"] if m})),
-            "paths": ";".join(g["path"]),
+            "paths": ";".join(sorted(g["path"])),
             "report": next((p for p in g["report"] if p), ""),
             "model": first["model"],
             "model_sha256": first["model_sha256"],

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxrscreen.records import ImageRecord
+from cxrscreen.records import ImageRecord, decide
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -108,6 +108,18 @@ class Ledger:
                 rows,
             )
 
+    def redecide(self, model_sha256: str, threshold: float) -> int:
+        """Apply a new threshold to rows scored by the same weights (no decoding needed)."""
+        rows = self.db.execute(
+            "SELECT path, status, probability, qc_notes FROM images WHERE model_sha256=? AND threshold!=?",
+            (model_sha256, threshold),
+        ).fetchall()
+        updates = [(decide(st, p, threshold, tuple(n.split(";"))), threshold, path) for path, st, p, n in rows]
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("UPDATE images SET decision=?, threshold=? WHERE path=?", updates)
+        return len(updates)
+
     def set_report(self, path: str, report: str) -> None:
         with self.db:
             self.db.execute("UPDATE images SET report=? WHERE path=?", (report, path))
@@ -138,10 +150,19 @@ class Ledger:
             self.db.execute("INSERT OR REPLACE INTO runs (run_id, started) VALUES (?, ?)",
                             (run_id, time.strftime("%Y-%m-%dT%H:%M:%S")))
 
-    def finish_run(self, run_id: str, summary: dict) -> None:
+    def unfinished_runs(self, exclude: str) -> list[str]:
+        """Runs that started but never finished (killed): the next run delivers their rows."""
+        rows = self.db.execute("SELECT run_id FROM runs WHERE finished IS NULL AND run_id != ? ORDER BY started",
+                               (exclude,))
+        return [r[0] for r in rows]
+
+    def finish_run(self, run_id: str, summary: dict, resumed: Iterable[str] = ()) -> None:
+        """Record the summary; ``resumed`` (killed runs whose rows this run delivered) are closed too."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%S")
         with self.db:
-            self.db.execute("UPDATE runs SET finished=?, summary=? WHERE run_id=?",
-                            (time.strftime("%Y-%m-%dT%H:%M:%S"), json.dumps(summary), run_id))
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("UPDATE runs SET finished=?, summary=? WHERE run_id=?", (now, json.dumps(summary), run_id))
+            self.db.executemany("UPDATE runs SET finished=? WHERE run_id=?", [(now, r) for r in resumed])
 
     def previous_summaries(self, limit: int = 7, exclude: str | None = None) -> list[dict]:
         rows = self.db.execute(

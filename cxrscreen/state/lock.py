@@ -13,12 +13,28 @@ class LockedError(RuntimeError):
     """Another process holds the lock."""
 
 
+_HELD: set[int] = set()  # lock fds this process holds
+
+
+def _drop_in_child() -> None:
+    """A forked child (a DataLoader worker) shares the lock; close its copy so that the lock dies
+    with the process that took it, not seconds later with orphaned workers after a ``kill -9``."""
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_in_child)
+
+
 @contextlib.contextmanager
 def folder_lock(state_dir: Path) -> Iterator[Path]:
     """Hold ``state_dir/lock`` exclusively for the duration of the block; never waits."""
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / "lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+    _HELD.add(fd)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -28,4 +44,6 @@ def folder_lock(state_dir: Path) -> Iterator[Path]:
         os.write(fd, f"{os.getpid()}\n".encode())
         yield path
     finally:
-        os.close(fd)  # closing releases the flock
+        if fd in _HELD:  # not in a forked child, which already closed its copy
+            _HELD.discard(fd)
+            os.close(fd)  # closing releases the flock

@@ -92,4 +92,5 @@ def make_dataset(
     if cache:
         cached = CacheDataset(items, transform=det, num_workers=num_workers or None, progress=False)
         return Dataset(cached, transform=rand)
-    return Dataset(items, transform=Compose([LoadImaged(2 * spec.input_size), ApplyToImage(build_transform(spec, augment))]))
+    chain = Compose([LoadImaged(2 * spec.input_size), ApplyToImage(build_transform(spec, augment))])
+    return Dataset(items, transform=chain)

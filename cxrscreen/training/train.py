@@ -186,7 +186,8 @@ def _export(net, cfg: TrainConfig, spec: PreprocessSpec, rt: Runtime, history, b
         "version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "architecture": {"name": "resnet50", "in_channels": 1, "num_classes": 1,
-                         "implementation": "monai.networks.nets.resnet50(conv1_t_size=7, conv1_t_stride=2, bias_downsample=False)"},
+                         "implementation": "monai.networks.nets.resnet50(conv1_t_size=7, conv1_t_stride=2, "
+                                           "bias_downsample=False)"},
         "preprocess": spec.to_dict(),
         "threshold": cfg.threshold,
         "threshold_source": "default 0.5 (not calibrated)",

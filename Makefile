@@ -1,0 +1,46 @@
+# cxrscreen — the two commands in the README: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.cxrscreen-installed
+TORCH  ?= torch==2.13.0
+DEMO_OUT ?= demo-out
+
+.PHONY: setup demo test lint sysdeps clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# CPU build of PyTorch pinned first (an unpinned torch pulls a multi-GB CUDA build); GPU: see README.
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	# Self-supervised ResNet50 weights for `train --init imgsim` (MIT); --no-deps avoids OpenCV.
+	$(BIN)/python -m pip install -q --no-deps imgsim==0.1.2
+	touch $(STAMP)
+
+# OpenJPEG for glymur's reduced-resolution JPEG 2000 decoding (optional: without it the full
+# image is decoded by pylibjpeg-openjpeg, just slower). Installed when we are root with apt.
+sysdeps:
+	@if ldconfig -p 2>/dev/null | grep -q libopenjp2; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -qq libopenjp2-7 >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq libopenjp2-7 >/dev/null)) \
+		|| echo "note: could not install libopenjp2-7; JPEG 2000 will be decoded at full resolution"; \
+	else echo "note: libopenjp2 not found; JPEG 2000 will be decoded at full resolution (apt-get install libopenjp2-7)"; fi
+
+setup: $(STAMP) sysdeps
+
+demo: setup
+	@$(BIN)/cxrscreen scan sample_dicoms --out $(DEMO_OUT); rc=$$?; \
+	if [ $$rc -gt 1 ]; then exit $$rc; fi; \
+	echo "worklists: $(DEMO_OUT)/worklist_studies.csv and $(DEMO_OUT)/worklist_images.csv"; \
+	echo "reports:   $(DEMO_OUT)/reports/ and $(DEMO_OUT)/summary.pdf"; \
+	echo "(exit code $$rc: the sample folder holds one deliberately corrupt file)"
+
+lint: setup
+	$(BIN)/ruff check cxrscreen tests tools benchmarks
+
+test: setup lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache

@@ -1,0 +1,77 @@
+"""``cxrscreen calibrate``: set a model's threshold for a target sensitivity on a validation split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from cxrscreen.cli.common import fail
+
+
+def calibrate_command(
+    model: Annotated[Path, typer.Argument(help="Model metadata (.json) or weights (.safetensors); 'default' for the embedded one.")],
+    manifest: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="CSV with path,label,split.")],
+    out: Annotated[Path, typer.Option("--out", help="New model file (.json; weights are written beside it).")],
+    split: Annotated[str, typer.Option(help="Split to calibrate on (never 'test').")] = "val",
+    target_sensitivity: Annotated[float, typer.Option(min=0.5, max=1.0, help="Sensitivity to keep.")] = 0.95,
+    require_lower_bound: Annotated[bool, typer.Option("--require-lower-bound", help="Demand the 95% Wilson lower bound reach the target.")] = False,
+    per_dataset: Annotated[bool, typer.Option("--per-dataset", help="Meet the target in every 'dataset' group (lowest threshold wins).")] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    workers: Annotated[int, typer.Option(min=0)] = 0,
+    allow_test: Annotated[bool, typer.Option("--allow-test", hidden=True)] = False,
+) -> None:
+    """Pick the highest threshold whose sensitivity on SPLIT meets the target; write a new model file."""
+    import numpy as np
+    import torch
+
+    from cxrscreen.model.files import ModelIntegrityError, load_model, save_model
+    from cxrscreen.model.inference import choose_runtime
+    from cxrscreen.training.calibrate import calibration_record, pick_threshold
+    from cxrscreen.training.data import ManifestError, read_manifest
+    from cxrscreen.training.evaluate import score_frame
+
+    if split == "test" and not allow_test:
+        fail("refusing to calibrate on the test split: choose the threshold on validation data")
+    if out.suffix != ".json":
+        fail("--out must name a .json model file")
+    try:
+        lm = load_model(None if str(model) == "default" else model)
+        df = read_manifest(manifest, split)
+        rt = choose_runtime(device, precision)
+    except (ManifestError, FileNotFoundError, ModelIntegrityError, ValueError, RuntimeError) as exc:
+        fail(str(exc))
+    console = Console(stderr=True)
+    console.print(f"scoring {len(df)} images ({split}) with {lm.tag}")
+    scores = score_frame(lm, df, rt, batch_size=batch_size, workers=workers)
+    labels = df["label"].to_numpy()
+    groups = df.groupby("dataset").indices if per_dataset else {"all": np.arange(len(df))}
+    try:
+        per_group = {str(k): pick_threshold(labels[i], scores[i], target_sensitivity, require_lower_bound)
+                     for k, i in groups.items()}
+    except ValueError as exc:
+        fail(str(exc))
+    thr = min(per_group.values())
+    record = calibration_record(labels, scores, thr, target_sensitivity, require_lower_bound, split, manifest.name)
+    record["per_dataset"] = per_dataset
+    record["group_thresholds"] = per_group
+    if per_dataset:
+        from cxrscreen.training.metrics import threshold_metrics
+
+        record["groups"] = {str(k): threshold_metrics(labels[i], scores[i], thr) for k, i in groups.items()}
+    meta = {k: v for k, v in lm.meta.items() if k not in ("sha256", "weights_file", "weights_dtype")}
+    meta["threshold"] = thr
+    meta["threshold_source"] = (f"calibrated on {manifest.name}:{split} for sensitivity ≥ {target_sensitivity}"
+                                + (" (95% lower bound)" if require_lower_bound else "")
+                                + (" in every dataset" if per_dataset else ""))
+    meta["calibration"] = record
+    dtype = getattr(torch, lm.meta.get("weights_dtype", "float32"))
+    written = save_model(lm.net, meta, out, dtype=dtype)
+    s, sp = record["sensitivity"], record["specificity"]
+    typer.echo(f"threshold {thr:.6f}: sensitivity {s['value']:.3f} (95% CI {s['ci_low']:.3f}–{s['ci_high']:.3f}), "
+               f"specificity {sp['value']:.3f} (95% CI {sp['ci_low']:.3f}–{sp['ci_high']:.3f}) on {split} (n={len(df)})")
+    typer.echo(f"model written: {out} (weights sha256 {written['sha256'][:12]})")

@@ -1,0 +1,48 @@
+"""``cxrscreen evaluate``: metrics with confidence intervals on a manifest split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from cxrscreen.cli.common import fail
+
+
+def evaluate_command(
+    model: Annotated[Path, typer.Argument(help="Model metadata (.json) or weights (.safetensors); 'default' for the embedded one.")],
+    manifest: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="CSV with path,label,split (+dataset).")],
+    split: Annotated[str, typer.Option(help="Which split to evaluate.")] = "test",
+    out: Annotated[Path | None, typer.Option(help="Folder for metrics.json, report.md, scores.csv, roc.png, scores.png.")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Override the model's threshold.")] = None,
+    bootstrap: Annotated[int, typer.Option(min=100, help="Bootstrap resamples for the AUROC CI.")] = 1000,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    workers: Annotated[int, typer.Option(min=0)] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Score a manifest split and report AUROC (bootstrap CI) and sensitivity/specificity/PPV/NPV (Wilson CIs)."""
+    from cxrscreen.model.files import ModelIntegrityError, load_model
+    from cxrscreen.model.inference import choose_runtime
+    from cxrscreen.training.data import ManifestError, read_manifest
+    from cxrscreen.training.evaluate import evaluate, markdown_report
+
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        fail("--threshold must be strictly between 0 and 1")
+    try:
+        lm = load_model(None if str(model) == "default" else model)
+        df = read_manifest(manifest, split)
+        rt = choose_runtime(device, precision)
+    except (ManifestError, FileNotFoundError, ModelIntegrityError, ValueError, RuntimeError) as exc:
+        fail(str(exc))
+    out = out or Path(f"evaluation-{split}")
+    console = Console(stderr=True, quiet=quiet)
+    console.print(f"evaluating {lm.tag} on {len(df)} images ({split}) with {rt.describe()}")
+    result = evaluate(lm, df, rt, out, manifest.name, split, threshold=threshold, n_boot=bootstrap,
+                      batch_size=batch_size, workers=workers)
+    if not quiet:
+        typer.echo(markdown_report(result["metrics"], result["meta"]))
+    console.print(f"written: {out}/metrics.json, report.md, scores.csv, roc.png, scores.png")

@@ -1,0 +1,153 @@
+"""``export``: a worklist for a RIS or a spreadsheet, read from the ledger (the Python API).
+
+The rows and columns are those of ``worklist_images.csv`` / ``worklist_studies.csv`` (built by the
+same functions), filtered by scoring date and decision, then ranked again from 1. The ledger is
+opened read-only and without the run lock, so an export works while a scan runs (SQLite WAL gives
+it the rows committed so far) and for users who may read, but not write, the output folder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from cxrscreen.outputs.worklist import images_frame, studies_frame, study_key, write_csv
+from cxrscreen.records import DECISION_ORDER
+from cxrscreen.state.atomic import atomic_write_text
+from cxrscreen.state.ledger import Ledger
+
+STATE_DIR = ".cxrscreen"  # as in pipeline.STATE_DIR (not imported: pipeline pulls in torch)
+LEDGER_NAME = "ledger.sqlite"
+DECISIONS = tuple(DECISION_ORDER)
+LEVELS = ("images", "studies")
+FORMATS = ("csv", "json")
+
+
+class ExportError(ValueError):
+    """Bad input (no ledger, bad date, unknown decision…): exit code 2."""
+
+
+class ReadOnlyLedger(Ledger):
+    """The ledger opened read-only: no schema creation, no chmod, no lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        self.db = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+
+
+def ledger_path(out: Path | str) -> Path:
+    return Path(out) / STATE_DIR / LEDGER_NAME
+
+
+def parse_since(text: str | None) -> dt.date | None:
+    """``YYYY-MM-DD`` (exactly) → date; None passes through."""
+    if text is None:
+        return None
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text.strip()):
+        raise ExportError(f"--since: {text!r} is not a date (YYYY-MM-DD)")
+    try:
+        return dt.date.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise ExportError(f"--since: {text!r} is not a valid date ({exc})") from exc
+
+
+def parse_decisions(text: str | None) -> tuple[str, ...] | None:
+    """``abnormal,review`` → ('abnormal', 'review'); None means every decision."""
+    if text is None:
+        return None
+    values = [v.strip().lower() for v in text.split(",") if v.strip()]
+    if not values:
+        raise ExportError(f"--decision: give one or more of {', '.join(DECISIONS)}")
+    unknown = [v for v in values if v not in DECISIONS]
+    if unknown:
+        raise ExportError(f"--decision: unknown decision {unknown[0]!r} (choose from {', '.join(DECISIONS)})")
+    return tuple(dict.fromkeys(values))
+
+
+def _model_names(ledger: Ledger) -> dict[str, str]:
+    """Model sha256 prefix (as in the worklists) → model name, from the finished runs' summaries."""
+    names: dict[str, str] = {}
+    for s in reversed(ledger.previous_summaries(limit=-1)):  # oldest first: newer names win
+        model = s.get("model") or {}
+        if model.get("sha256") and model.get("name"):
+            names[str(model["sha256"])[:12]] = str(model["name"])
+    return names
+
+
+def _rerank(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.reset_index(drop=True)
+    df["rank"] = range(1, len(df) + 1)
+    return df
+
+
+def export_frame(
+    out: Path | str,
+    since: dt.date | None = None,
+    decisions: Iterable[str] | None = None,
+    level: str = "images",
+) -> pd.DataFrame:
+    """The filtered worklist (images or studies) from ``OUT``'s ledger, ranked from 1.
+
+    ``since`` keeps images scored on or after that (local) date; at study level it keeps studies
+    with at least one such image, each still summarised over all its images. ``decisions`` is
+    applied last (to the study decision at study level).
+    """
+    if level not in LEVELS:
+        raise ExportError(f"--level: {level!r} is not {' or '.join(LEVELS)}")
+    db_path = ledger_path(out)
+    if not db_path.is_file():
+        raise ExportError(f"{out}: no ledger ({STATE_DIR}/{LEDGER_NAME}); run 'cxrscreen scan' into it first")
+    try:
+        with ReadOnlyLedger(db_path) as ledger:
+            names = _model_names(ledger)
+            images = images_frame(ledger.records(), "")
+    except sqlite3.DatabaseError as exc:
+        raise ExportError(f"{db_path}: not a readable cxrscreen ledger ({exc})") from exc
+    images["model"] = images["model_sha256"].map(names).fillna("")
+    recent = images
+    if since is not None:
+        recent = images[images["scored_at"].str[:10] >= since.isoformat()]
+    if level == "images":
+        df = recent
+    else:
+        df = studies_frame(images)
+        if since is not None:
+            keys = set(recent.apply(study_key, axis=1)) if len(recent) else set()
+            own = df["StudyInstanceUID"].where(df["StudyInstanceUID"] != "", "file:" + df["paths"])
+            df = df[own.isin(keys)]
+    if decisions is not None:
+        df = df[df["decision"].isin(list(decisions))]
+    return _rerank(df)
+
+
+def write_export(df: pd.DataFrame, to: Path | str, fmt: str = "csv") -> Path:
+    """Atomic write (mode 0640) as CSV (like the worklists) or JSON (a list of row objects, nulls for blanks)."""
+    to = Path(to)
+    if fmt == "csv":
+        return write_csv(df, to)
+    if fmt != "json":
+        raise ExportError(f"--format: {fmt!r} is not {' or '.join(FORMATS)}")
+    rows = df.astype(object).where(df.notna(), None).to_dict(orient="records")
+    atomic_write_text(to, json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+    return to
+
+
+def export(
+    out: Path | str,
+    to: Path | str,
+    since: dt.date | None = None,
+    decisions: Iterable[str] | None = None,
+    level: str = "images",
+    fmt: str = "csv",
+) -> int:
+    """Write the filtered worklist to ``to``; returns the number of rows."""
+    df = export_frame(out, since, decisions, level)
+    write_export(df, to, fmt)
+    return len(df)

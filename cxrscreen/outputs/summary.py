@@ -1,0 +1,293 @@
+"""The batch summary PDF (``OUT/summary.pdf``): what a run did, how scores fall, which studies to read first."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from reportlab.lib import colors
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import ParagraphStyle
+from reportlab.lib.units import mm
+from reportlab.platypus import Image, LongTable, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+
+from cxrscreen import __version__
+from cxrscreen.model.files import LoadedModel
+from cxrscreen.outputs.report import DECISION_COLOUR, DISCLAIMER, clean, fit, fonts
+from cxrscreen.records import ABNORMAL, DECISION_ORDER, NORMAL, REVIEW
+from cxrscreen.state.atomic import atomic_open
+
+MAX_ROWS = 500  # flagged studies listed; the worklist CSV has them all
+DECISIONS = (ABNORMAL, REVIEW, NORMAL)
+
+
+# --------------------------------------------------------------------------- pure helpers
+def run_started(run_id: str) -> str:
+    """``20261125T224129Z`` → ``2026-11-25 22:41:29 UTC`` (the run id is the UTC start time)."""
+    try:
+        started = datetime.strptime(run_id, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        return started.strftime("%Y-%m-%d %H:%M:%S UTC")
+    except ValueError:
+        return clean(run_id)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    s = float(seconds)
+    if s < 60:
+        return f"{s:.1f} s"
+    m, s = divmod(int(round(s)), 60)
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min {s:02d} s" if h else f"{m} min {s:02d} s"
+
+
+def status_rows(this_run: Mapping[str, int], worklist: Mapping[str, int]) -> list[tuple[str, str, int, int]]:
+    """``(group, reason, this run, worklist)`` rows: ok first, then QC rejects and errors by reason."""
+    keys = set(this_run) | set(worklist)
+    kind_order = {"ok": 0, "not_assessable": 1, "error": 2}
+
+    def split(k: str) -> tuple[str, str]:
+        kind, _, reason = k.partition(":")
+        return kind, reason
+
+    rows = []
+    for k in sorted(keys, key=lambda k: (kind_order.get(split(k)[0], 3), split(k)[1])):
+        kind, reason = split(k)
+        label = {"ok": "assessable", "not_assessable": "not assessable (QC)", "error": "error"}.get(kind, kind)
+        rows.append((label, reason.replace("_", " ") or "—", int(this_run.get(k, 0)), int(worklist.get(k, 0))))
+    return rows
+
+
+def flagged(studies: pd.DataFrame) -> pd.DataFrame:
+    """Abnormal then review studies, in worklist rank order."""
+    if studies is None or studies.empty:
+        return pd.DataFrame(columns=["rank", "decision", "AccessionNumber", "probability", "n_images", "report"])
+    df = studies[studies["decision"].isin([ABNORMAL, REVIEW])].copy()
+    order = df["decision"].map(DECISION_ORDER)
+    prob = pd.to_numeric(df["probability"], errors="coerce").fillna(-1.0)
+    return df.assign(_o=order, _p=-prob).sort_values(["_o", "_p"], kind="mergesort").drop(columns=["_o", "_p"])
+
+
+def histogram_png(probs: np.ndarray, thr: float, title: str) -> bytes:
+    """Histogram of probabilities with the threshold marked (matplotlib Agg, no pyplot state)."""
+    fig = Figure(figsize=(6.8, 2.5), dpi=150)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    bins = np.linspace(0.0, 1.0, 41)
+    below, above = probs[probs < thr], probs[probs >= thr]
+    ax.hist([below, above], bins=bins, stacked=True, color=["#607d8b", "#b71c1c"],
+            label=[f"below threshold ({below.size})", f"at/above threshold ({above.size})"])
+    ax.axvline(thr, color="black", linestyle="--", linewidth=1.2)
+    ax.text(thr, 0.97, f" threshold {thr:.3f}", transform=ax.get_xaxis_transform(), va="top", ha="left", fontsize=8)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("P(abnormal)", fontsize=8)
+    ax.set_ylabel("images", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=7, frameon=False, loc="upper center")
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- document
+def _styles() -> dict[str, ParagraphStyle]:
+    regular, bold = fonts()
+    return {
+        "title": ParagraphStyle("title", fontName=bold, fontSize=16, leading=20, spaceAfter=4),
+        "h2": ParagraphStyle("h2", fontName=bold, fontSize=11.5, leading=14, spaceBefore=10, spaceAfter=4),
+        "body": ParagraphStyle("body", fontName=regular, fontSize=9, leading=11.5),
+        "small": ParagraphStyle("small", fontName=regular, fontSize=7.5, leading=9.5,
+                                textColor=colors.HexColor("#555555")),
+        "warn": ParagraphStyle("warn", fontName=bold, fontSize=9, leading=11.5, textColor=colors.HexColor("#b71c1c")),
+    }
+
+
+def _table(rows: list[list[Any]], widths: list[float], header: bool = True, long: bool = False) -> Table:
+    regular, bold = fonts()
+    cls = LongTable if long else Table
+    t = cls(rows, colWidths=widths, repeatRows=1 if header else 0, hAlign="LEFT")
+    style = [
+        ("FONT", (0, 0), (-1, -1), regular, 8.5),
+        ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
+        ("LINEBELOW", (0, 0), (-1, -1), 0.25, colors.HexColor("#dddddd")),
+        ("TOPPADDING", (0, 0), (-1, -1), 2),
+        ("BOTTOMPADDING", (0, 0), (-1, -1), 2),
+    ]
+    if header:
+        style += [("FONT", (0, 0), (-1, 0), bold, 8.5), ("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black),
+                  ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#f0f0f0"))]
+    t.setStyle(TableStyle(style))
+    return t
+
+
+def _number_cols(t: Table, first: int) -> None:
+    t.setStyle(TableStyle([("ALIGN", (first, 0), (-1, -1), "RIGHT")]))
+
+
+def _decision_counts(summary: Mapping[str, Any], images: pd.DataFrame | None) -> Table:
+    run = summary.get("decisions", {}) or {}
+    wl_studies = (summary.get("worklist_totals", {}) or {}).get("decisions", {}) or {}
+    wl_images = Counter(images["decision"]) if images is not None and len(images) else Counter()
+    rows: list[list[Any]] = [["Decision", "This run (images)", "Worklist (images)", "Worklist (studies)"]]
+    for d in DECISIONS:
+        rows.append([d, int(run.get(d, 0)), int(wl_images.get(d, 0)), int(wl_studies.get(d, 0))])
+    rows.append(["total", sum(r[1] for r in rows[1:]), sum(r[2] for r in rows[1:]), sum(r[3] for r in rows[1:])])
+    t = _table(rows, [35 * mm, 35 * mm, 35 * mm, 35 * mm])
+    _number_cols(t, 1)
+    style = [("TEXTCOLOR", (0, i), (0, i), DECISION_COLOUR[d]) for i, d in enumerate(DECISIONS, 1)]
+    t.setStyle(TableStyle(style + [("FONT", (0, len(rows) - 1), (-1, -1), fonts()[1], 8.5)]))
+    return t
+
+
+def _status_counts(summary: Mapping[str, Any], images: pd.DataFrame | None) -> Table:
+    worklist = Counter(images["status"]) if images is not None and len(images) else Counter()
+    rows: list[list[Any]] = [["Status", "Reason", "This run", "Worklist"]]
+    rows += [list(r) for r in status_rows(summary.get("statuses", {}) or {}, worklist)]
+    if len(rows) == 1:
+        rows.append(["—", "nothing scored", 0, 0])
+    t = _table(rows, [40 * mm, 70 * mm, 25 * mm, 25 * mm])
+    _number_cols(t, 2)
+    return t
+
+
+def _flagged_table(studies: pd.DataFrame, st: dict[str, ParagraphStyle]) -> list[Any]:
+    df = flagged(studies)
+    if df.empty:
+        return [Paragraph("No study is flagged (abnormal or review).", st["body"])]
+    regular, _ = fonts()
+    rows: list[list[Any]] = [["#", "Decision", "Accession", "P(abnormal)", "Images", "Report file"]]
+    for i, row in enumerate(df.head(MAX_ROWS).itertuples(), 1):
+        prob = pd.to_numeric(pd.Series([row.probability]), errors="coerce").iloc[0]
+        rows.append([i, row.decision, fit(str(row.AccessionNumber or "—"), regular, 8.5, 34 * mm),
+                     "—" if pd.isna(prob) else f"{float(prob):.3f}", int(row.n_images),
+                     fit(str(row.report or "—"), regular, 8.5, 68 * mm)])
+    t = _table(rows, [10 * mm, 20 * mm, 36 * mm, 22 * mm, 14 * mm, 70 * mm], long=True)
+    t.setStyle(TableStyle([("ALIGN", (3, 0), (4, -1), "RIGHT")] + [
+        ("TEXTCOLOR", (1, i), (1, i), DECISION_COLOUR.get(rows[i][1], colors.black)) for i in range(1, len(rows))]))
+    out: list[Any] = [t]
+    if len(df) > MAX_ROWS:
+        out.append(Paragraph(f"First {MAX_ROWS} of {len(df)} flagged studies; worklist_studies.csv lists them all.",
+                             st["small"]))
+    return out
+
+
+def _histogram(images: pd.DataFrame | None, studies: pd.DataFrame, thr: float, st: dict) -> list[Any]:
+    if images is not None and len(images):
+        probs = pd.to_numeric(images.loc[images["status"] == "ok", "probability"], errors="coerce").dropna()
+        what = "images"
+    else:
+        probs = pd.to_numeric(studies["probability"], errors="coerce").dropna() if len(studies) else pd.Series([])
+        what = "studies (highest image per study)"
+    if probs.empty:
+        return [Paragraph("No image has been scored yet.", st["body"])]
+    title = f"P(abnormal) of the {len(probs)} scored {what} in the worklist"
+    png = histogram_png(probs.to_numpy(dtype=float), thr, title)
+    return [Image(io.BytesIO(png), width=170 * mm, height=170 * mm * 2.5 / 6.8)]
+
+
+def _model_table(summary: Mapping[str, Any], lm: LoadedModel, thr: float) -> Table:
+    meta = lm.meta
+    rows = [
+        ["Model", f"{lm.name} {meta.get('version', '')}".strip()],
+        ["Weights sha256", lm.sha256[:16] + "…"],
+        ["Threshold", f"{thr:.3f}" + (f" ({clean(meta['threshold_source'])})" if meta.get("threshold_source") else "")],
+        ["Runtime", clean(summary.get("runtime", "")) or "—"],
+        ["Software", f"cxrscreen {summary.get('software_version', __version__)}"],
+    ]
+    regular, _ = fonts()
+    rows = [[k, fit(str(v), regular, 8.5, 128 * mm)] for k, v in rows]
+    return _table(rows, [35 * mm, 130 * mm], header=False)
+
+
+def _run_table(summary: Mapping[str, Any]) -> Table:
+    statuses = summary.get("statuses", {}) or {}
+    n_err = sum(v for k, v in statuses.items() if str(k).startswith("error"))
+    ips = summary.get("images_per_s")
+    regular, _ = fonts()
+    rows = [
+        ["Folder", fit(str(summary.get("folder", "")), regular, 8.5, 128 * mm)],
+        ["Files found", summary.get("files_found", 0)],
+        ["Already scored (skipped)", summary.get("files_skipped_already_scored", 0)],
+        ["Processed this run", summary.get("files_processed", 0)],
+        ["Images scored this run", summary.get("images_scored", 0)],
+        ["Unreadable files (errors)", n_err],
+        ["Throughput", f"{ips} files/s" if ips else "—"],
+    ]
+    return _table(rows, [45 * mm, 120 * mm], header=False)
+
+
+def _stages(summary: Mapping[str, Any], st: dict) -> Paragraph:
+    d = summary.get("durations_s", {}) or {}
+    text = " · ".join(f"{escape(str(k))} {float(v):.1f} s" for k, v in d.items())
+    return Paragraph(f"Stage times: {text or '—'}", st["small"])
+
+
+def _drift(summary: Mapping[str, Any], st: dict) -> list[Any]:
+    warnings = (summary.get("drift", {}) or {}).get("warnings", []) or []
+    return [Paragraph(f"Drift: {escape(clean(w))}", st["warn"]) for w in warnings]
+
+
+def build_story(summary: Mapping[str, Any], studies: pd.DataFrame, lm: LoadedModel, thr: float,
+                images: pd.DataFrame | None = None) -> list[Any]:
+    st = _styles()
+    run_id = str(summary.get("run_id", ""))
+    story: list[Any] = [
+        Paragraph("cxrscreen — batch summary", st["title"]),
+        Paragraph(escape(f"Run {clean(run_id)} · started {run_started(run_id)} · duration "
+                         f"{duration(summary.get('wall_s'))} · exit code {summary.get('exit_code', '—')}"), st["body"]),
+        Spacer(1, 4),
+        _run_table(summary),
+        _stages(summary, st),
+        *_drift(summary, st),
+        Paragraph("Counts by decision", st["h2"]),
+        _decision_counts(summary, images),
+        Paragraph("Counts by status (QC rejects and errors by reason)", st["h2"]),
+        _status_counts(summary, images),
+        Paragraph("Distribution of probabilities", st["h2"]),
+        *_histogram(images, studies, thr, st),
+        Paragraph("Flagged studies, most urgent first", st["h2"]),
+        *_flagged_table(studies, st),
+        Paragraph("Model and threshold", st["h2"]),
+        _model_table(summary, lm, thr),
+    ]
+    return story
+
+
+def _page_decor(c: Any, doc: Any) -> None:
+    regular, bold = fonts()
+    w, _ = A4
+    c.saveState()
+    c.setStrokeColor(colors.HexColor("#999999"))
+    c.line(doc.leftMargin, 14 * mm, w - doc.rightMargin, 14 * mm)
+    c.setFont(bold, 7.5)
+    c.drawString(doc.leftMargin, 10 * mm, DISCLAIMER)
+    c.setFont(regular, 7.5)
+    c.drawRightString(w - doc.rightMargin, 10 * mm, f"cxrscreen {__version__} · page {doc.page}")
+    c.restoreState()
+
+
+def write_summary_pdf(path: Path, summary: dict, studies: pd.DataFrame, lm: LoadedModel, thr: float,
+                      images: pd.DataFrame | None = None) -> Path:
+    """Write ``summary.pdf`` atomically (mode 0640); ``images`` (the image worklist) feeds the histogram."""
+    story = build_story(summary, studies, lm, thr, images)
+    with atomic_open(path, "wb", 0o640) as fh:
+        doc = SimpleDocTemplate(fh, pagesize=A4, leftMargin=18 * mm, rightMargin=18 * mm, topMargin=16 * mm,
+                                bottomMargin=20 * mm, title="cxrscreen batch summary",
+                                author=f"cxrscreen {__version__}", subject=DISCLAIMER)
+        doc.build(story, onFirstPage=_page_decor, onLaterPages=_page_decor)
+    return path

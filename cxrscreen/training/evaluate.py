@@ -1,0 +1,166 @@
+"""Evaluate a model on a manifest split: per dataset and pooled, with CIs, plots and reports."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from torch.utils.data import DataLoader
+
+from cxrscreen import __version__
+from cxrscreen.model.files import LoadedModel
+from cxrscreen.model.inference import Runtime, predict_batch, prepare
+from cxrscreen.state.atomic import atomic_open, atomic_write_text
+from cxrscreen.training.data import make_dataset
+from cxrscreen.training.metrics import roc_curve, summarize
+
+
+def score_frame(
+    lm: LoadedModel,
+    df: pd.DataFrame,
+    rt: Runtime,
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """P(abnormal) for every row of a manifest frame, through the shared preprocessing chain."""
+    ds = make_dataset(df, lm.spec, augment=False, cache=False)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
+    net = prepare(lm.net, rt)
+    out: list[np.ndarray] = []
+    done = 0
+    for batch in loader:
+        out.append(predict_batch(net, batch["image"], rt).numpy())
+        done += len(out[-1])
+        if progress:
+            progress(done, len(df))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def evaluate_scores(df: pd.DataFrame, scores: np.ndarray, threshold: float, n_boot: int = 1000) -> dict[str, Any]:
+    """Metrics per dataset, then pooled (``all``)."""
+    result: dict[str, Any] = {}
+    labels = df["label"].to_numpy()
+    for name, idx in sorted(df.groupby("dataset").indices.items()):
+        result[str(name)] = summarize(labels[idx], scores[idx], threshold, n_boot=n_boot)
+    if len(result) > 1 or "all" not in result:
+        result["pooled"] = summarize(labels, scores, threshold, n_boot=n_boot)
+    return result
+
+
+def _fmt(m: dict[str, Any]) -> str:
+    return f"{m['value']:.3f} ({m['ci_low']:.3f}–{m['ci_high']:.3f})"
+
+
+def markdown_report(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
+    """A human-readable Markdown table of the metrics."""
+    lines = [
+        f"# Evaluation of {meta['model']} on {meta['manifest_name']} ({meta['split']})",
+        "",
+        f"Model sha256 `{meta['model_sha256'][:12]}`, threshold {meta['threshold']:.4f}, runtime {meta['runtime']}, "
+        f"cxrscreen {meta['software_version']}, {meta['date']}. 95% CIs: AUROC by stratified bootstrap "
+        f"({meta['n_boot']} resamples), rates by Wilson score intervals.",
+        "",
+        "| group | n (abn/norm) | AUROC | sensitivity | specificity | PPV | NPV | accuracy | TP | FN | TN | FP |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in metrics.items():
+        c = m["confusion"]
+        lines.append(
+            f"| {name} | {m['n']} ({m['n_abnormal']}/{m['n_normal']}) | {_fmt(m['auroc'])} | {_fmt(m['sensitivity'])} "
+            f"| {_fmt(m['specificity'])} | {_fmt(m['ppv'])} | {_fmt(m['npv'])} | {_fmt(m['accuracy'])} "
+            f"| {c['tp']} | {c['fn']} | {c['tn']} | {c['fp']} |"
+        )
+    lines += ["", "Plots: `roc.png` (ROC per group, threshold marked), `scores.png` (score histograms).", ""]
+    return "\n".join(lines)
+
+
+def plot_roc(df: pd.DataFrame, scores: np.ndarray, threshold: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=110)
+    labels = df["label"].to_numpy()
+    groups = list(sorted(df.groupby("dataset").indices.items()))
+    if len(groups) > 1:
+        groups.append(("pooled", np.arange(len(df))))
+    for name, idx in groups:
+        y, s = labels[idx], scores[idx]
+        if y.min() == y.max():
+            continue
+        fpr, tpr, _ = roc_curve(y, s)
+        (line,) = ax.plot(fpr, tpr, label=str(name))
+        pred = s >= threshold
+        ax.plot([np.mean(pred[y == 0])], [np.mean(pred[y == 1])], "o", color=line.get_color())
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set(xlabel="1 − specificity", ylabel="sensitivity", title=f"ROC (dots: threshold {threshold:.3f})")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png")
+    plt.close(fig)
+
+
+def plot_hist(df: pd.DataFrame, scores: np.ndarray, threshold: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted(df["dataset"].unique())
+    fig, axes = plt.subplots(len(names), 1, figsize=(6, 2.2 * len(names)), dpi=110, squeeze=False)
+    labels = df["label"].to_numpy()
+    bins = np.linspace(0, 1, 41)
+    for ax, name in zip(axes[:, 0], names, strict=True):
+        m = (df["dataset"] == name).to_numpy()
+        ax.hist(scores[m & (labels == 0)], bins=bins, alpha=0.6, label="normal")
+        ax.hist(scores[m & (labels == 1)], bins=bins, alpha=0.6, label="abnormal")
+        ax.axvline(threshold, color="k", ls="--", lw=1)
+        ax.set_title(str(name), fontsize=9)
+        ax.legend(fontsize=7)
+    axes[-1, 0].set_xlabel("P(abnormal)")
+    fig.tight_layout()
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png")
+    plt.close(fig)
+
+
+def evaluate(
+    lm: LoadedModel,
+    df: pd.DataFrame,
+    rt: Runtime,
+    out: Path,
+    manifest_name: str,
+    split: str,
+    threshold: float | None = None,
+    n_boot: int = 1000,
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Score, compute metrics, write ``metrics.json``, ``report.md``, ``scores.csv``, ``roc.png``, ``scores.png``."""
+    thr = float(lm.threshold if threshold is None else threshold)
+    t0 = time.time()
+    scores = score_frame(lm, df, rt, batch_size=batch_size, workers=workers, progress=progress)
+    metrics = evaluate_scores(df, scores, thr, n_boot=n_boot)
+    meta = {
+        "model": lm.name, "model_sha256": lm.sha256, "model_path": str(lm.path), "threshold": thr,
+        "manifest_name": manifest_name, "split": split, "runtime": rt.describe(), "n_boot": n_boot,
+        "software_version": __version__, "date": time.strftime("%Y-%m-%d"), "seconds": round(time.time() - t0, 1),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "metrics.json", json.dumps({"meta": meta, "metrics": metrics}, indent=2) + "\n")
+    atomic_write_text(out / "report.md", markdown_report(metrics, meta))
+    cols = [c for c in ("path", "label", "dataset", "split") if c in df.columns]
+    with atomic_open(out / "scores.csv", "w") as fh:
+        df[cols].assign(probability=np.round(scores, 6)).to_csv(fh, index=False, lineterminator="\n")
+    plot_roc(df, scores, thr, out / "roc.png")
+    plot_hist(df, scores, thr, out / "scores.png")
+    return {"meta": meta, "metrics": metrics}

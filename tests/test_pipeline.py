@@ -1,0 +1,148 @@
+"""The scan API end to end on small folders: every file gets one row with a clear status."""
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrscreen.pipeline import ScanInputError, prepare_file, scan
+from cxrscreen.preprocess import PreprocessSpec, build_transform
+from tests.factory import chest_phantom, make_dicom, make_dicomdir, make_sr, truncate
+
+EXPECTED_REAL = {
+    "RG1_UNCR.dcm": "ok",
+    "RG1_J2KR.dcm": "ok",
+    "RG1_J2KI.dcm": "ok",
+    "RG3_UNCR.dcm": "not_assessable:body_part_extremity",
+    "SIIM_CR_PA_jpeg_baseline.dcm": "ok",
+    "SIIM_header_says_MONOCHROME1_pixels_not_inverted.dcm": "ok",
+    "NIH_DX_no_finding_implicit_vr.dcm": "ok",
+    "OT_ct_scout_abdomen_not_cxr.dcm": "not_assessable:modality_ot",
+}
+
+
+def _read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+@pytest.fixture()
+def bad_folder(tmp_path: Path) -> Path:
+    d = tmp_path / "in"
+    good = make_dicom(d / "good.dcm", accession="GOOD")
+    truncate(good, d / "truncated.dcm")
+    (d / "zero.dcm").write_bytes(b"")
+    (d / "random.dcm").write_bytes(np.random.default_rng(0).bytes(5000))
+    make_dicomdir(d / "cd" / "DICOMDIR")
+    make_sr(d / "report_sr.dcm")
+    make_dicom(d / "multiframe.dcm", chest_phantom(300, 300), frames=2)
+    make_dicom(d / "rgb.dcm", chest_phantom(300, 300), rgb=True)
+    make_dicom(d / "nopixels.dcm", with_pixels=False)
+    return d
+
+
+EXPECTED_BAD = {
+    "good.dcm": "ok",
+    "truncated.dcm": "error:truncated",
+    "zero.dcm": "error:empty_file",
+    "random.dcm": "error:not_dicom",
+    "cd/DICOMDIR": "not_assessable:dicomdir",
+    "report_sr.dcm": "not_assessable:no_pixel_data",
+    "multiframe.dcm": "not_assessable:multi_frame",
+    "rgb.dcm": "not_assessable:colour",
+    "nopixels.dcm": "not_assessable:no_pixel_data",
+}
+
+
+def test_bad_inputs_each_get_one_clear_row(bad_folder: Path, tmp_path: Path, random_model_path):
+    res = scan(bad_folder, out=tmp_path / "out", model=random_model_path, workers=0, reports="none")
+    images = _read(res.images_csv)
+    assert sorted(images["path"]) == sorted(EXPECTED_BAD)
+    assert dict(zip(images["path"], images["status"], strict=True)) == EXPECTED_BAD
+    assert set(images.loc[images["status"] != "ok", "decision"]) == {"review"}  # never "normal"
+    assert res.exit_code == 1
+    assert res.summary["statuses"]["error:truncated"] == 1
+
+
+def test_real_dicom_outcomes(shared_data, tmp_path: Path, random_model_path):
+    res = scan(shared_data / "dicom", out=tmp_path / "out", model=random_model_path, workers=0, reports="none")
+    images = _read(res.images_csv)
+    assert dict(zip(images["path"], images["status"], strict=True)) == EXPECTED_REAL
+    assert res.exit_code == 0
+    notes = dict(zip(images["path"], images["qc_notes"], strict=True))
+    assert "polarity_suspect" in notes["SIIM_header_says_MONOCHROME1_pixels_not_inverted.dcm"]
+    assert "polarity_suspect" not in notes["SIIM_CR_PA_jpeg_baseline.dcm"]
+    probs = images.set_index("path")["probability"].replace("", np.nan).astype(float)
+    # lossless copy: identical score; lossy and reduced-resolution decode: close
+    assert probs["RG1_J2KR.dcm"] == pytest.approx(probs["RG1_UNCR.dcm"], abs=0.02)
+    assert probs["RG1_J2KI.dcm"] == pytest.approx(probs["RG1_UNCR.dcm"], abs=0.03)
+
+
+def test_prepare_file_polarity_invariance(tmp_path: Path):
+    """MONOCHROME1 and MONOCHROME2 encodings of one image give the same model input."""
+    spec = PreprocessSpec()
+    chain = build_transform(spec)
+    img = chest_phantom(900, 800, seed=3)
+    a = prepare_file(make_dicom(tmp_path / "a.dcm", img, photometric="MONOCHROME2"), spec, chain)
+    b = prepare_file(make_dicom(tmp_path / "b.dcm", img, photometric="MONOCHROME1"), spec, chain)
+    assert a.status == b.status == "ok"
+    assert float((a.image - b.image).abs().max()) < 0.02  # model-input units (std 0.25 of [0,1])
+
+
+def test_worklists_columns_order_and_studies(tmp_path: Path, random_model_path):
+    d = tmp_path / "in"
+    study = "1.2.3.4.5"
+    make_dicom(d / "s1" / "pa.dcm", chest_phantom(seed=1), study_uid=study, accession="A1")
+    make_dicom(d / "s1" / "lat.dcm", chest_phantom(seed=2), study_uid=study, accession="A1", view="LL")
+    make_dicom(d / "s2" / "pa.dcm", chest_phantom(seed=3), accession="A2")
+    res = scan(d, out=tmp_path / "out", model=random_model_path, threshold=0.01, workers=0, reports="none")
+    images, studies = _read(res.images_csv), _read(res.studies_csv)
+    for col in ("rank", "decision", "probability", "threshold", "status", "PatientID", "AccessionNumber",
+                "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "StudyDate", "Modality",
+                "ViewPosition", "path", "report", "model", "model_sha256", "software_version"):
+        assert col in images.columns
+    assert len(images) == 3 and len(studies) == 2
+    assert images["threshold"].astype(float).eq(0.01).all()
+    s1 = studies[studies["StudyInstanceUID"] == study].iloc[0]
+    assert s1["n_images"] == "2" and s1["n_not_assessable"] == "1"
+    assert s1["decision"] == "abnormal"  # threshold 0.01: the PA image is flagged
+    assert list(studies["rank"]) == ["1", "2"]
+
+
+def test_usage_errors(tmp_path: Path, random_model_path):
+    with pytest.raises(ScanInputError):
+        scan(tmp_path / "missing", out=tmp_path / "o", model=random_model_path)
+    with pytest.raises(ScanInputError):
+        scan(tmp_path, out=tmp_path / "o", model=random_model_path, threshold=1.5)
+
+
+def test_empty_folder_writes_empty_worklists(tmp_path: Path, random_model_path):
+    (tmp_path / "in").mkdir()
+    res = scan(tmp_path / "in", out=tmp_path / "out", model=random_model_path, workers=0)
+    assert res.exit_code == 0 and _read(res.images_csv).empty
+
+
+def test_worker_processes_give_the_same_result(tmp_path: Path, random_model_path):
+    d = tmp_path / "in"
+    for i in range(5):
+        make_dicom(d / f"{i}.dcm", chest_phantom(seed=i))
+    a = scan(d, out=tmp_path / "o0", model=random_model_path, workers=0, batch_size=2, reports="none")
+    b = scan(d, out=tmp_path / "o2", model=random_model_path, workers=2, batch_size=3, reports="none")
+    cols = ["path", "status", "decision"]
+    pa, pb = _read(a.images_csv), _read(b.images_csv)
+    pd.testing.assert_frame_equal(pa[cols], pb[cols])
+    np.testing.assert_allclose(pa["probability"].astype(float), pb["probability"].astype(float), atol=0.02)
+
+
+def test_output_permissions(tmp_path: Path, random_model_path):
+    d = tmp_path / "in"
+    make_dicom(d / "x.dcm")
+    old = os.umask(0o022)
+    try:
+        res = scan(d, out=tmp_path / "out", model=random_model_path, workers=0, reports="none")
+    finally:
+        os.umask(old)
+    assert res.images_csv.stat().st_mode & 0o007 == 0
+    shutil.rmtree(tmp_path / "out")

@@ -1,0 +1,49 @@
+import torch
+
+from cxrscreen.preprocess import PreprocessSpec, build_transform, to_display
+from tests.factory import chest_phantom
+
+
+def test_shape_dtype_and_aspect_padding():
+    spec = PreprocessSpec(input_size=224)
+    img = chest_phantom(600, 300)  # tall: width is padded
+    t = build_transform(spec)(img)
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32 and tuple(t.shape) == (1, 224, 224)
+    disp = to_display(t, spec)
+    assert disp[:, :40].max() == 0.0 and disp[:, -40:].max() == 0.0  # padded columns
+    assert disp[:, 100:124].max() > 0.5
+
+
+def test_robust_to_global_intensity_changes():
+    spec = PreprocessSpec()
+    chain = build_transform(spec)
+    img = chest_phantom()
+    a = chain(img)
+    b = chain(0.2 + 0.5 * img)  # different window / detector gain
+    assert float((a - b).abs().max()) < 1e-4
+
+
+def test_border_crop_removes_burned_in_text():
+    spec = PreprocessSpec()
+    img = chest_phantom(400, 400)
+    marked = img.copy()
+    marked[2:12, 2:60] = 1.0  # a burned-in label in the corner, inside the 4 % border
+    a, b = build_transform(spec)(img), build_transform(spec)(marked)
+    assert float((a - b).abs().max()) < 1e-5
+
+
+def test_augmentation_changes_images_but_keeps_range():
+    spec = PreprocessSpec()
+    img = chest_phantom()
+    chain = build_transform(spec, augment=True)
+    chain.set_random_state(seed=0)
+    outs = [chain(img) for _ in range(4)]
+    assert any(float((outs[0] - o).abs().max()) > 1e-3 for o in outs[1:])
+    assert all(tuple(o.shape) == (1, 224, 224) and torch.isfinite(o).all() for o in outs)
+
+
+def test_display_roundtrip():
+    spec = PreprocessSpec()
+    t = build_transform(spec)(chest_phantom())
+    d = to_display(t, spec)
+    assert d.min() >= 0 and d.max() <= 1 and d.max() > 0.9

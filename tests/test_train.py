@@ -1,0 +1,74 @@
+"""Training on a synthetic set (bright blob = abnormal), evaluate and calibrate commands."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from cxrscreen.cli.app import app
+from cxrscreen.model.files import load_model
+from cxrscreen.model.inference import choose_runtime
+from cxrscreen.training.data import read_manifest
+from cxrscreen.training.evaluate import score_frame
+from cxrscreen.training.metrics import auroc
+
+runner = CliRunner()
+
+
+def test_training_learns_the_blob(blob_model_dir: Path, blob_manifest: Path):
+    meta = json.loads((blob_model_dir / "model.json").read_text())
+    assert meta["training"]["best"]["auroc"] > 0.9
+    history = json.loads((blob_model_dir / "history.json").read_text())
+    assert len(history) == meta["training"]["config"]["epochs"]
+    lm = load_model(blob_model_dir / "model.json")
+    test = read_manifest(blob_manifest, "test")  # held out: never seen in training or selection
+    scores = score_frame(lm, test, choose_runtime("cpu"))
+    assert auroc(test["label"].to_numpy(), scores) > 0.9
+
+
+def test_resume_continues_from_checkpoint(blob_model_dir: Path, blob_manifest: Path, tmp_path: Path):
+    res = runner.invoke(app, ["train", str(blob_manifest), "--out", str(blob_model_dir)])
+    assert res.exit_code == 2 and "--resume" in res.output
+    res = runner.invoke(app, ["train", str(blob_manifest), "--out", str(blob_model_dir), "--resume",
+                              "--epochs", "4", "--init", "none", "-q"])
+    assert res.exit_code == 0, res.output  # all epochs done: nothing to redo, model kept
+
+
+def test_evaluate_writes_reports(blob_model_dir: Path, blob_manifest: Path, tmp_path: Path):
+    out = tmp_path / "ev"
+    res = runner.invoke(app, ["evaluate", str(blob_model_dir / "model.json"), str(blob_manifest), "--split", "test",
+                              "--out", str(out), "--bootstrap", "200", "-q"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert metrics["synthetic"]["auroc"]["value"] > 0.9
+    assert {"sensitivity", "specificity", "ppv", "npv", "accuracy", "confusion"} <= set(metrics["synthetic"])
+    for name in ("report.md", "scores.csv", "roc.png", "scores.png"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_calibrate_sets_threshold_and_new_model(blob_model_dir: Path, blob_manifest: Path, tmp_path: Path):
+    out = tmp_path / "cal" / "calibrated.json"
+    res = runner.invoke(app, ["calibrate", str(blob_model_dir / "model.json"), str(blob_manifest), "--split", "val",
+                              "--target-sensitivity", "0.95", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    lm = load_model(out)
+    cal = lm.meta["calibration"]
+    assert cal["sensitivity"]["value"] >= 0.95 and lm.threshold == cal["threshold"]
+    val = read_manifest(blob_manifest, "val")
+    scores = score_frame(lm, val, choose_runtime("cpu"))
+    sens = np.mean(scores[val["label"].to_numpy() == 1] >= lm.threshold)
+    assert sens >= 0.95
+
+
+def test_calibrate_refuses_test_split(blob_model_dir: Path, blob_manifest: Path, tmp_path: Path):
+    res = runner.invoke(app, ["calibrate", str(blob_model_dir / "model.json"), str(blob_manifest), "--split", "test",
+                              "--out", str(tmp_path / "x.json")])
+    assert res.exit_code == 2 and "test split" in res.output
+
+
+def test_bad_manifest_is_a_usage_error(tmp_path: Path):
+    bad = tmp_path / "m.csv"
+    bad.write_text("file,label\nx.png,0\n")
+    res = runner.invoke(app, ["train", str(bad), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "lacks column" in res.output
