@@ -22,9 +22,9 @@ def setup_logging(quiet: bool = False, log_file: Path | None = None) -> None:
         err.setFormatter(logging.Formatter("cxrscreen: %(levelname)s: %(message)s"))
         logger.addHandler(err)
     if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
         old = os.umask(0o027)
         try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
             fh = logging.FileHandler(log_file, encoding="utf-8")
         finally:
             os.umask(old)

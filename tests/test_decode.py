@@ -6,7 +6,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from cxrscreen.ingest.decode import DecodeError, decode_dataset, decode_file, read_dataset, to_display
 from cxrscreen.preprocess import PreprocessSpec, build_transform
@@ -33,10 +33,15 @@ def test_lossless_syntaxes_decode_to_the_uncompressed_pixels(name):
 
 
 def test_deflated_transfer_syntax(tmp_path: Path):
-    src = get_testdata_file("image_dfl.dcm")
+    src = get_testdata_file("MR_small.dcm")
     ds = pydicom.dcmread(src)
-    assert ds.file_meta.TransferSyntaxUID.name.startswith("Deflated")
-    assert decode_file(src).pixels.shape == ds.pixel_array.shape
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    out = tmp_path / "deflated.dcm"
+    ds.save_as(out, enforce_file_format=True)
+    assert pydicom.dcmread(out).file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    np.testing.assert_array_equal(decode_file(out).pixels, decode_file(src).pixels)
+    real = get_testdata_file("image_dfl.dcm")  # a deflated file written by another toolkit
+    assert decode_file(real).pixels.shape == pydicom.dcmread(real).pixel_array.shape
 
 
 def test_jpeg_lossless_sv1_matches_uncompressed(tmp_path: Path):
@@ -145,3 +150,18 @@ def test_rg1_lungs_darker_than_mediastinum(shared_data):
     lungs = np.r_[px[rows, int(0.2 * w): int(0.35 * w)].ravel(), px[rows, int(0.65 * w): int(0.8 * w)].ravel()]
     mediastinum = px[rows, int(0.45 * w): int(0.55 * w)]
     assert lungs.mean() + 0.1 < mediastinum.mean()
+
+
+def test_jpeg_extended_12bit_decodes():
+    src = get_testdata_file("JPGExtended.dcm")  # JPEG extended (process 2 & 4), 12-bit
+    d = decode_file(src)
+    assert d.pixels.ndim == 2 and 0.0 <= d.pixels.min() < d.pixels.max() <= 1.0
+
+
+def test_jpeg_baseline_dct_scaling_is_faithful(shared_data):
+    ds = read_dataset(shared_data / "dicom" / "SIIM_CR_PA_jpeg_baseline.dcm")
+    fast = decode_dataset(ds, target=448)  # Pillow draft: scaled inside the DCT
+    assert fast.reduction == 2 and fast.pixels.shape == (512, 512)
+    full = decode_dataset(read_dataset(shared_data / "dicom" / "SIIM_CR_PA_jpeg_baseline.dcm"))
+    chain = build_transform(PreprocessSpec())
+    assert float((chain(fast.pixels) - chain(full.pixels)).abs().mean()) < 0.03

@@ -146,3 +146,28 @@ def test_output_permissions(tmp_path: Path, random_model_path):
         os.umask(old)
     assert res.images_csv.stat().st_mode & 0o007 == 0
     shutil.rmtree(tmp_path / "out")
+
+
+SAMPLE_EXPECTED = {
+    "2026-11-23/ACC0001/DX_PA_uncompressed.dcm": "ok",
+    "2026-11-23/ACC0001/DX_LL_lateral.dcm": "not_assessable:lateral_view",
+    "2026-11-23/ACC0002/CR_PA_monochrome1.dcm": "ok",
+    "2026-11-24/ACC0003/DX_PA_j2k_lossless.dcm": "ok",
+    "2026-11-24/ACC0003/DX_AP_jpegls_lossless.dcm": "ok",
+    "2026-11-24/ACC0004/IMG00001": "ok",
+    "2026-11-24/ACC0005/SC_chest_jpeg_baseline.dcm": "ok",
+    "2026-11-25/ACC0006/CR_PA_adult_nodules.dcm": "ok",
+    "2026-11-25/ACC0007/CR_lower_leg.dcm": "not_assessable:body_part_leg",
+    "2026-11-25/ACC0008/corrupt_truncated.dcm": "error:truncated",
+}
+
+
+def test_sample_dicoms_outcomes(tmp_path: Path, random_model_path):
+    folder = Path(__file__).resolve().parents[1] / "sample_dicoms"
+    res = scan(folder, out=tmp_path / "out", model=random_model_path, workers=1, reports="none")
+    images = _read(res.images_csv)
+    assert dict(zip(images["path"], images["status"], strict=True)) == SAMPLE_EXPECTED
+    assert res.exit_code == 1  # the corrupt file
+    studies = _read(res.studies_csv)
+    acc3 = studies[studies["AccessionNumber"] == "ACC0003"].iloc[0]
+    assert acc3["n_images"] == "2"

@@ -370,7 +370,7 @@ def corrupt(data: Path) -> Built:
     """A valid DX file cut off halfway through its (uncompressed) Pixel Data value."""
     what = "DX PA, 12-bit, cut off halfway through Pixel Data (header intact)"
     spec = Spec("ACC0008", 1, "IM-0505-0001-0002.jpeg", "DX", "PA", 12, ExplicitVRLittleEndian, CORRUPT_NAME,
-                "error:decode_failed", "normal", what, longest=640)  # fmt: skip
+                "error:truncated", "normal", what, longest=640)  # fmt: skip
     good = kermany_file(data, spec)
     tag = good.data.rfind(b"\xe0\x7f\x10\x00OW\x00\x00")  # (7FE0,0010) OW, explicit VR LE
     length = int.from_bytes(good.data[tag + 8 : tag + 12], "little")
@@ -451,9 +451,7 @@ def readme(items: list[Built]) -> str:
     lines += [
         "",
         "Expected outcomes are QC statuses (`ok`, `not_assessable:<reason>`, `error:<reason>`). The source",
-        "label is the ground truth of the source image, not a promise about the model's score. For the",
-        "truncated file any `error:` status is right; the reason code depends on how the decoder classifies",
-        'pydicom\'s "number of bytes of pixel data is less than expected" error (`decode_failed` today).',
+        "label is the ground truth of the source image, not a promise about the model's score.",
         "The lossless files decode to exactly the pixels that were encoded; the JPEG baseline file is lossy (q90).",
         "",
         "## Sources and licenses",

@@ -54,6 +54,8 @@ def train_command(
         kind = e["event"]
         if kind == "step":
             desc = f"epoch {e['epoch'] + 1}/{epochs}"
+            if not is_tty() and e["step"] % 50 == 0:  # a log line now and then under nohup/cron
+                console.print(f"{desc} step {e['step']}/{e['steps']}: loss {e['loss']:.4f}, {e['img_s']:.1f} img/s")
             if task is None:
                 task = progress.add_task(desc, total=e["steps"], info="")
             progress.update(task, completed=e["step"], total=e["steps"], description=desc,

@@ -18,7 +18,16 @@ from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
-from reportlab.platypus import Image, LongTable, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+from reportlab.platypus import (
+    Image,
+    KeepTogether,
+    LongTable,
+    Paragraph,
+    SimpleDocTemplate,
+    Spacer,
+    Table,
+    TableStyle,
+)
 
 from cxrscreen import __version__
 from cxrscreen.model.files import LoadedModel
@@ -87,15 +96,13 @@ def histogram_png(probs: np.ndarray, thr: float, title: str) -> bytes:
     below, above = probs[probs < thr], probs[probs >= thr]
     ax.hist([below, above], bins=bins, stacked=True, color=["#607d8b", "#b71c1c"],
             label=[f"below threshold ({below.size})", f"at/above threshold ({above.size})"])
-    ax.axvline(thr, color="black", linestyle="--", linewidth=1.2)
-    ax.text(thr, 0.97, f" threshold {thr:.3f}", transform=ax.get_xaxis_transform(), va="top", ha="left", fontsize=8)
+    ax.axvline(thr, color="black", linestyle="--", linewidth=1.2, label=f"threshold {thr:.3f}")
     ax.set_xlim(0.0, 1.0)
-    ax.set_xlabel("P(abnormal)", fontsize=8)
-    ax.set_ylabel("images", fontsize=8)
-    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(title, fontsize=8)
+    ax.set_ylabel("count", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.yaxis.get_major_locator().set_params(integer=True)
-    ax.legend(fontsize=7, frameon=False, loc="upper center")
+    ax.legend(fontsize=7, frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     fig.tight_layout()
@@ -173,10 +180,10 @@ def _flagged_table(studies: pd.DataFrame, st: dict[str, ParagraphStyle]) -> list
     rows: list[list[Any]] = [["#", "Decision", "Accession", "P(abnormal)", "Images", "Report file"]]
     for i, row in enumerate(df.head(MAX_ROWS).itertuples(), 1):
         prob = pd.to_numeric(pd.Series([row.probability]), errors="coerce").iloc[0]
-        rows.append([i, row.decision, fit(str(row.AccessionNumber or "—"), regular, 8.5, 34 * mm),
+        rows.append([i, row.decision, fit(str(row.AccessionNumber or "—"), regular, 8.5, 28 * mm),
                      "—" if pd.isna(prob) else f"{float(prob):.3f}", int(row.n_images),
-                     fit(str(row.report or "—"), regular, 8.5, 68 * mm)])
-    t = _table(rows, [10 * mm, 20 * mm, 36 * mm, 22 * mm, 14 * mm, 70 * mm], long=True)
+                     fit(str(row.report or "—"), regular, 8.5, 84 * mm)])
+    t = _table(rows, [8 * mm, 18 * mm, 30 * mm, 20 * mm, 13 * mm, 85 * mm], long=True)
     t.setStyle(TableStyle([("ALIGN", (3, 0), (4, -1), "RIGHT")] + [
         ("TEXTCOLOR", (1, i), (1, i), DECISION_COLOUR.get(rows[i][1], colors.black)) for i in range(1, len(rows))]))
     out: list[Any] = [t]
@@ -195,7 +202,7 @@ def _histogram(images: pd.DataFrame | None, studies: pd.DataFrame, thr: float, s
         what = "studies (highest image per study)"
     if probs.empty:
         return [Paragraph("No image has been scored yet.", st["body"])]
-    title = f"P(abnormal) of the {len(probs)} scored {what} in the worklist"
+    title = f"P(abnormal) — {len(probs)} scored {what} in the worklist"
     png = histogram_png(probs.to_numpy(dtype=float), thr, title)
     return [Image(io.BytesIO(png), width=170 * mm, height=170 * mm * 2.5 / 6.8)]
 
@@ -254,16 +261,13 @@ def build_story(summary: Mapping[str, Any], studies: pd.DataFrame, lm: LoadedMod
         _run_table(summary),
         _stages(summary, st),
         *_drift(summary, st),
-        Paragraph("Counts by decision", st["h2"]),
-        _decision_counts(summary, images),
-        Paragraph("Counts by status (QC rejects and errors by reason)", st["h2"]),
-        _status_counts(summary, images),
-        Paragraph("Distribution of probabilities", st["h2"]),
-        *_histogram(images, studies, thr, st),
+        KeepTogether([Paragraph("Counts by decision", st["h2"]), _decision_counts(summary, images)]),
+        KeepTogether([Paragraph("Counts by status (QC rejects and errors by reason)", st["h2"]),
+                      _status_counts(summary, images)]),
+        KeepTogether([Paragraph("Distribution of probabilities", st["h2"]), *_histogram(images, studies, thr, st)]),
         Paragraph("Flagged studies, most urgent first", st["h2"]),
         *_flagged_table(studies, st),
-        Paragraph("Model and threshold", st["h2"]),
-        _model_table(summary, lm, thr),
+        KeepTogether([Paragraph("Model and threshold", st["h2"]), _model_table(summary, lm, thr)]),
     ]
     return story
 

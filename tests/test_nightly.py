@@ -1,0 +1,344 @@
+"""Acceptance tests for nightly runs (issue #5): real ``cxrscreen scan`` subprocesses on small synthetic folders.
+
+Incremental skipping, kill -9 and resume, the lock (exit 75, nothing touched), stale locks, patient data
+kept out of logs, owner/group-only permissions, run.json. The 64 px random model keeps them fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pydicom
+import pytest
+from pydicom.uid import CTImageStorage
+
+from cxrscreen.outputs.worklist import read_csv
+from cxrscreen.pipeline import instance_hash
+from cxrscreen.state.lock import folder_lock
+from tests.factory import chest_phantom, make_dicom, truncate
+
+REPO = Path(__file__).resolve().parents[1]
+BATCH = 4
+N_BIG = 32  # 8 batches: enough to kill mid-run
+
+
+# --------------------------------------------------------------------------- helpers
+def cxr(*args: object, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "cxrscreen", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, timeout=timeout, **kw)
+
+
+def scan_args(folder: Path, out: Path, model: Path, *extra: object, workers: int = 0) -> list[object]:
+    return ["scan", folder, "--out", out, "--model", model, "--batch-size", BATCH, "--workers", workers,
+            "--reports", "none", "--device", "cpu", "--precision", "fp32", *extra]
+
+
+def scan_json(folder: Path, out: Path, model: Path, *extra: object) -> dict:
+    """One scan with ``--json``; returns the run summary (exit code 0 or 1 expected)."""
+    res = cxr(*scan_args(folder, out, model, "--json", *extra))
+    assert res.returncode in (0, 1), res.stderr
+    return json.loads(res.stdout)
+
+
+def ledger_rows(out: Path, sql: str = "SELECT COUNT(*) FROM images") -> list[tuple]:
+    db = sqlite3.connect(f"{(out / '.cxrscreen' / 'ledger.sqlite').resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
+def worklists(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both worklists without the run-specific column (scored_at)."""
+    images = read_csv(out / "worklist_images.csv").drop(columns=["scored_at"])
+    return images, read_csv(out / "worklist_studies.csv")
+
+
+def snapshot(folder: Path) -> dict[str, tuple]:
+    """Every entry under ``folder``: mode, size, mtime and content hash."""
+    snap = {}
+    for p in sorted(folder.rglob("*")):
+        st = p.lstat()
+        digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else ""
+        snap[p.relative_to(folder).as_posix()] = (st.st_mode, st.st_size, st.st_mtime_ns, digest)
+    return snap
+
+
+def set_birth_date(path: Path, value: str) -> None:
+    ds = pydicom.dcmread(path)
+    ds.PatientBirthDate = value
+    ds.save_as(path, enforce_file_format=True)
+
+
+def copy_case(src: tuple[Path, Path], dst: Path) -> tuple[Path, Path]:
+    """Copy an input folder and its scanned output (mtimes kept, so the ledger's fast path applies)."""
+    folder, out = dst / "in", dst / "out"
+    shutil.copytree(src[0], folder)
+    shutil.copytree(src[1], out)
+    return folder, out
+
+
+# --------------------------------------------------------------------------- the ward: six files with patient data
+PATIENTS = [(f"ZEBRAFINCH{i}^QUENTIN{i}", f"PIDZQ{7730 + i}", f"1931041{i}", f"ACCZQ{5510 + i}") for i in range(6)]
+PHI_STRINGS = [s for name, pid, birth, acc in PATIENTS for s in (*name.split("^"), pid, birth, acc)]
+
+
+def ward_folder(root: Path) -> dict[str, Path]:
+    """4 assessable films, 1 truncated file (error), 1 CT (not assessable); patient names in the paths too."""
+    files = {}
+    for i, (name, pid, birth, acc) in enumerate(PATIENTS):
+        sub = root / f"{name.replace('^', '_')}_{pid}"
+        kw = {"patient_name": name, "patient_id": pid, "accession": acc}
+        if i == 4:
+            full = make_dicom(root.parent / f"full_{pid}.dcm", chest_phantom(256, 256, seed=i), **kw)
+            set_birth_date(full, birth)
+            sub.mkdir(parents=True)
+            path = truncate(full, sub / f"{pid}_truncated.dcm", keep=0.6)
+            full.unlink()
+        elif i == 5:
+            path = make_dicom(sub / f"{pid}_ct.dcm", chest_phantom(256, 256, seed=i), modality="CT",
+                              sop_class=CTImageStorage, body_part="ABDOMEN", view=None, **kw)
+            set_birth_date(path, birth)
+        else:
+            path = make_dicom(sub / f"{pid}.dcm", chest_phantom(256, 256, seed=i), **kw)
+            set_birth_date(path, birth)
+        files[pid] = path
+    return files
+
+
+@pytest.fixture(scope="module")
+def ward_scan(tmp_path_factory, random_model_path) -> dict:
+    """The ward scanned once, with a log file, under umask 0 (the scan must set its own)."""
+    base = tmp_path_factory.mktemp("ward")
+    folder, out, log = base / "in", base / "out", base / "logs" / "scan.log"
+    files = ward_folder(folder)
+    res = cxr(*scan_args(folder, out, random_model_path, "--log-file", log), umask=0)
+    return {"folder": folder, "out": out, "log": log, "files": files, "result": res}
+
+
+@pytest.fixture
+def ward(ward_scan, tmp_path) -> tuple[Path, Path]:
+    """A private copy of the scanned ward (input folder, output folder)."""
+    return copy_case((ward_scan["folder"], ward_scan["out"]), tmp_path)
+
+
+def test_first_run_writes_worklists_and_run_json(ward_scan) -> None:
+    res, out = ward_scan["result"], ward_scan["out"]
+    assert res.returncode == 1, res.stderr  # one unreadable file → exit code 1
+    (run_dir,) = sorted((out / "runs").iterdir())
+    for name in ("new_images.csv", "new_studies.csv", "run.json"):
+        assert (run_dir / name).is_file()
+    s = json.loads((run_dir / "run.json").read_text())
+    assert s["exit_code"] == 1 and s["files_found"] == 6 and s["files_processed"] == 6 and s["images_scored"] == 4
+    assert sum(s["decisions"].values()) == 6
+    assert s["statuses"]["ok"] == 4 and s["statuses"]["not_assessable:modality_ct"] == 1
+    assert sum(v for k, v in s["statuses"].items() if k.startswith("error")) == 1
+    assert {"discover", "plan", "infer", "decode", "worklists"} <= set(s["durations_s"])
+    assert s["images_per_s"] > 0 and s["threshold"] == 0.5 and len(s["model"]["sha256"]) == 64
+    assert "drift" in s and s["resumed_runs"] == []
+    images = read_csv(out / "worklist_images.csv")
+    assert len(images) == 6 and images["rank"].tolist() == [str(i) for i in range(1, 7)]
+    assert ledger_rows(out) == [(6,)]
+
+
+def test_logs_and_run_json_carry_no_patient_data(ward_scan) -> None:
+    res, log = ward_scan["result"], ward_scan["log"]
+    text = log.read_text()
+    error_file = ward_scan["files"][PATIENTS[4][1]].relative_to(ward_scan["folder"]).as_posix()
+    assert f"file {instance_hash(error_file)}: error:" in text  # the warning is there, by hash
+    assert "6 files found" in text
+    (run_json,) = (ward_scan["out"] / "runs").glob("*/run.json")
+    for where, content in (("log file", text), ("stderr", res.stderr), ("stdout", res.stdout),
+                           ("run.json", run_json.read_text())):
+        leaked = [s for s in PHI_STRINGS if s.lower() in content.lower()]
+        assert not leaked, f"{where} leaks {leaked}"
+
+
+def test_outputs_have_no_world_permissions(ward_scan) -> None:
+    """Run under umask 0: every file and folder the scan created is still owner/group-only."""
+    out, log = ward_scan["out"], ward_scan["log"]
+    created = [out, *out.rglob("*"), log.parent, log]
+    assert len(created) > 8
+    loose = [f"{p} {stat.filemode(p.stat().st_mode)}" for p in created if p.stat().st_mode & 0o007]
+    assert not loose
+    assert (out / ".cxrscreen" / "ledger.sqlite").stat().st_mode & 0o777 == 0o640
+
+
+def test_unchanged_folder_scores_nothing(ward, random_model_path) -> None:
+    folder, out = ward
+    before = (out / "worklist_images.csv").read_text(), (out / "worklist_studies.csv").read_text()
+    t0 = time.monotonic()
+    s = scan_json(folder, out, random_model_path)
+    counts = s["files_found"], s["files_skipped_already_scored"], s["files_processed"], s["images_scored"]
+    assert counts == (6, 6, 0, 0)
+    assert s["exit_code"] == 0 and s["decisions"] == {}
+    assert ((out / "worklist_images.csv").read_text(), (out / "worklist_studies.csv").read_text()) == before
+    assert len(read_csv(out / "runs" / s["run_id"] / "new_images.csv")) == 0
+    assert time.monotonic() - t0 < 120
+
+
+def test_changed_file_is_rescored_touched_file_is_not(ward, ward_scan, random_model_path) -> None:
+    folder, out = ward
+    rel = {pid: p.relative_to(ward_scan["folder"]) for pid, p in ward_scan["files"].items()}
+    changed, touched = folder / rel[PATIENTS[0][1]], folder / rel[PATIENTS[1][1]]
+    name, pid, _, acc = PATIENTS[0]
+    make_dicom(changed, chest_phantom(256, 256, seed=99), patient_name=name, patient_id=pid, accession=acc)
+    new_sop = str(pydicom.dcmread(changed).SOPInstanceUID)
+    st = touched.stat()
+    os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 10**10))
+
+    s = scan_json(folder, out, random_model_path)
+    assert (s["files_processed"], s["files_skipped_already_scored"]) == (1, 5)
+    new = read_csv(out / "runs" / s["run_id"] / "new_images.csv")
+    assert new["path"].tolist() == [rel[pid].as_posix()]
+    images = read_csv(out / "worklist_images.csv")
+    assert len(images) == 6 and images["path"].is_unique
+    assert images.set_index("path").loc[rel[pid].as_posix(), "SOPInstanceUID"] == new_sop
+    (mtime,) = ledger_rows(out, f"SELECT mtime_ns FROM images WHERE path='{rel[PATIENTS[1][1]].as_posix()}'")[0]
+    assert mtime == touched.stat().st_mtime_ns  # remembered: the fast path applies next night
+    assert scan_json(folder, out, random_model_path)["files_processed"] == 0
+
+
+def test_new_model_rescores_and_rescan_forces(ward, tmp_path_factory) -> None:
+    from tests.conftest import _random_model
+
+    model_b = _random_model(tmp_path_factory.mktemp("model_b") / "b.json", seed=1)
+    sha_b = json.loads(model_b.read_text())["sha256"]
+    folder, out = ward
+    s = scan_json(folder, out, model_b)
+    assert s["files_processed"] == 6 and s["model"]["sha256"] == sha_b
+    assert set(read_csv(out / "worklist_images.csv")["model_sha256"]) == {sha_b[:12]}
+    assert scan_json(folder, out, model_b)["files_processed"] == 0
+    assert scan_json(folder, out, model_b, "--rescan")["files_processed"] == 6
+    assert ledger_rows(out, "SELECT COUNT(*), COUNT(DISTINCT path), MIN(model_sha256) FROM images") == [(6, 6, sha_b)]
+
+
+def test_concurrent_run_exits_75_and_touches_nothing(ward, random_model_path) -> None:
+    folder, out = ward
+    with folder_lock(out / ".cxrscreen"):
+        before = snapshot(out)
+        t0 = time.monotonic()
+        res = cxr(*scan_args(folder, out, random_model_path))
+        elapsed = time.monotonic() - t0
+        assert res.returncode == 75
+        assert res.stdout == ""
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("cxrscreen: error: another cxrscreen run holds")
+        assert snapshot(out) == before
+    print(f"locked-out run exited in {elapsed:.1f} s")
+    assert cxr(*scan_args(folder, out, random_model_path)).returncode == 0  # lock released: runs again
+
+
+def test_lock_of_a_killed_process_does_not_block(ward, random_model_path) -> None:
+    folder, out = ward
+    code = ("import sys, time\nfrom pathlib import Path\nfrom cxrscreen.state.lock import folder_lock\n"
+            "with folder_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(120)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, out / ".cxrscreen"], stdout=subprocess.PIPE, text=True,
+                              cwd=REPO)
+    assert holder.stdout.readline().strip() == "held"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert (out / ".cxrscreen" / "lock").read_text().strip() == str(holder.pid)  # stale file left behind
+    res = cxr(*scan_args(folder, out, random_model_path))
+    assert res.returncode == 0, res.stderr
+
+
+# --------------------------------------------------------------------------- kill -9 midway
+@pytest.fixture(scope="module")
+def big(tmp_path_factory, random_model_path) -> tuple[Path, Path]:
+    """N_BIG assessable films and their uninterrupted scan (the reference)."""
+    base = tmp_path_factory.mktemp("big")
+    folder, out = base / "in", base / "out"
+    for i in range(N_BIG):
+        make_dicom(folder / f"s{i // 8}" / f"img{i:03d}.dcm", chest_phantom(256, 256, seed=100 + i),
+                   patient_id=f"P{i:04d}", accession=f"A{i // 2:04d}")
+    res = cxr(*scan_args(folder, out, random_model_path))
+    assert res.returncode == 0, res.stderr
+    return folder, out
+
+
+def test_kill9_midway_then_rerun_equals_uninterrupted(big, tmp_path, random_model_path) -> None:
+    folder, ref = big
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "cxrscreen",
+                             *map(str, scan_args(folder, out, random_model_path, workers=1))],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    n = 0
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            try:
+                n = ledger_rows(out)[0][0]
+            except sqlite3.Error:
+                continue
+            if n > 0:
+                proc.send_signal(signal.SIGKILL)
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the scan ended before it could be killed"
+    (killed_run,) = ledger_rows(out, "SELECT run_id FROM runs WHERE finished IS NULL")
+    n = ledger_rows(out)[0][0]
+    assert 0 < n < N_BIG and n % BATCH == 0  # whole batches only: each one is a transaction
+
+    s = scan_json(folder, out, random_model_path)  # at once: the dead run's lock is gone
+    assert s["files_skipped_already_scored"] == n and s["resumed_runs"] == [killed_run[0]]
+    # the killed run's committed rows are delivered by this run: its counts are those of the whole job
+    assert s["files_processed"] == s["images_scored"] == N_BIG
+    assert sum(s["durations_s"].get(k, 0) for k in ("decode", "preprocess")) > 0
+
+    for got, want in zip(worklists(out), worklists(ref), strict=True):
+        pd.testing.assert_frame_equal(got, want)
+    delivered = pd.concat([read_csv(p) for p in (out / "runs").glob("*/new_images.csv")])
+    assert len(delivered) == N_BIG and delivered["path"].is_unique  # every image once, in some night's delta
+    rows = ledger_rows(out, "SELECT COUNT(*), COUNT(DISTINCT path), COUNT(DISTINCT sop_uid) FROM images")
+    assert rows == [(N_BIG, N_BIG, N_BIG)]
+
+    s = scan_json(folder, out, random_model_path)
+    assert s["files_processed"] == 0 and s["resumed_runs"] == []
+    assert ledger_rows(out, "SELECT COUNT(*) FROM runs WHERE finished IS NULL") == [(0,)]
+
+
+def test_crash_after_scoring_is_delivered_by_the_next_run(tmp_path, random_model, ward_scan, monkeypatch) -> None:
+    """A run that dies after committing every row but before writing outputs: the next one writes them."""
+    import cxrscreen.pipeline as pipeline
+
+    folder = tmp_path / "in"
+    shutil.copytree(ward_scan["folder"], folder)
+    out = tmp_path / "out"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    kw = {"model": random_model, "device": "cpu", "precision": "fp32", "batch_size": BATCH, "workers": 0,
+          "reports": "none"}
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(pipeline, "write_csv", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+            with pytest.raises(KeyboardInterrupt):
+                pipeline.scan(folder, out, **kw)
+        assert ledger_rows(out) == [(6,)] and not (out / "worklist_images.csv").exists()
+        (crashed,) = ledger_rows(out, "SELECT run_id FROM runs WHERE finished IS NULL")
+        time.sleep(1.0)  # run ids are per second
+        res = pipeline.scan(folder, out, **kw)
+    finally:
+        os.umask(umask)
+    s = res.summary
+    assert s["files_skipped_already_scored"] == 6 and s["images_scored"] == 4 and s["files_processed"] == 6
+    assert s["resumed_runs"] == [crashed[0]] and s["exit_code"] == 1
+    new = read_csv(res.run_dir / "new_images.csv")
+    pd.testing.assert_frame_equal(new, read_csv(out / "worklist_images.csv"))
+
