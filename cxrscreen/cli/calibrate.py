@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from cxrscreen.cli.common import fail
+from cxrscreen.cli.common import fail, load_model_and_manifest
 
 
 def calibrate_command(
@@ -29,22 +29,15 @@ def calibrate_command(
     import numpy as np
     import torch
 
-    from cxrscreen.model.files import ModelIntegrityError, load_model, save_model
-    from cxrscreen.model.inference import choose_runtime
+    from cxrscreen.model.files import save_model
     from cxrscreen.training.calibrate import calibration_record, pick_threshold
-    from cxrscreen.training.data import ManifestError, read_manifest
     from cxrscreen.training.evaluate import score_frame
 
     if split == "test" and not allow_test:
         fail("refusing to calibrate on the test split: choose the threshold on validation data")
     if out.suffix != ".json":
         fail("--out must name a .json model file")
-    try:
-        lm = load_model(None if str(model) == "default" else model)
-        df = read_manifest(manifest, split)
-        rt = choose_runtime(device, precision)
-    except (ManifestError, FileNotFoundError, ModelIntegrityError, ValueError, RuntimeError) as exc:
-        fail(str(exc))
+    lm, df, rt = load_model_and_manifest(model, manifest, split, device, precision)
     console = Console(stderr=True)
     console.print(f"scoring {len(df)} images ({split}) with {lm.tag}")
     scores = score_frame(lm, df, rt, batch_size=batch_size, workers=workers)

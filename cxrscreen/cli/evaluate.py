@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from cxrscreen.cli.common import fail
+from cxrscreen.cli.common import fail, load_model_and_manifest
 
 
 def evaluate_command(
@@ -25,19 +25,11 @@ def evaluate_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Score a manifest split and report AUROC (bootstrap CI) and sensitivity/specificity/PPV/NPV (Wilson CIs)."""
-    from cxrscreen.model.files import ModelIntegrityError, load_model
-    from cxrscreen.model.inference import choose_runtime
-    from cxrscreen.training.data import ManifestError, read_manifest
     from cxrscreen.training.evaluate import evaluate, markdown_report
 
     if threshold is not None and not 0.0 < threshold < 1.0:
         fail("--threshold must be strictly between 0 and 1")
-    try:
-        lm = load_model(None if str(model) == "default" else model)
-        df = read_manifest(manifest, split)
-        rt = choose_runtime(device, precision)
-    except (ManifestError, FileNotFoundError, ModelIntegrityError, ValueError, RuntimeError) as exc:
-        fail(str(exc))
+    lm, df, rt = load_model_and_manifest(model, manifest, split, device, precision)
     out = out or Path(f"evaluation-{split}")
     console = Console(stderr=True, quiet=quiet)
     console.print(f"evaluating {lm.tag} on {len(df)} images ({split}) with {rt.describe()}")

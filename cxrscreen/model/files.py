@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from cxrscreen.model.architecture import ARCHITECTURE, build_resnet50
 from cxrscreen.preprocess import PreprocessSpec
-from cxrscreen.state.atomic import atomic_write_bytes, atomic_write_text
+from cxrscreen.state.atomic import atomic_write_bytes, atomic_write_text, sha256_file
 
 FORMAT = "cxrscreen-model/1"
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default.json"
@@ -51,14 +51,6 @@ class LoadedModel:
     def tag(self) -> str:
         """Short identifier for worklists: name@sha256-prefix."""
         return f"{self.name}@{self.sha256[:12]}"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def resolve_model_path(path: Path | str | None) -> Path:

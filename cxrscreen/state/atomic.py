@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -47,3 +48,12 @@ def atomic_write_bytes(path: Path | str, data: bytes, perm: int = 0o640) -> None
 def atomic_write_text(path: Path | str, text: str, perm: int = 0o640) -> None:
     with atomic_open(path, "w", perm) as fh:
         fh.write(text)
+
+
+def sha256_file(path: Path | str) -> str:
+    """Hex sha256 of a file's content, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

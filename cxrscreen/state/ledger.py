@@ -7,7 +7,6 @@ row was scored by the same model (weights sha256). Every write is a transaction.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import time
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxrscreen.records import ImageRecord, decide
+from cxrscreen.state.atomic import sha256_file
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -45,12 +45,7 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+file_sha256 = sha256_file  # the content fingerprint that confirms a changed size/mtime
 
 
 @dataclass(frozen=True)
