@@ -104,21 +104,37 @@ def to_model_space(mask: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return np.asarray(geo(mask.astype(np.float32)))[0] > 0.5
 
 
-def test_cam_maximum_falls_on_the_blob(blob_model_dir) -> None:
-    lm = load_model(blob_model_dir / "model.json")
+def check_blob_orientation(model_json) -> list[tuple[float, float, float]]:
+    """Held-out blob images (3 left, 3 right): CAM on the blob, not on its mirror image; maximum near the blob.
+
+    Returns ``(blob mass / mirror mass, argmax column, distance of the argmax to the blob centre in cells)``.
+    """
+    lm = load_model(model_json)
     net, spec = lm.net.eval(), lm.spec
     transform = build_transform(spec)
-    cases = [blob_image(160, side, seed) for side in ("left", "right") for seed in (101, 102, 103)]
+    sides = ["left"] * 3 + ["right"] * 3
+    cases = [blob_image(160, side, seed) for side, seed in zip(sides, (101, 102, 103) * 2, strict=True)]
     x = torch.stack([torch.as_tensor(transform(img)) for img, _ in cases])
     with torch.inference_mode():
         probs = torch.sigmoid(net(x).reshape(-1)).numpy()
     assert (probs > 0.5).all(), f"the blob model should flag every held-out blob image: {probs}"
     cams = compute_cams(net, x)
     s = spec.input_size
-    for (_img, disc), cam, side in zip(cases, cams, ["left"] * 3 + ["right"] * 3, strict=True):
+    cell = s / 32  # layer4 stride
+    out = []
+    for (_img, disc), cam, side in zip(cases, cams, sides, strict=True):
         blob = to_model_space(disc, spec)
-        assert blob.shape == cam.shape == (s, s)
-        mirrored = blob[:, ::-1]
-        assert cam[blob].sum() > 2 * cam[mirrored].sum(), f"more CAM mass on the blob ({side}) than its mirror image"
-        _, col = np.unravel_index(int(np.argmax(cam)), cam.shape)
+        assert blob.shape == cam.shape == (s, s) and blob.any()
+        ratio = float(cam[blob].sum() / max(cam[blob[:, ::-1]].sum(), 1e-6))
+        row, col = np.unravel_index(int(np.argmax(cam)), cam.shape)
+        cy, cx = (float(v.mean()) for v in np.nonzero(blob))
+        dist = float(np.hypot(row - cy, col - cx) / cell)
+        out.append((ratio, float(col), dist))
+        assert ratio > 1.3, f"CAM mass on the {side} blob is only {ratio:.2f}× that on its mirror image"
         assert (col < s / 2) if side == "left" else (col >= s / 2), f"CAM maximum at column {col}, blob {side}"
+        assert dist <= 1.0, f"CAM maximum {dist:.2f} feature-map cells from the blob centre"
+    return out
+
+
+def test_cam_maximum_falls_on_the_blob(blob_cam_model_dir) -> None:
+    check_blob_orientation(blob_cam_model_dir / "model.json")

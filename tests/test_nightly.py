@@ -40,9 +40,10 @@ def cxr(*args: object, timeout: float = 600, **kw) -> subprocess.CompletedProces
                           cwd=REPO, timeout=timeout, **kw)
 
 
-def scan_args(folder: Path, out: Path, model: Path, *extra: object, workers: int = 0) -> list[object]:
+def scan_args(folder: Path, out: Path, model: Path, *extra: object, workers: int = 0,
+              reports: str = "none") -> list[object]:
     return ["scan", folder, "--out", out, "--model", model, "--batch-size", BATCH, "--workers", workers,
-            "--reports", "none", "--device", "cpu", "--precision", "fp32", *extra]
+            "--reports", reports, "--device", "cpu", "--precision", "fp32", *extra]
 
 
 def scan_json(folder: Path, out: Path, model: Path, *extra: object) -> dict:
@@ -120,11 +121,11 @@ def ward_folder(root: Path) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def ward_scan(tmp_path_factory, random_model_path) -> dict:
-    """The ward scanned once, with a log file, under umask 0 (the scan must set its own)."""
+    """The ward scanned once, with reports and a log file, under umask 0 (the scan must set its own)."""
     base = tmp_path_factory.mktemp("ward")
     folder, out, log = base / "in", base / "out", base / "logs" / "scan.log"
     files = ward_folder(folder)
-    res = cxr(*scan_args(folder, out, random_model_path, "--log-file", log), umask=0)
+    res = cxr(*scan_args(folder, out, random_model_path, "--log-file", log, reports="flagged"), umask=0)
     return {"folder": folder, "out": out, "log": log, "files": files, "result": res}
 
 
@@ -164,6 +165,13 @@ def test_logs_and_run_json_carry_no_patient_data(ward_scan) -> None:
                            ("run.json", run_json.read_text())):
         leaked = [s for s in PHI_STRINGS if s.lower() in content.lower()]
         assert not leaked, f"{where} leaks {leaked}"
+
+
+def test_output_file_names_carry_no_patient_names_ids_or_birth_dates(ward_scan) -> None:
+    names = [p.relative_to(ward_scan["out"]).as_posix() for p in ward_scan["out"].rglob("*")]
+    assert any(n.endswith(".pdf") for n in names)
+    phi = [s for name, pid, birth, _ in PATIENTS for s in (*name.split("^"), pid, birth)]
+    assert not [n for n in names if any(s.lower() in n.lower() for s in phi)]
 
 
 def test_outputs_have_no_world_permissions(ward_scan) -> None:

@@ -32,8 +32,7 @@ def pdf_text(path: Path) -> list[str]:
     return [page.extract_text() or "" for page in PdfReader(path).pages]
 
 
-@pytest.fixture
-def folder(tmp_path: Path) -> Path:
+def make_folder(tmp_path: Path) -> Path:
     """Study A: two frontal films + a lateral (not assessable), hostile tags. Study B: one truncated file."""
     root = tmp_path / "in"
     uid = generate_uid()
@@ -48,6 +47,20 @@ def folder(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return make_folder(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def scanned(tmp_path_factory, random_model) -> Path:
+    """One scan shared by the read-only tests: returns OUT (its parent holds only ``in`` and ``out``)."""
+    tmp = tmp_path_factory.mktemp("scanned")
+    out = tmp / "out"
+    run(make_folder(tmp), out, random_model)
+    return out
+
+
 def run(folder: Path, out: Path, model, **kw):
     kw.setdefault("threshold", LOW)
     return scan(folder, out=out, model=model, workers=0, batch_size=4, **kw)
@@ -58,9 +71,8 @@ def study_reports(out: Path) -> dict[str, str]:
     return dict(zip(st["AccessionNumber"], st["report"], strict=True))
 
 
-def test_report_contents_pages_and_worklist_links(folder: Path, tmp_path: Path, random_model) -> None:
-    out = tmp_path / "out"
-    run(folder, out, random_model)
+def test_report_contents_pages_and_worklist_links(scanned: Path, random_model) -> None:
+    out = scanned
     images = read_csv(out / "worklist_images.csv")
     studies = read_csv(out / "worklist_studies.csv")
     assert set(studies["decision"]) == {ABNORMAL, REVIEW}
@@ -86,9 +98,8 @@ def test_report_contents_pages_and_worklist_links(folder: Path, tmp_path: Path, 
     assert len(err) == 1 and "truncated" in err[0] and "Image cannot be shown" in err[0]
 
 
-def test_hostile_tags_stay_inside_the_reports_folder(folder: Path, tmp_path: Path, random_model) -> None:
-    out = tmp_path / "out"
-    run(folder, out, random_model)
+def test_hostile_tags_stay_inside_the_reports_folder(scanned: Path) -> None:
+    out, tmp_path = scanned, scanned.parent
     reports = (out / "reports").resolve()
     for rel in study_reports(out).values():
         path = (out / rel).resolve()

@@ -72,3 +72,14 @@ def test_bad_manifest_is_a_usage_error(tmp_path: Path):
     bad.write_text("file,label\nx.png,0\n")
     res = runner.invoke(app, ["train", str(bad), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "lacks column" in res.output
+
+
+def test_init_from_a_cxrscreen_model_fine_tunes_all_weights(blob_model_dir: Path):
+    import torch
+
+    from cxrscreen.training.train import build_model
+
+    net = build_model(str(blob_model_dir / "model.json"))
+    ref = load_model(blob_model_dir / "model.json").net
+    assert net.training
+    assert torch.equal(net.fc.weight, ref.fc.weight) and torch.equal(net.conv1.weight, ref.conv1.weight)

@@ -33,9 +33,18 @@ def scan_command(
     log_file: Annotated[Path | None, typer.Option("--log-file", help="Append a log (no patient identifiers) here.")] = None,
 ) -> None:
     """Find DICOM files, reject what is not an assessable frontal chest film, score the rest, write worklists."""
+    from cxrscreen.state.lock import LockedError, folder_lock
+
+    state = out / ".cxrscreen"
+    if state.is_dir():  # fast refusal before torch is imported; scan() takes the lock for real
+        try:
+            with folder_lock(state):
+                pass
+        except LockedError as exc:
+            fail(f"{exc}; not starting a second run", ExitCode.LOCKED)
+
     from cxrscreen.model.files import ModelIntegrityError
     from cxrscreen.pipeline import ScanInputError, scan
-    from cxrscreen.state.lock import LockedError
 
     if not folder.exists():
         fail(f"{folder}: no such folder")
@@ -74,10 +83,11 @@ def scan_command(
         fail(f"{exc}; not starting a second run", ExitCode.LOCKED)
     except (ScanInputError, FileNotFoundError, ModelIntegrityError) as exc:
         fail(str(exc))
-    except RuntimeError as exc:
-        if "CUDA" in str(exc):
+    except Exception as exc:  # a bug, not a bad file: say so, log it, distinct exit code
+        if isinstance(exc, RuntimeError) and "CUDA" in str(exc):
             fail(str(exc))
-        raise
+        logging.getLogger("cxrscreen").exception("internal error")
+        fail(f"internal error ({type(exc).__name__}); details in the log", ExitCode.INTERNAL)
     s = result.summary
     if as_json:
         typer.echo(json.dumps(s, indent=2))

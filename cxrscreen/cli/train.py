@@ -15,7 +15,7 @@ from cxrscreen.cli.common import fail, is_tty
 def train_command(
     manifest: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="CSV with path,label,split (+dataset,group).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for checkpoints and the trained model.")],
-    init: Annotated[str, typer.Option(help="imgsim | none | PATH to a torchvision-layout ResNet50 state dict.")] = "imgsim",
+    init: Annotated[str, typer.Option(help="imgsim | none | default (fine-tune the embedded model) | PATH: a cxrscreen model (.json) or a torchvision-layout ResNet50 state dict.")] = "imgsim",
     epochs: Annotated[int, typer.Option(min=1)] = 4,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
@@ -35,8 +35,8 @@ def train_command(
     from cxrscreen.training.data import ManifestError
     from cxrscreen.training.train import TrainConfig, train
 
-    if init not in ("imgsim", "none") and not Path(init).is_file():
-        fail(f"--init: {init} is neither 'imgsim', 'none' nor an existing file")
+    if init not in ("imgsim", "none", "default") and not Path(init).is_file():
+        fail(f"--init: {init} is neither 'imgsim', 'none', 'default' nor an existing file")
     if optimizer not in ("adamax", "adamw"):
         fail(f"--optimizer: {optimizer!r} is not adamax or adamw")
     if (out / "checkpoint.pt").exists() and not resume:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrscreen.outputs.worklist import images_frame, studies_frame, study_key, write_csv
+from cxrscreen.outputs.worklist import images_frame, studies_frame, study_keys, write_csv
 from cxrscreen.records import DECISION_ORDER
 from cxrscreen.state.atomic import atomic_write_text
 from cxrscreen.state.ledger import Ledger
@@ -119,7 +119,7 @@ def export_frame(
     else:
         df = studies_frame(images)
         if since is not None:
-            keys = set(recent.apply(study_key, axis=1)) if len(recent) else set()
+            keys = set(study_keys(recent)) if len(recent) else set()
             own = df["StudyInstanceUID"].where(df["StudyInstanceUID"] != "", "file:" + df["paths"])
             df = df[own.isin(keys)]
     if decisions is not None:

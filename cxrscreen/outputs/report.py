@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import re
-import time
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -217,7 +216,7 @@ def load_page(root: Path, record: ImageRecord, lm: LoadedModel, transform: Calla
     if not path.is_file():
         page.note = "the file is no longer in the scanned folder"
         return page
-    pixels = _decode_display(path)
+    pixels = None if record.status.startswith("error") else _decode_display(path)
     if record.status != "ok":
         page.note = describe_status(record.status)
         page.display = None if pixels is None else shrink(pixels)
@@ -558,16 +557,17 @@ def write_reports(out: Path, root: Path, lm: LoadedModel, rt: Runtime, ledger: L
     folder = out / REPORT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     _remove_temporaries(folder)
-    studies = group_studies(ledger.records())
+    existing = index_reports(folder)
     todo: list[tuple[Study, str]] = []
-    for study in studies:
+    for study in group_studies(ledger.records()):
         rel = report_relpath(study)
-        exists = (out / rel).is_file()
+        names = existing.get(report_stem(study), set())
+        exists = Path(rel).name in names and (out / rel).is_file()
         if wanted(study, policy) and not exists:
             todo.append((study, rel))
             continue
         _set_report(ledger, study, rel if exists else "")
-        _remove_stale(folder, study, keep=rel if exists else None)
+        _remove(folder, names - {Path(rel).name})
     if not todo:
         return
     net = prepare(lm.net, rt)
@@ -579,13 +579,24 @@ def write_reports(out: Path, root: Path, lm: LoadedModel, rt: Runtime, ledger: L
         batch.append((study, rel, [load_page(root, r, lm, transform) for r in study.records]))
         n_cam = sum(p.tensor is not None for _, _, pages in batch for p in pages)
         if n_cam >= CAM_BATCH or i == len(todo) - 1:
-            done = _finish(batch, out, folder, net, rt, ctx, ledger, emit, done, len(todo))
+            done = _finish(batch, out, folder, existing, net, rt, ctx, ledger, emit, done, len(todo))
             batch = []
-    log.info("reports: %d written", done)
+    log.info("reports: %d of %d written", done, len(todo))
 
 
-def _finish(batch: list[tuple[Study, str, list[Page]]], out: Path, folder: Path, net: torch.nn.Module, rt: Runtime,
-            ctx: ReportContext, ledger: Ledger, emit: Emit, done: int, total: int) -> int:
+def index_reports(folder: Path) -> dict[str, set[str]]:
+    """Report file names in ``folder`` by study stem (one directory listing, not one per study)."""
+    index: dict[str, set[str]] = {}
+    for p in folder.iterdir():
+        m = _NAME_RE.match(p.name)
+        if m:
+            index.setdefault(m["stem"], set()).add(p.name)
+    return index
+
+
+def _finish(batch: list[tuple[Study, str, list[Page]]], out: Path, folder: Path, existing: dict[str, set[str]],
+            net: torch.nn.Module, rt: Runtime, ctx: ReportContext, ledger: Ledger, emit: Emit, done: int,
+            total: int) -> int:
     try:
         attach_cams([p for _, _, pages in batch for p in pages], net, rt)
     except Exception as exc:  # no half-made reports: these studies are retried next run
@@ -595,18 +606,16 @@ def _finish(batch: list[tuple[Study, str, list[Page]]], out: Path, folder: Path,
         path = out / rel
         if not _inside(path, folder):  # cannot happen with sanitised names; refuse rather than trust it
             raise RuntimeError("report path escapes the reports folder")
-        t = time.perf_counter()
         try:
             with atomic_open(path, "wb", 0o640) as fh:
-                thr = float(study.records[0].tag("_threshold") or 0.5)
-                render_study(fh, study, pages, ctx, thr)
+                render_study(fh, study, pages, ctx, float(study.records[0].tag("_threshold") or 0.5))
         except Exception as exc:
-            log.warning("report %s failed (%s); retried next run", report_stem(study)[-12:], type(exc).__name__)
+            log.warning("report for study %s failed (%s); retried next run", report_stem(study)[-12:],
+                        type(exc).__name__)
             continue
         _set_report(ledger, study, rel)
-        _remove_stale(folder, study, keep=rel)
+        _remove(folder, existing.get(report_stem(study), set()) - {path.name})
         done += 1
-        log.debug("report %s: %.2f s", rel, time.perf_counter() - t)
         emit({"event": "report", "done": done, "total": total})
     return done
 
@@ -617,15 +626,11 @@ def _set_report(ledger: Ledger, study: Study, rel: str) -> None:
             ledger.set_report(r.path, rel)
 
 
-def _remove_stale(folder: Path, study: Study, keep: str | None) -> None:
-    """Delete this study's reports other than ``keep`` (an older content key)."""
-    stem = report_stem(study)
-    keep_name = Path(keep).name if keep else None
-    for p in folder.glob(f"{stem}_*.pdf"):
-        m = _NAME_RE.match(p.name)
-        if m and m["stem"] == stem and p.name != keep_name:
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+def _remove(folder: Path, names: Iterable[str]) -> None:
+    """Delete outdated reports of a study (an older content key, or no longer wanted and stale)."""
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            (folder / name).unlink()
 
 
 def _remove_temporaries(folder: Path) -> None:

@@ -61,50 +61,58 @@ def images_frame(records: Iterable[ImageRecord], model_name: str) -> pd.DataFram
     return _sort(df, ["path"])[IMAGE_COLUMNS]
 
 
-def study_key(row: pd.Series) -> str:
-    """StudyInstanceUID, or the file itself when the file has none (unreadable, DICOMDIR…)."""
-    return row["StudyInstanceUID"] or f"file:{row['path']}"
+def study_keys(images: pd.DataFrame) -> pd.Series:
+    """StudyInstanceUID, or ``file:<path>`` for a file without one (unreadable, DICOMDIR…)."""
+    uid = images["StudyInstanceUID"].fillna("")
+    return uid.where(uid != "", "file:" + images["path"])
 
 
 def studies_frame(images: pd.DataFrame) -> pd.DataFrame:
     """One row per StudyInstanceUID: max probability over assessable images; review rules."""
     if images.empty:
         return pd.DataFrame(columns=STUDY_COLUMNS)
-    df = images.assign(_study=images.apply(study_key, axis=1))
-    rows = []
-    for key, g in df.groupby("_study", sort=True):
-        ok = g[g["status"] == "ok"]
-        probs = ok["probability"].dropna().astype(float)
-        n_abn = int((g["decision"] == ABNORMAL).sum())
-        if n_abn:
-            decision = ABNORMAL
-        elif (g["decision"] == REVIEW).any() or probs.empty:
-            decision = REVIEW
-        else:
-            decision = NORMAL
-        first = g.iloc[0]
-        rows.append({
-            "decision": decision,
-            "probability": float(probs.max()) if not probs.empty else None,
-            "threshold": float(g["threshold"].iloc[0]),
-            "n_images": len(g),
-            "n_assessable": len(ok),
-            "n_abnormal": n_abn,
-            "n_not_assessable": int(g["status"].str.startswith("not_assessable").sum()),
-            "n_error": int(g["status"].str.startswith("error").sum()),
-            "statuses": ";".join(sorted(set(g["status"]))),
-            "PatientID": first["PatientID"],
-            "AccessionNumber": first["AccessionNumber"],
-            "StudyInstanceUID": first["StudyInstanceUID"] if not str(key).startswith("file:") else "",
-            "StudyDate": first["StudyDate"],
-            "Modality": ";".join(sorted({m for m in g["Modality"] if m})),
-            "paths": ";".join(sorted(g["path"])),
-            "report": next((p for p in g["report"] if p), ""),
-            "model": first["model"],
-            "model_sha256": first["model_sha256"],
-            "software_version": first["software_version"],
-        })
-    out = pd.DataFrame(rows, columns=[c for c in STUDY_COLUMNS if c != "rank"])
+    key = study_keys(images)
+    df = images.assign(_study=key)
+
+    def joined(col: str, unique: bool) -> pd.Series:  # ";".join(sorted(...)) per study, blanks dropped
+        part = df[["_study", col]]
+        part = part[part[col].fillna("") != ""]
+        if unique:
+            part = part.drop_duplicates()
+        part = part.sort_values(["_study", col], kind="mergesort")
+        return part.groupby("_study", sort=True)[col].agg(";".join)
+
+    ok = df["status"] == "ok"
+    n_abn = (df["decision"] == ABNORMAL).groupby(key).sum()
+    review = (df["decision"] == REVIEW).groupby(key).any()
+    prob = df["probability"].astype(float).where(ok).groupby(key).max()
+    first = df.drop_duplicates("_study", keep="first").set_index("_study")
+    reports = df[df["report"].fillna("") != ""].drop_duplicates("_study", keep="first").set_index("_study")["report"]
+    out = pd.DataFrame({
+        "decision": NORMAL,
+        "probability": prob,
+        "threshold": first["threshold"].astype(float),
+        "n_images": df.groupby("_study", sort=True).size(),
+        "n_assessable": ok.groupby(key).sum(),
+        "n_abnormal": n_abn,
+        "n_not_assessable": df["status"].str.startswith("not_assessable").groupby(key).sum(),
+        "n_error": df["status"].str.startswith("error").groupby(key).sum(),
+        "statuses": joined("status", unique=True),
+        "PatientID": first["PatientID"],
+        "AccessionNumber": first["AccessionNumber"],
+        "StudyInstanceUID": first["StudyInstanceUID"].where(~first.index.str.startswith("file:"), ""),
+        "StudyDate": first["StudyDate"],
+        "Modality": joined("Modality", unique=True),
+        "paths": joined("path", unique=False),
+        "report": reports,
+        "model": first["model"],
+        "model_sha256": first["model_sha256"],
+        "software_version": first["software_version"],
+    })
+    out[["statuses", "Modality", "report"]] = out[["statuses", "Modality", "report"]].fillna("")
+    out.loc[review | prob.isna(), "decision"] = REVIEW
+    out.loc[n_abn > 0, "decision"] = ABNORMAL
+    out = out.reset_index(drop=True)[[c for c in STUDY_COLUMNS if c != "rank"]]
     return _sort(out, ["StudyInstanceUID", "paths"])[STUDY_COLUMNS]
 
 

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from cxrscreen import __version__
 from cxrscreen.model.architecture import build_resnet50, imgsim_weights_path, load_torchvision_backbone
-from cxrscreen.model.files import save_model
+from cxrscreen.model.files import load_model, save_model
 from cxrscreen.model.inference import Runtime, choose_runtime, predict_batch, prepare
 from cxrscreen.preprocess import PreprocessSpec
 from cxrscreen.state.atomic import atomic_write_text
@@ -60,6 +60,10 @@ def _subsample(df, n: int | None, seed: int):
 
 
 def build_model(init: str) -> torch.nn.Module:
+    """``none`` (random), ``imgsim``, ``default`` or a cxrscreen model file (fine-tune a whole
+    model, e.g. the embedded one at a new site), or a torchvision-layout ResNet50 state dict."""
+    if init == "default" or Path(init).suffix in (".json", ".safetensors"):
+        return load_model(None if init == "default" else init).net.train()
     net = build_resnet50()
     if init == "none":
         return net

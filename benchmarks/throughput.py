@@ -1,0 +1,885 @@
+"""Throughput of ``cxrscreen scan`` against the model-only ceiling and a naive per-image loop (issue #6).
+
+    .venv/bin/python benchmarks/throughput.py [--n 200] [--n-large 50] [--sizes 1024,2500x3000]
+        [--syntaxes raw,j2k,jls] [--model MODEL.json] [--keep] [--json results.json]
+
+Inputs: N synthetic-patient DICOM files per size (``1024`` = 1024×1024, ``2500x3000`` = 2500 columns ×
+3000 rows; the large kind uses ``--n-large``), made from the 24 full-resolution pediatric JPEGs in
+``../shared/data/fullres`` (random crop, flip, resize, 12 bits stored in 16 allocated, detector-like
+noise, a VOI window in the header; synthetic anatomy when that folder is absent). Each image is made
+once and written uncompressed (``raw``), then ``ds.compress(JPEG2000Lossless)`` (``j2k``) and
+``ds.compress(JPEGLSLossless)`` (``jls``). Files are cached in ``$TMPDIR/cxrscreen-throughput/``
+keyed by size, bits and N, so reruns skip generation.
+
+Every configuration runs in a fresh subprocess (``--_child``) that reports its own peak RSS
+(``RUSAGE_SELF``) and that of its DataLoader workers (``RUSAGE_CHILDREN``); the parent also samples
+the whole process tree (sum of RSS and of PSS) every 0.1 s. Configurations, in one run:
+
+1. model only: ResNet50 forward at the model's input size, batch 16, bf16 autocast + channels_last
+   (when the CPU supports it) and fp32; the best is the ceiling;
+2. ``cxrscreen.pipeline.scan`` end to end (what ``cxrscreen scan`` runs; model load, discovery,
+   hashing, decoding, scoring, ledger, worklists, summary PDF), ``reports="none"``, then
+   ``reports="flagged"`` with a threshold at the 90th percentile of the first run's scores;
+3. naive: per file ``dcmread`` → ``pixel_array`` → ``skimage.transform.resize`` to 224² with
+   anti-aliasing → fp32 forward at batch 1 (a notebook / torchxrayvision batch-script loop), run for
+   ``--naive-seconds`` or ``--naive-n`` files, whichever comes first.
+
+Also a ``--workers`` × ``--batch-size`` sweep (1024² raw, ``--sweep-n`` files) and a flat-memory
+check (1024² raw at N and at 10×N files, hard links to the N files: every path is still read,
+decoded and scored). Without ``--model`` the embedded default model is used when it exists, else a
+random-weight 224 px ResNet50 is built (weights do not change speed). Prints Markdown on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+FULLRES = REPO.parent / "shared" / "data" / "fullres"
+CACHE = Path(tempfile.gettempdir()) / "cxrscreen-throughput"
+GEN_VERSION = 1  # bump when the generated images change
+DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
+SYNTAXES = {"raw": "ExplicitVRLittleEndian", "j2k": "JPEG2000Lossless", "jls": "JPEGLSLossless"}
+SYNTAX_NAMES = {"raw": "uncompressed", "j2k": "JPEG 2000 lossless", "jls": "JPEG-LS lossless"}
+MODEL_BATCH = 16
+TARGET_VS_NAIVE = 3.0
+TARGET_VS_MODEL = 0.5
+TARGET_J2K_VS_RAW = 0.5
+TARGET_RSS_GB = 2.5
+FLAT_TOLERANCE = 1.15  # 10×N may use at most 15 % more memory than N to count as flat
+
+
+# --------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class Kind:
+    """One input geometry: ``cols`` × ``rows`` pixels, ``n`` files."""
+
+    cols: int
+    rows: int
+    n: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.cols}²" if self.cols == self.rows else f"{self.cols}×{self.rows}"
+
+    def folder(self, bits: int, syntax: str) -> Path:
+        return CACHE / f"v{GEN_VERSION}-{self.cols}x{self.rows}-b{bits}-n{self.n}" / syntax
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``1024`` → (1024, 1024); ``2500x3000`` → (2500 columns, 3000 rows)."""
+    parts = text.lower().replace("×", "x").split("x")
+    if len(parts) == 1:
+        return int(parts[0]), int(parts[0])
+    return int(parts[0]), int(parts[1])
+
+
+_SOURCES: list[Any] = []
+
+
+def _sources() -> list[Any]:
+    """The full-resolution JPEGs as float32 [0, 1] arrays (empty when the folder is absent)."""
+    if not _SOURCES and (FULLRES / "manifest.csv").is_file():
+        import csv
+
+        import numpy as np
+        from PIL import Image
+
+        with open(FULLRES / "manifest.csv", newline="") as fh:
+            for row in csv.DictReader(fh):
+                with Image.open(FULLRES / row["path"]) as im:
+                    _SOURCES.append(np.asarray(im.convert("L"), dtype=np.float32) / 255.0)
+    return _SOURCES
+
+
+def _phantom(rows: int, cols: int, rng: Any) -> Any:
+    """Synthetic chest-like anatomy in [0, 1] when no real source images are available."""
+    import numpy as np
+
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    y, x = (yy - rows / 2) / (rows / 2), (xx - cols / 2) / (cols / 2)
+    img = np.full((rows, cols), 0.05, dtype=np.float32)
+    img[(x / 0.9) ** 2 + (y / 0.95) ** 2 < 1] = 0.55
+    for cx in (-0.42, 0.42):
+        img[((x - cx) / 0.3) ** 2 + ((y + 0.05) / 0.6) ** 2 < 1] = 0.2 + rng.uniform(-0.05, 0.05)
+    img[np.abs(x) < 0.12] = np.maximum(img[np.abs(x) < 0.12], 0.8)
+    return img
+
+
+def make_pixels(index: int, cols: int, rows: int, bits: int) -> Any:
+    """Stored values (uint16) for image ``index``: a random crop of a source film at ``cols``×``rows``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng([GEN_VERSION, index, cols, rows])
+    sources = _sources()
+    if sources:
+        src = sources[index % len(sources)]
+        h, w = src.shape
+        frac = rng.uniform(0.85, 1.0)
+        ch = min(h, int(w * rows / cols))
+        cw = int(ch * cols / rows)
+        ch, cw = max(16, int(ch * frac)), max(16, int(cw * frac))
+        y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        crop = Image.fromarray(np.ascontiguousarray(src[y0:y0 + ch, x0:x0 + cw]), mode="F")
+        img = np.asarray(crop.resize((cols, rows), Image.Resampling.BICUBIC), dtype=np.float32)
+        if (index // len(sources)) % 2:
+            img = img[:, ::-1]
+    else:
+        img = _phantom(rows, cols, rng)
+    hi = 2**bits - 1
+    stored = (0.08 + 0.84 * np.clip(img, 0, 1)) * hi + rng.normal(0.0, hi / 700.0, img.shape)
+    return np.clip(np.rint(stored), 0, hi).astype(np.uint16)
+
+
+def make_dataset(pixels: Any, bits: int, index: int) -> Any:
+    """A DX chest PA dataset (one study per file) holding ``pixels`` uncompressed."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = DX_STORAGE
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = DX_STORAGE
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientName, ds.PatientID, ds.AccessionNumber = f"BENCH^{index}", f"B{index:06d}", f"A{index:06d}"
+    ds.StudyDate, ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "20260101", "DX", "CHEST", "PA"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+    lo, hi = np.percentile(pixels[::4, ::4], (0.5, 99.5))
+    ds.WindowCenter, ds.WindowWidth = round(float(lo + hi) / 2, 1), round(float(max(hi - lo, 1.0)), 1)
+    ds.PixelData = pixels.tobytes()
+    return ds
+
+
+def _generate_one(job: tuple[int, int, int, int, list[tuple[str, str]]]) -> None:
+    """Make image ``index`` once and write it in every requested transfer syntax."""
+    import pydicom.uid
+
+    index, cols, rows, bits, targets = job
+    pixels = make_pixels(index, cols, rows, bits)
+    for syntax, path in targets:
+        ds = make_dataset(pixels, bits, index)
+        if syntax != "raw":
+            ds.compress(getattr(pydicom.uid, SYNTAXES[syntax]))
+        tmp = Path(path).with_suffix(".tmp")
+        ds.save_as(tmp, enforce_file_format=True)
+        tmp.replace(path)
+
+
+def ensure_inputs(kind: Kind, bits: int, syntaxes: list[str], procs: int) -> float:
+    """Generate (or reuse) the cached files of ``kind``; seconds spent generating."""
+    from multiprocessing import get_context
+
+    todo = [s for s in syntaxes if not (kind.folder(bits, s) / ".complete").is_file()]
+    if not todo:
+        return 0.0
+    t0 = time.perf_counter()
+    jobs = []
+    for s in todo:
+        kind.folder(bits, s).mkdir(parents=True, exist_ok=True)
+    for i in range(kind.n):
+        targets = [(s, str(kind.folder(bits, s) / f"img{i:05d}.dcm")) for s in todo]
+        targets = [(s, p) for s, p in targets if not Path(p).is_file()]
+        if targets:
+            jobs.append((i, kind.cols, kind.rows, bits, targets))
+    with get_context("fork").Pool(procs) as pool:
+        for _ in pool.imap_unordered(_generate_one, jobs, chunksize=1):
+            pass
+    for s in todo:
+        (kind.folder(bits, s) / ".complete").write_text("ok\n")
+    return time.perf_counter() - t0
+
+
+def linked_copies(src: Path, dst: Path, copies: int) -> Path:
+    """``copies`` hard-linked replicas of ``src``'s files under ``dst/rNN/`` (distinct paths)."""
+    if (dst / ".complete").is_file():
+        return dst
+    shutil.rmtree(dst, ignore_errors=True)
+    files = sorted(src.glob("*.dcm"))
+    for r in range(copies):
+        sub = dst / f"r{r:02d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            try:
+                os.link(f, sub / f.name)
+            except OSError:
+                shutil.copy2(f, sub / f.name)
+    (dst / ".complete").write_text("ok\n")
+    return dst
+
+
+def subset(src: Path, dst: Path, n: int) -> Path:
+    """The first ``n`` files of ``src`` as hard links in ``dst``."""
+    if (dst / ".complete").is_file():
+        return dst
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    for f in sorted(src.glob("*.dcm"))[:n]:
+        os.link(f, dst / f.name)
+    (dst / ".complete").write_text("ok\n")
+    return dst
+
+
+# --------------------------------------------------------------------------- model
+def calibrate_head(net: Any, folder: Path, n: int = 16) -> None:
+    """Rescale a random network's last layer so its logits on ``folder``'s images are ~N(0, 1).
+
+    Random ResNet50 weights give logits of about +13 (every probability ≈ 1.0), so no threshold could
+    flag a fraction; after this the scores spread around 0.5. Speed is unaffected.
+    """
+    import torch
+
+    from cxrscreen.pipeline import prepare_file
+    from cxrscreen.preprocess import PreprocessSpec, build_transform
+
+    spec = PreprocessSpec(input_size=224)
+    transform = build_transform(spec)
+    items = [prepare_file(p, spec, transform) for p in sorted(folder.glob("*.dcm"))[:n]]
+    x = torch.stack([it.image for it in items if it.image is not None])
+    with torch.no_grad():
+        logits = net.eval()(x).reshape(-1)
+        m, sd = float(logits.mean()), max(float(logits.std()), 1e-3)
+        net.fc.weight /= sd
+        net.fc.bias.sub_(m).div_(sd)
+
+
+def resolve_model(arg: Path | None, calib: Path) -> tuple[Path, str]:
+    """The model to benchmark and a sentence saying which one it is."""
+    if arg is not None:
+        return arg, f"model `{arg}` (given with `--model`)"
+    from cxrscreen.model.files import DEFAULT_MODEL
+
+    if DEFAULT_MODEL.is_file():
+        meta = json.loads(DEFAULT_MODEL.read_text())
+        return DEFAULT_MODEL, (f"the embedded default model ({meta.get('name', '?')}, "
+                               f"{meta['preprocess'].get('input_size')} px)")
+    path = CACHE / "random224-calibrated.json"
+    if not path.is_file():
+        import torch
+
+        from cxrscreen.model.architecture import build_resnet50
+        from cxrscreen.model.files import save_model
+        from cxrscreen.preprocess import PreprocessSpec
+
+        torch.manual_seed(0)
+        net = build_resnet50()
+        calibrate_head(net, calib)
+        meta = {"name": "bench-random", "version": "bench", "preprocess": PreprocessSpec(input_size=224).to_dict(),
+                "threshold": 0.5, "labels": {"0": "normal", "1": "abnormal"},
+                "training": {"note": "random weights built by benchmarks/throughput.py; speed only"}}
+        save_model(net, meta, path, dtype=torch.float16)
+    return path, ("a random-weight ResNet50 at 224 px built the way tests/conftest.py `_random_model` does "
+                  "(`cxrscreen/models/default.json` does not exist yet; weights do not change speed), its last "
+                  "layer rescaled so that scores spread around 0.5 instead of all ≈ 1.0")
+
+
+# --------------------------------------------------------------------------- children
+def _rusage() -> dict[str, float]:
+    """Peak RSS (MB) of this process and of its largest reaped child (DataLoader workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"rss_main_mb": round(own, 1), "rss_worker_mb": round(kids, 1)}
+
+
+def child_model(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Model-only rate: random batches at the model's input size."""
+    import torch
+
+    from cxrscreen.model.files import load_model
+    from cxrscreen.model.inference import Runtime, choose_runtime, predict_batch, prepare
+
+    lm = load_model(cfg["model"])
+    rt = choose_runtime("cpu", "auto") if cfg["dtype"] == "auto" else Runtime(torch.device("cpu"), None, False)
+    net = prepare(lm.net, rt)
+    size = lm.spec.input_size
+    x = torch.randn(cfg["batch"], 1, size, size)
+    for _ in range(3):
+        predict_batch(net, x, rt)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < cfg["seconds"] or n < 4 * cfg["batch"]:
+        predict_batch(net, x, rt)
+        n += cfg["batch"]
+    dt = time.perf_counter() - t0
+    return {"img_s": n / dt, "images": n, "runtime": rt.describe(), "input_size": size,
+            "threads": torch.get_num_threads()}
+
+
+def _fast_percentiles() -> type:
+    """``ScaleIntensityRangePercentiles`` with both percentiles from one ``np.percentile`` (a selection).
+
+    MONAI computes each with ``torch.quantile``, a full sort per call: ~25 ms on a 472² image on this CPU
+    against ~3 ms. Same result to float rounding (max difference 2e-6 after normalisation).
+    """
+    import numpy as np
+    import torch
+    from monai.transforms import ScaleIntensityRange, ScaleIntensityRangePercentiles
+    from monai.utils.type_conversion import convert_to_tensor
+
+    class FastPercentiles(ScaleIntensityRangePercentiles):
+        def _normalize(self, img: Any) -> Any:
+            if self.relative or not isinstance(img, torch.Tensor) or img.device.type != "cpu":
+                return super()._normalize(img)
+            lo, hi = np.percentile(img.numpy(), (self.lower, self.upper))
+            a_min, a_max = (torch.tensor(v, dtype=img.dtype) for v in (lo, hi))
+            out = ScaleIntensityRange(a_min=a_min, a_max=a_max, b_min=self.b_min, b_max=self.b_max,
+                                      clip=self.clip, dtype=self.dtype)(img)
+            return convert_to_tensor(out, track_meta=False)
+
+    return FastPercentiles
+
+
+def apply_patches(patches: list[str]) -> None:
+    """What-if changes, applied in the child before ``scan`` (DataLoader workers are forked, so inherit them).
+
+    ``percentile``: the preprocessing chain uses :func:`_fast_percentiles`; ``pyjpegls``: JPEG-LS frames are
+    decoded by CharLS (pyjpegls) instead of pydicom's first plugin (GDCM); ``threadsN``: N torch threads in
+    the main (inference) process.
+    """
+    import torch
+
+    import cxrscreen.ingest.decode as decode
+    import cxrscreen.preprocess as preprocess
+
+    for patch in patches:
+        if patch == "percentile":
+            preprocess.ScaleIntensityRangePercentiles = _fast_percentiles()
+        elif patch == "pyjpegls":
+            from pydicom.uid import JPEGLSLossless, JPEGLSNearLossless
+
+            original = decode._stored_values
+
+            def stored(ds: Any, target: int | None, _orig: Any = original) -> Any:
+                ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+                if ts in (JPEGLSLossless, JPEGLSNearLossless):
+                    ds.pixel_array_options(decoding_plugin="pyjpegls")
+                return _orig(ds, target)
+
+            decode._stored_values = stored
+        elif patch.startswith("threads"):
+            torch.set_num_threads(int(patch.removeprefix("threads")))
+        else:
+            raise ValueError(f"unknown patch {patch!r}")
+
+
+def child_scan(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``pipeline.scan`` on a folder, with batch timestamps for the steady-state rate."""
+    import csv
+
+    from cxrscreen.pipeline import scan
+
+    apply_patches(cfg.get("patches", []))
+
+    marks: list[tuple[float, int]] = []
+
+    def progress(e: dict[str, Any]) -> None:
+        if e["event"] == "batch":
+            marks.append((time.perf_counter(), int(e["done"])))
+
+    t0 = time.perf_counter()
+    res = scan(cfg["folder"], out=cfg["out"], model=cfg["model"], threshold=cfg.get("threshold"),
+               batch_size=cfg["batch"], workers=cfg["workers"], reports=cfg["reports"], rescan=True,
+               progress=progress)
+    wall = time.perf_counter() - t0
+    s = res.summary
+    steady = None
+    if len(marks) >= 3:
+        (ta, na), (tb, nb) = marks[0], marks[-1]
+        steady = (nb - na) / (tb - ta) if tb > ta else None
+    with open(res.images_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    probs = [float(r["probability"]) for r in rows if r.get("probability")]
+    notes: dict[str, int] = {}
+    for r in rows:
+        for note in filter(None, (r.get("qc_notes") or "").replace(";", " ").replace(",", " ").split()):
+            notes[note] = notes.get(note, 0) + 1
+    reports = len(list((Path(cfg["out"]) / "reports").glob("*.pdf")))
+    return {"wall_s": wall, "summary_wall_s": s["wall_s"], "files": s["files_processed"],
+            "scored": s["images_scored"], "statuses": s["statuses"], "decisions": s["decisions"],
+            "durations_s": s["durations_s"], "score_img_s": s["images_per_s"], "steady_img_s": steady,
+            "first_batch_s": (marks[0][0] - t0) if marks else None, "runtime": s["runtime"],
+            "probs": probs, "notes": notes, "reports": reports}
+
+
+def child_naive(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Per file: dcmread → pixel_array → skimage resize (anti-aliased) → fp32 forward at batch 1."""
+    import numpy as np
+    import pydicom
+    import torch
+    from skimage.transform import resize
+
+    from cxrscreen.model.files import load_model
+
+    lm = load_model(cfg["model"])
+    net = lm.net.float().eval()
+    size = lm.spec.input_size
+    files = sorted(Path(cfg["folder"]).glob("*.dcm"))[: cfg["max_n"]]
+
+    def one(path: Path) -> tuple[float, float, float]:
+        t0 = time.perf_counter()
+        arr = pydicom.dcmread(path).pixel_array.astype(np.float32)
+        t1 = time.perf_counter()
+        img = resize(arr, (size, size), anti_aliasing=True)
+        lo, hi = float(img.min()), float(img.max())
+        img = ((img - lo) / max(hi - lo, 1e-6) - 0.5) / 0.25
+        x = torch.from_numpy(img.astype(np.float32))[None, None]
+        t2 = time.perf_counter()
+        with torch.no_grad():
+            torch.sigmoid(net(x)).item()
+        return t1 - t0, t2 - t1, time.perf_counter() - t2
+
+    one(files[-1])  # warm-up, not timed
+    parts = np.zeros(3)
+    n, t0 = 0, time.perf_counter()
+    for path in files:
+        parts += one(path)
+        n += 1
+        if time.perf_counter() - t0 >= cfg["seconds"] and n >= 5:
+            break
+    dt = time.perf_counter() - t0
+    return {"img_s": n / dt, "images": n, "ms_read_decode": 1e3 * parts[0] / n, "ms_resize": 1e3 * parts[1] / n,
+            "ms_forward": 1e3 * parts[2] / n, "threads": torch.get_num_threads()}
+
+
+CHILDREN = {"model": child_model, "scan": child_scan, "naive": child_naive}
+
+
+def child_main(arg: str) -> None:
+    cfg = json.loads(arg)
+    sys.path.insert(0, str(REPO))
+    out = CHILDREN[cfg["what"]](cfg)
+    out.update(_rusage())
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+# --------------------------------------------------------------------------- parent side
+def _tree(root: int) -> list[int]:
+    """``root`` and its live descendants (from /proc)."""
+    parent: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parent.setdefault(ppid, []).append(int(entry.name))
+    out, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        out.append(pid)
+        stack.extend(parent.get(pid, []))
+    return out
+
+
+def _mem_kb(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) in kB of one process; zeros when it is gone."""
+    rss = pss = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Rss:"):
+                    rss = int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss = int(line.split()[1])
+    except OSError:
+        pass
+    return rss, pss
+
+
+def run_child(cfg: dict[str, Any], log_dir: Path, name: str) -> dict[str, Any]:
+    """Run one configuration in a fresh interpreter; its result plus the sampled tree peaks."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", json.dumps(cfg)]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    out_path, err_path = log_dir / f"{name}.out", log_dir / f"{name}.err"
+    peak_rss = peak_pss = peak_procs = 0
+    t0 = time.perf_counter()
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=REPO)
+        while proc.poll() is None:
+            pids = _tree(proc.pid)
+            mem = [_mem_kb(p) for p in pids]
+            peak_rss = max(peak_rss, sum(m[0] for m in mem))
+            peak_pss = max(peak_pss, sum(m[1] for m in mem))
+            peak_procs = max(peak_procs, len(pids))
+            time.sleep(0.1)
+    wall = time.perf_counter() - t0
+    lines = [ln for ln in out_path.read_text().splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = err_path.read_text()[-3000:]
+        raise RuntimeError(f"child {name} failed ({proc.returncode}):\n{tail}")
+    res = json.loads(lines[-1][len("RESULT "):])
+    res.update({"process_wall_s": wall, "tree_rss_mb": peak_rss / 1024, "tree_pss_mb": peak_pss / 1024,
+                "tree_procs": peak_procs})
+    print(f"  {name}: {_brief(res)}", file=sys.stderr, flush=True)
+    return res
+
+
+def _brief(r: dict[str, Any]) -> str:
+    rate = r.get("img_s") or (r["files"] / r["summary_wall_s"] if r.get("files") else 0.0)
+    return (f"{rate:.1f} img/s, main {r['rss_main_mb']:.0f} MB, worker {r['rss_worker_mb']:.0f} MB, "
+            f"tree PSS {r['tree_pss_mb']:.0f} MB, {r['process_wall_s']:.1f} s")
+
+
+def e2e_rate(r: dict[str, Any]) -> float:
+    """End-to-end rate: files / ``scan()`` wall time (model load to summary PDF)."""
+    return r["files"] / r["summary_wall_s"]
+
+
+def threshold_for(probs: list[float], q: float = 0.9) -> float:
+    """A threshold that flags roughly the top ``1 - q`` of the scores (kept inside (0, 1))."""
+    import numpy as np
+
+    if not probs:
+        return 0.5
+    t = float(np.quantile(np.asarray(probs), q))
+    return float(min(max(t, 1e-6), 1 - 1e-6))
+
+
+# --------------------------------------------------------------------------- report
+def machine() -> dict[str, str]:
+    cpu, mem_gb = platform.processor() or platform.machine(), 0.0
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(ln.split(":", 1)[1].strip() for ln in subprocess.run(
+            ["lscpu"], capture_output=True, text=True).stdout.splitlines() if ln.startswith("Model name"))
+    try:
+        mem_kb = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
+                      if ln.startswith("MemTotal"))
+        mem_gb = mem_kb / 1024**2
+    except (OSError, StopIteration):
+        pass
+    import pydicom
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    isa = ", ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "no bf16"
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "ram": f"{mem_gb:.1f} GiB", "isa": isa, "gpu": gpu,
+            "os": f"{platform.system()} {platform.release()}",
+            "sw": f"Python {platform.python_version()}, torch {torch.__version__}, pydicom {pydicom.__version__}"}
+
+
+def _mb(x: float) -> str:
+    return f"{x / 1024:.2f} GB" if x >= 1024 else f"{x:.0f} MB"
+
+
+def _rss(r: dict[str, Any], workers: int) -> str:
+    return (f"{_mb(r['rss_main_mb'])} + {workers}×{_mb(r['rss_worker_mb'])} "
+            f"(tree PSS {_mb(r['tree_pss_mb'])})" if workers else
+            f"{_mb(r['rss_main_mb'])} (PSS {_mb(r['tree_pss_mb'])})")
+
+
+def _ok(flag: bool) -> str:
+    return "**met**" if flag else "**not met**"
+
+
+def render(res: dict[str, Any]) -> str:
+    """All results as Markdown."""
+    m, a = res["machine"], res["args"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores ({m['isa']}), {m['ram']} RAM, {m['os']}; {m['sw']}.  ",
+             f"GPU: {m['gpu']}" + (" — no GPU was available for this measurement." if m["gpu"] == "none" else "."),
+             f"Date: {res['date']}. Command: `{res['command']}` (total {res['total_s'] / 60:.1f} min, input "
+             f"generation {res['gen_s']:.0f} s of it).  ",
+             f"Model: {res['model_note']}. Inputs: {a['bits']} bits stored in 16 allocated, VOI window in the "
+             f"header, one study per file, made from {res['source_note']}.", ""]
+    best = res["model_best"]
+    lines += ["### 1. Model only (ceiling)", "", "| precision | batch | img/s | peak RSS |", "|---|---|---|---|"]
+    for r in res["model"]:
+        lines.append(f"| {r['runtime']} | {MODEL_BATCH} | {r['img_s']:.1f} | {_mb(r['rss_main_mb'])} |")
+    lines += ["", f"Ceiling used for the ratios: {best['img_s']:.1f} img/s ({best['runtime']}, "
+                  f"{best['threads']} threads).", ""]
+    for kind_label, rows in res["kinds"].items():
+        lines += [f"### {kind_label} ({rows[0]['n']} files)", "",
+                  "| input | naive img/s | scan img/s (reports off) | steady scoring img/s | scan img/s "
+                  "(reports on) | peak RSS, reports off (main + workers) | scan / model | scan / naive |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row in rows:
+            off, on, nv = row["off"], row["on"], row["naive"]
+            e2e = e2e_rate(off)
+            on_txt = (f"{e2e_rate(on):.1f} ({on['reports']} PDFs, {on['decisions'].get('abnormal', 0)} abnormal + "
+                      f"{on['decisions'].get('review', 0)} review)") if on else row.get("on_note", "—")
+            lines.append(f"| {row['syntax_name']} | {nv['img_s']:.1f} | {e2e:.1f} | {off['steady_img_s'] or 0:.1f} | "
+                         f"{on_txt} | {_rss(off, row['workers'])} | {e2e / best['img_s']:.2f} | "
+                         f"{e2e / nv['img_s']:.1f}× |")
+        lines += ["", "Per-stage timings (run.json `durations_s`, reports off; decode and preprocess are summed "
+                      "over worker processes, shown per image) and the naive loop's split:", "",
+                  "| input | discover + plan | decode ms/img | preprocess ms/img | infer (main) | wait for decode "
+                  "| ledger | score wall | worklists | other (model load, summary PDF) | first batch at | scan() wall "
+                  "| process wall | naive ms/img (read+decode / resize / forward) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for row in rows:
+            off, nv = row["off"], row["naive"]
+            d, n = off["durations_s"], max(1, off["files"])
+            other = off["summary_wall_s"] - sum(d.get(k, 0) for k in ("discover", "plan", "score_wall", "worklists"))
+            lines.append(
+                f"| {row['syntax_name']} | {d.get('discover', 0) + d.get('plan', 0):.2f} s | "
+                f"{1e3 * d.get('decode', 0) / n:.1f} | {1e3 * d.get('preprocess', 0) / n:.1f} | "
+                f"{d.get('infer', 0):.1f} s ({1e3 * d.get('infer', 0) / n:.1f} ms/img) | "
+                f"{d.get('wait_for_decode', 0):.1f} s | {d.get('ledger', 0):.2f} s | {d.get('score_wall', 0):.1f} s | "
+                f"{d.get('worklists', 0):.2f} s | {other:.1f} s | {off['first_batch_s'] or 0:.1f} s | "
+                f"{off['summary_wall_s']:.1f} s | "
+                f"{off['process_wall_s']:.1f} s | {nv['ms_read_decode']:.0f} / {nv['ms_resize']:.0f} / "
+                f"{nv['ms_forward']:.0f} |")
+        notes = [f"{row['syntax_name']}: {', '.join(f'{k} ×{v}' for k, v in sorted(row['off']['notes'].items()))}"
+                 for row in rows if row["off"]["notes"]]
+        if notes:
+            lines += ["", "QC notes (decode path): " + "; ".join(notes) + "."]
+        ons = [r for r in rows if r["on"]]
+        if ons:
+            parts = []
+            for r in ons:
+                t_rep = r["on"]["durations_s"].get("reports", 0.0)
+                parts.append(f"{r['syntax_name']}: threshold {r['threshold']:.4f}, reports stage {t_rep:.1f} s "
+                             f"({t_rep / max(1, r['on']['reports']):.2f} s per PDF)")
+            lines += ["", "Reports on: " + "; ".join(parts) + "."]
+        lines.append("")
+    if res.get("sweep"):
+        lines += [f"### Workers × batch size (1024² uncompressed, {res['sweep_n']} files, reports off)", "",
+                  "| workers | batch | scan img/s | steady scoring img/s | wait for decode | peak tree PSS |",
+                  "|---|---|---|---|---|---|"]
+        for r in res["sweep"]:
+            lines.append(f"| {r['workers']} | {r['batch']} | {e2e_rate(r):.1f} | {r['steady_img_s'] or 0:.1f} | "
+                         f"{r['durations_s'].get('wait_for_decode', 0):.1f} s | {_mb(r['tree_pss_mb'])} |")
+        bw = max(res["sweep"], key=e2e_rate)
+        lines += ["", f"Best: workers {bw['workers']}, batch {bw['batch']} ({e2e_rate(bw):.1f} img/s).", ""]
+    if res.get("flat"):
+        lines += ["### Flat memory (1024² uncompressed, reports off, default workers and batch)", "",
+                  "| files | scan img/s | main peak RSS | worker peak RSS | peak tree RSS | peak tree PSS |",
+                  "|---|---|---|---|---|---|"]
+        for r in res["flat"]:
+            lines.append(f"| {r['files']} | {e2e_rate(r):.1f} | {_mb(r['rss_main_mb'])} | {_mb(r['rss_worker_mb'])} | "
+                         f"{_mb(r['tree_rss_mb'])} | {_mb(r['tree_pss_mb'])} |")
+        lines.append("")
+    if res.get("whatif"):
+        lines += ["### What-if: suggested changes, monkeypatched into the scan child (reports off)", "",
+                  "| input | workers | changes | scan img/s | before | decode ms/img | preprocess ms/img "
+                  "| wait for decode | steady scoring img/s |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in res["whatif"]:
+            d, n = r["durations_s"], max(1, r["files"])
+            before = f"{r['base_img_s']:.1f}" if r["base_img_s"] else "—"
+            lines.append(f"| {r['kind']} {r['syntax_name']} | {r['workers']} | {' + '.join(r['patches'])} | "
+                         f"{e2e_rate(r):.1f} | {before} | {1e3 * d.get('decode', 0) / n:.1f} | "
+                         f"{1e3 * d.get('preprocess', 0) / n:.1f} | {d.get('wait_for_decode', 0):.1f} s | "
+                         f"{r['steady_img_s'] or 0:.1f} |")
+        lines.append("")
+    lines += ["### Targets", "", "| target | measured | |", "|---|---|---|"]
+    for t in res["targets"]:
+        lines.append(f"| {t['what']} | {t['value']} | {_ok(t['met'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, evaluated."""
+    out: list[dict[str, Any]] = []
+    best = res["model_best"]["img_s"]
+    for kind_label, rows in res["kinds"].items():
+        by = {r["syntax"]: r for r in rows}
+        if "raw" in by and kind_label.startswith("1024"):
+            r = by["raw"]
+            e2e, naive = e2e_rate(r["off"]), r["naive"]["img_s"]
+            out.append({"what": f"{kind_label} uncompressed, reports off: ≥ {TARGET_VS_NAIVE:.0f}× naive",
+                        "value": f"{e2e / naive:.1f}×", "met": e2e >= TARGET_VS_NAIVE * naive})
+            out.append({"what": f"{kind_label} uncompressed, reports off: ≥ {TARGET_VS_MODEL:.0%} of model-only",
+                        "value": f"{e2e / best:.0%} ({e2e:.1f} / {best:.1f} img/s)",
+                        "met": e2e >= TARGET_VS_MODEL * best})
+        if "raw" in by and "j2k" in by:
+            a, b = e2e_rate(by["j2k"]["off"]), e2e_rate(by["raw"]["off"])
+            out.append({"what": f"{kind_label} JPEG 2000 ≥ {TARGET_J2K_VS_RAW:.0%} of uncompressed",
+                        "value": f"{a / b:.0%} ({a:.1f} / {b:.1f} img/s)", "met": a >= TARGET_J2K_VS_RAW * b})
+    for rows in res["kinds"].values():
+        for r in rows:
+            peak = max(r["off"]["tree_pss_mb"], r["off"]["rss_main_mb"] + r["workers"] * r["off"]["rss_worker_mb"])
+            r["peak_mb"] = peak
+    worst = max((r for rows in res["kinds"].values() for r in rows), key=lambda r: r["peak_mb"], default=None)
+    if worst:
+        out.append({"what": f"peak RSS (main + workers) ≤ {TARGET_RSS_GB} GB, every kind, reports off",
+                    "value": f"max {_mb(worst['peak_mb'])} ({worst['kind']} {worst['syntax_name']})",
+                    "met": worst["peak_mb"] <= TARGET_RSS_GB * 1024})
+    if len(res.get("flat", [])) == 2:
+        a, b = res["flat"]
+        ra = a["rss_main_mb"] + a["workers"] * a["rss_worker_mb"]
+        rb = b["rss_main_mb"] + b["workers"] * b["rss_worker_mb"]
+        out.append({"what": f"flat memory: peak at {b['files']} files ≤ {FLAT_TOLERANCE:.2f}× peak at {a['files']}",
+                    "value": f"{_mb(rb)} vs {_mb(ra)} (main + workers; tree PSS {_mb(b['tree_pss_mb'])} vs "
+                             f"{_mb(a['tree_pss_mb'])})",
+                    "met": rb <= FLAT_TOLERANCE * ra and rb <= TARGET_RSS_GB * 1024})
+    return out
+
+
+# --------------------------------------------------------------------------- main
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=200, help="files per kind (1024² and other sizes ≤ 2 Mpx)")
+    ap.add_argument("--n-large", type=int, default=50, help="files per kind above 2 Mpx (e.g. 2500x3000)")
+    ap.add_argument("--sizes", default="1024,2500x3000", help="comma-separated: S (square) or COLSxROWS")
+    ap.add_argument("--syntaxes", default="raw,j2k,jls", help=f"comma-separated of {', '.join(SYNTAXES)}")
+    ap.add_argument("--bits", type=int, default=12, help="BitsStored (16 allocated)")
+    ap.add_argument("--model", type=Path, help="model .json (default: embedded model, else random 224 px)")
+    ap.add_argument("--workers", type=int, default=None, help="scan workers (default: cxrscreen's default)")
+    ap.add_argument("--batch", type=int, default=16, help="scan batch size")
+    ap.add_argument("--naive-n", type=int, default=200, help="at most this many files in the naive loop")
+    ap.add_argument("--naive-seconds", type=float, default=15.0, help="naive loop time budget per input kind")
+    ap.add_argument("--model-seconds", type=float, default=10.0, help="model-only timing per precision")
+    ap.add_argument("--sweep-n", type=int, default=96, help="files for the workers × batch sweep (0: skip)")
+    ap.add_argument("--flat-factor", type=int, default=10, help="flat-memory check at N and factor×N (0: skip)")
+    ap.add_argument("--no-reports", action="store_true", help="skip the reports-on scans")
+    ap.add_argument("--whatif", action="store_true",
+                    help="also scan with the suggested code changes monkeypatched in (docs/benchmarks.md)")
+    ap.add_argument("--keep", action="store_true", help="keep scan outputs and child logs (inputs are always cached)")
+    ap.add_argument("--json", type=Path, help="also write the raw results here")
+    ap.add_argument("--_child", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args._child:
+        child_main(args._child)
+        return
+    sys.path.insert(0, str(REPO))
+    from cxrscreen.pipeline import default_workers
+
+    t_start = time.perf_counter()
+    syntaxes = _csv(args.syntaxes)
+    if bad := [s for s in syntaxes if s not in SYNTAXES]:
+        sys.exit(f"unknown syntax {bad}; choose from {list(SYNTAXES)}")
+    kinds = []
+    for text in _csv(args.sizes):
+        cols, rows = parse_size(text)
+        kinds.append(Kind(cols, rows, args.n if cols * rows <= 2_100_000 else args.n_large))
+    workers = default_workers() if args.workers is None else args.workers
+    procs = os.cpu_count() or 1
+    CACHE.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="cxrscreen-throughput-run-"))
+    logs = work / "logs"
+    command = " ".join([".venv/bin/python", "benchmarks/throughput.py", *(argv or sys.argv[1:])])
+    res: dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                           "command": command,
+                           "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                           "kinds": {}, "gen_s": 0.0}
+    res["source_note"] = (f"the {len(_sources())} pediatric JPEGs in ../shared/data/fullres (random crops and "
+                          "flips, bicubic resize, Gaussian detector noise)" if _sources() else "synthetic anatomy")
+    _SOURCES.clear()  # the pool re-reads them lazily; keep the parent small
+    try:
+        for kind in kinds:
+            dt = ensure_inputs(kind, args.bits, syntaxes, procs)
+            res["gen_s"] += dt
+            print(f"inputs {kind.label} ×{kind.n}: {'cached' if dt == 0 else f'generated in {dt:.0f} s'}",
+                  file=sys.stderr, flush=True)
+        model, res["model_note"] = resolve_model(args.model, kinds[0].folder(args.bits, syntaxes[0]))
+        print(f"model: {res['model_note']}", file=sys.stderr)
+
+        print("model only", file=sys.stderr)
+        res["model"] = [run_child({"what": "model", "model": str(model), "dtype": dt, "batch": MODEL_BATCH,
+                                   "seconds": args.model_seconds}, logs, f"model-{dt}") for dt in ("auto", "fp32")]
+        res["model_best"] = max(res["model"], key=lambda r: r["img_s"])
+
+        for kind in kinds:
+            label = f"{kind.label}"
+            res["kinds"][label] = rows = []
+            for syntax in syntaxes:
+                folder = kind.folder(args.bits, syntax)
+                name = f"{kind.cols}x{kind.rows}-{syntax}"
+                print(f"{label} {SYNTAX_NAMES[syntax]}", file=sys.stderr, flush=True)
+                base = {"what": "scan", "folder": str(folder), "model": str(model), "batch": args.batch,
+                        "workers": workers}
+                off = run_child({**base, "out": str(work / f"{name}-off"), "reports": "none"}, logs, f"{name}-off")
+                row: dict[str, Any] = {"kind": label, "n": kind.n, "syntax": syntax,
+                                       "syntax_name": SYNTAX_NAMES[syntax], "workers": workers, "off": off, "on": None}
+                if not args.no_reports:
+                    try:
+                        import cxrscreen.outputs.report  # noqa: F401
+
+                        row["threshold"] = threshold_for(off["probs"])
+                        row["on"] = run_child({**base, "out": str(work / f"{name}-on"), "reports": "flagged",
+                                               "threshold": row["threshold"]}, logs, f"{name}-on")
+                    except ImportError:
+                        row["on_note"] = "cxrscreen.outputs.report is absent: no reports"
+                row["naive"] = run_child({"what": "naive", "folder": str(folder), "model": str(model),
+                                          "max_n": args.naive_n, "seconds": args.naive_seconds}, logs, f"{name}-naive")
+                for r in (row["off"], row["on"]):
+                    if r:
+                        r.pop("probs", None)
+                rows.append(row)
+
+        small = next((k for k in kinds if k.cols == k.rows == 1024), None)
+        if small and "raw" in syntaxes and args.sweep_n > 0:
+            print("workers × batch sweep", file=sys.stderr, flush=True)
+            n = min(args.sweep_n, small.n)
+            folder = subset(small.folder(args.bits, "raw"), CACHE / f"sweep-{small.n}-{n}-b{args.bits}", n)
+            res["sweep_n"], res["sweep"] = n, []
+            for w in (0, 1, 2):
+                for b in (8, 16, 32):
+                    r = run_child({"what": "scan", "folder": str(folder), "model": str(model), "batch": b,
+                                   "workers": w, "out": str(work / f"sweep-w{w}-b{b}"), "reports": "none"},
+                                  logs, f"sweep-w{w}-b{b}")
+                    r.pop("probs", None)
+                    r.update({"workers": w, "batch": b})
+                    res["sweep"].append(r)
+        if small and "raw" in syntaxes and args.flat_factor > 1:
+            print("flat memory", file=sys.stderr, flush=True)
+            first = res["kinds"][small.label][syntaxes.index("raw")]["off"]
+            first = {**first, "workers": workers}
+            big_n = small.n * args.flat_factor
+            folder = linked_copies(small.folder(args.bits, "raw"), CACHE / f"flat-{small.n}x{args.flat_factor}-"
+                                   f"b{args.bits}", args.flat_factor)
+            big = run_child({"what": "scan", "folder": str(folder), "model": str(model), "batch": args.batch,
+                             "workers": workers, "out": str(work / "flat"), "reports": "none"}, logs, "flat")
+            big.pop("probs", None)
+            big["workers"] = workers
+            if big["scored"] != big_n:
+                print(f"warning: flat run scored {big['scored']} of {big_n}", file=sys.stderr)
+            res["flat"] = [first, big]
+        if args.whatif:
+            print("what-if (suggested code changes, monkeypatched in the child)", file=sys.stderr, flush=True)
+            res["whatif"] = []
+            fix = ["percentile", "pyjpegls"]
+            plan: list[tuple[Kind, str, int, list[str]]] = []
+            for kind in kinds:
+                plan += [(kind, syn, workers, fix) for syn in syntaxes]
+            if small and "raw" in syntaxes:
+                plan += [(small, "raw", w, fix) for w in (0, 2) if w != workers]
+                plan += [(small, "raw", workers, [*fix, "threads1"])]
+            for kind, syn, w, patches in plan:
+                name = f"whatif-{kind.cols}x{kind.rows}-{syn}-w{w}-{'+'.join(patches)}"
+                r = run_child({"what": "scan", "folder": str(kind.folder(args.bits, syn)), "model": str(model),
+                               "batch": args.batch, "workers": w, "out": str(work / name), "reports": "none",
+                               "patches": patches}, logs, name)
+                r.pop("probs", None)
+                base = next(row["off"] for row in res["kinds"][kind.label] if row["syntax"] == syn)
+                r.update({"kind": kind.label, "syntax_name": SYNTAX_NAMES[syn], "workers": w, "patches": patches,
+                          "base_img_s": e2e_rate(base) if w == workers else None})
+                res["whatif"].append(r)
+        res["targets"] = targets(res)
+        res["total_s"] = time.perf_counter() - t_start
+        text = render(res)
+        print(text)
+        if args.json:
+            args.json.write_text(json.dumps(res, indent=1, default=str) + "\n")
+    finally:
+        if args.keep:
+            print(f"kept scan outputs and logs in {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
