@@ -505,16 +505,37 @@ def _mem_kb(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
+LOAD_LOG: list[tuple[str, float, float]] = []  # (child, other processes' cores, steal cores)
+
+
+def _cpu_jiffies() -> tuple[int, int]:
+    """(busy, steal) jiffies of the whole machine since boot, from /proc/stat."""
+    f = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (f + [0] * 8)[:8]
+    return user + nice + system + irq + softirq, steal
+
+
 def run_child(cfg: dict[str, Any], log_dir: Path, name: str) -> dict[str, Any]:
-    """Run one configuration in a fresh interpreter; its result plus the sampled tree peaks."""
+    """Run one configuration in a fresh interpreter; its result plus the sampled tree peaks.
+
+    Also measures the CPU that *other* processes used meanwhile (machine busy time minus this child's
+    and this parent's), in cores: anything well above 0 means the numbers are pessimistic.
+    """
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", json.dumps(cfg)]
     log_dir.mkdir(parents=True, exist_ok=True)
     out_path, err_path = log_dir / f"{name}.out", log_dir / f"{name}.err"
     peak_rss = peak_pss = peak_procs = 0
+    hz = os.sysconf("SC_CLK_TCK")
+    busy0, steal0 = _cpu_jiffies()
+    self0 = os.times()
     t0 = time.perf_counter()
     with open(out_path, "w") as out, open(err_path, "w") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=REPO)
-        while proc.poll() is None:
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                break
             pids = _tree(proc.pid)
             mem = [_mem_kb(p) for p in pids]
             peak_rss = max(peak_rss, sum(m[0] for m in mem))
@@ -522,13 +543,20 @@ def run_child(cfg: dict[str, Any], log_dir: Path, name: str) -> dict[str, Any]:
             peak_procs = max(peak_procs, len(pids))
             time.sleep(0.1)
     wall = time.perf_counter() - t0
+    busy1, steal1 = _cpu_jiffies()
+    self1 = os.times()
+    child_cpu = usage.ru_utime + usage.ru_stime
+    own_cpu = (self1.user - self0.user) + (self1.system - self0.system)
+    others = max(0.0, (busy1 - busy0) / hz - child_cpu - own_cpu) / wall
     lines = [ln for ln in out_path.read_text().splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         tail = err_path.read_text()[-3000:]
         raise RuntimeError(f"child {name} failed ({proc.returncode}):\n{tail}")
     res = json.loads(lines[-1][len("RESULT "):])
     res.update({"process_wall_s": wall, "tree_rss_mb": peak_rss / 1024, "tree_pss_mb": peak_pss / 1024,
-                "tree_procs": peak_procs})
+                "tree_procs": peak_procs, "cpu_cores_used": child_cpu / wall, "others_cores": others,
+                "steal_cores": (steal1 - steal0) / hz / wall})
+    LOAD_LOG.append((name, others, res["steal_cores"]))
     print(f"  {name}: {_brief(res)}", file=sys.stderr, flush=True)
     return res
 
@@ -536,7 +564,8 @@ def run_child(cfg: dict[str, Any], log_dir: Path, name: str) -> dict[str, Any]:
 def _brief(r: dict[str, Any]) -> str:
     rate = r.get("img_s") or (r["files"] / r["summary_wall_s"] if r.get("files") else 0.0)
     return (f"{rate:.1f} img/s, main {r['rss_main_mb']:.0f} MB, worker {r['rss_worker_mb']:.0f} MB, "
-            f"tree PSS {r['tree_pss_mb']:.0f} MB, {r['process_wall_s']:.1f} s")
+            f"tree PSS {r['tree_pss_mb']:.0f} MB, {r['process_wall_s']:.1f} s, "
+            f"CPU {r['cpu_cores_used']:.2f} cores, others {r['others_cores']:.2f} cores")
 
 
 def e2e_rate(r: dict[str, Any]) -> float:
@@ -577,6 +606,17 @@ def machine() -> dict[str, str]:
             "sw": f"Python {platform.python_version()}, torch {torch.__version__}, pydicom {pydicom.__version__}"}
 
 
+def _load_line(load: list[Any]) -> str:
+    """One sentence on how busy the machine was with other work during the measurements."""
+    if not load:
+        return ""
+    mean = sum(x[1] for x in load) / len(load)
+    worst = max(load, key=lambda x: x[1])
+    steal = max(x[2] for x in load)
+    return (f"Other processes used {mean:.2f} cores on average during the measurements (most: {worst[1]:.2f} "
+            f"during `{worst[0]}`; hypervisor steal ≤ {steal:.2f} cores).  ")
+
+
 def _mb(x: float) -> str:
     return f"{x / 1024:.2f} GB" if x >= 1024 else f"{x:.0f} MB"
 
@@ -598,6 +638,7 @@ def render(res: dict[str, Any]) -> str:
              f"GPU: {m['gpu']}" + (" — no GPU was available for this measurement." if m["gpu"] == "none" else "."),
              f"Date: {res['date']}. Command: `{res['command']}` (total {res['total_s'] / 60:.1f} min, input "
              f"generation {res['gen_s']:.0f} s of it).  ",
+             _load_line(res.get("load", [])),
              f"Model: {res['model_note']}. Inputs: {a['bits']} bits stored in 16 allocated, VOI window in the "
              f"header, one study per file, made from {res['source_note']}.", ""]
     best = res["model_best"]
@@ -747,6 +788,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-reports", action="store_true", help="skip the reports-on scans")
     ap.add_argument("--whatif", action="store_true",
                     help="also scan with the suggested code changes monkeypatched in (docs/benchmarks.md)")
+    ap.add_argument("--prepare", action="store_true", help="only generate (cache) the inputs, then exit")
     ap.add_argument("--keep", action="store_true", help="keep scan outputs and child logs (inputs are always cached)")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
@@ -784,6 +826,13 @@ def main(argv: list[str] | None = None) -> None:
             res["gen_s"] += dt
             print(f"inputs {kind.label} ×{kind.n}: {'cached' if dt == 0 else f'generated in {dt:.0f} s'}",
                   file=sys.stderr, flush=True)
+        small = next((k for k in kinds if k.cols == k.rows == 1024), None)
+        if args.prepare:
+            if small and "raw" in syntaxes and args.flat_factor > 1:
+                linked_copies(small.folder(args.bits, "raw"), CACHE / f"flat-{small.n}x{args.flat_factor}-"
+                              f"b{args.bits}", args.flat_factor)
+            print(f"inputs cached under {CACHE}", file=sys.stderr)
+            return
         model, res["model_note"] = resolve_model(args.model, kinds[0].folder(args.bits, syntaxes[0]))
         print(f"model: {res['model_note']}", file=sys.stderr)
 
@@ -820,7 +869,6 @@ def main(argv: list[str] | None = None) -> None:
                         r.pop("probs", None)
                 rows.append(row)
 
-        small = next((k for k in kinds if k.cols == k.rows == 1024), None)
         if small and "raw" in syntaxes and args.sweep_n > 0:
             print("workers × batch sweep", file=sys.stderr, flush=True)
             n = min(args.sweep_n, small.n)
@@ -869,6 +917,7 @@ def main(argv: list[str] | None = None) -> None:
                           "base_img_s": e2e_rate(base) if w == workers else None})
                 res["whatif"].append(r)
         res["targets"] = targets(res)
+        res["load"] = LOAD_LOG
         res["total_s"] = time.perf_counter() - t_start
         text = render(res)
         print(text)

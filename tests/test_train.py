@@ -83,3 +83,16 @@ def test_init_from_a_cxrscreen_model_fine_tunes_all_weights(blob_model_dir: Path
     ref = load_model(blob_model_dir / "model.json").net
     assert net.training
     assert torch.equal(net.fc.weight, ref.fc.weight) and torch.equal(net.conv1.weight, ref.conv1.weight)
+
+
+def test_evaluate_record_keeps_weights_valid(blob_model_dir: Path, blob_manifest: Path, tmp_path: Path):
+    import shutil
+
+    for f in ("model.json", "model.safetensors"):
+        shutil.copy(blob_model_dir / f, tmp_path / f)
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "model.json"), str(blob_manifest), "--split", "test",
+                              "--out", str(tmp_path / "ev"), "--bootstrap", "100", "--record", "-q"])
+    assert res.exit_code == 0, res.output
+    lm = load_model(tmp_path / "model.json")  # sha256 still verifies: only metadata changed
+    groups = lm.meta["metrics"]["manifest.csv:test"]["groups"]
+    assert groups["synthetic"]["auroc"]["value"] > 0.9

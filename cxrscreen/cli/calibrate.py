@@ -23,6 +23,7 @@ def calibrate_command(
     precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     workers: Annotated[int, typer.Option(min=0)] = 0,
+    name: Annotated[str | None, typer.Option(help="Name of the new model (default: keep the old name).")] = None,
     allow_test: Annotated[bool, typer.Option("--allow-test", hidden=True)] = False,
 ) -> None:
     """Pick the highest threshold whose sensitivity on SPLIT meets the target; write a new model file."""
@@ -58,6 +59,8 @@ def calibrate_command(
         record["groups"] = {str(k): threshold_metrics(labels[i], scores[i], thr) for k, i in groups.items()}
     meta = {k: v for k, v in lm.meta.items() if k not in ("sha256", "weights_file", "weights_dtype")}
     meta["threshold"] = thr
+    if name:
+        meta["name"] = name
     meta["threshold_source"] = (f"calibrated on {manifest.name}:{split} for sensitivity ≥ {target_sensitivity}"
                                 + (" (95% lower bound)" if require_lower_bound else "")
                                 + (" in every dataset" if per_dataset else ""))

@@ -22,6 +22,7 @@ def evaluate_command(
     precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     workers: Annotated[int, typer.Option(min=0)] = 0,
+    record: Annotated[bool, typer.Option("--record", help="Also store the metrics summary in the model's metadata (weights untouched).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Score a manifest split and report AUROC (bootstrap CI) and sensitivity/specificity/PPV/NPV (Wilson CIs)."""
@@ -38,3 +39,8 @@ def evaluate_command(
     if not quiet:
         typer.echo(markdown_report(result["metrics"], result["meta"]))
     console.print(f"written: {out}/metrics.json, report.md, scores.csv, roc.png, scores.png")
+    if record:
+        from cxrscreen.training.evaluate import record_in_model
+
+        record_in_model(lm.path, result)
+        console.print(f"metrics recorded in {lm.path}")

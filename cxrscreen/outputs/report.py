@@ -342,6 +342,11 @@ def fmt_prob(p: float | None) -> str:
     return "—" if p is None else f"{p:.3f}"
 
 
+def fmt_threshold(t: float) -> str:
+    """Three decimals, or scientific notation for a threshold too small to show that way."""
+    return f"{t:.3f}" if t >= 0.001 else f"{t:.1e}"
+
+
 # --------------------------------------------------------------------------- drawing
 PAGE = landscape(A4)
 MARGIN = 28.0
@@ -465,7 +470,7 @@ def draw_details(c: Canvas, page: Page, thr_default: float, y_top: float) -> Non
     r = page.record
     w, _ = PAGE
     thr = r.tag("_threshold")
-    thr_text = f"{float(thr):.3f}" if thr else f"{thr_default:.3f}"
+    thr_text = fmt_threshold(float(thr) if thr else thr_default)
     left = [
         ("Image decision", r.decision.upper()),
         ("Probability (abnormal)", fmt_prob(r.probability)),

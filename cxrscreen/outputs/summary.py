@@ -31,7 +31,7 @@ from reportlab.platypus import (
 
 from cxrscreen import __version__
 from cxrscreen.model.files import LoadedModel
-from cxrscreen.outputs.report import DECISION_COLOUR, DISCLAIMER, clean, fit, fonts
+from cxrscreen.outputs.report import DECISION_COLOUR, DISCLAIMER, clean, fit, fmt_threshold, fonts
 from cxrscreen.records import ABNORMAL, DECISION_ORDER, NORMAL, REVIEW
 from cxrscreen.state.atomic import atomic_open
 
@@ -96,7 +96,7 @@ def histogram_png(probs: np.ndarray, thr: float, title: str) -> bytes:
     below, above = probs[probs < thr], probs[probs >= thr]
     ax.hist([below, above], bins=bins, stacked=True, color=["#607d8b", "#b71c1c"],
             label=[f"below threshold ({below.size})", f"at/above threshold ({above.size})"])
-    ax.axvline(thr, color="black", linestyle="--", linewidth=1.2, label=f"threshold {thr:.3f}")
+    ax.axvline(thr, color="black", linestyle="--", linewidth=1.2, label=f"threshold {fmt_threshold(thr)}")
     ax.set_xlim(0.0, 1.0)
     ax.set_xlabel(title, fontsize=8)
     ax.set_ylabel("count", fontsize=8)
@@ -212,7 +212,8 @@ def _model_table(summary: Mapping[str, Any], lm: LoadedModel, thr: float) -> Tab
     rows = [
         ["Model", f"{lm.name} {meta.get('version', '')}".strip()],
         ["Weights sha256", lm.sha256[:16] + "…"],
-        ["Threshold", f"{thr:.3f}" + (f" ({clean(meta['threshold_source'])})" if meta.get("threshold_source") else "")],
+        ["Threshold", fmt_threshold(thr) + (f" ({clean(meta['threshold_source'])})" if meta.get("threshold_source")
+                                            else "")],
         ["Runtime", clean(summary.get("runtime", "")) or "—"],
         ["Software", f"cxrscreen {summary.get('software_version', __version__)}"],
     ]

@@ -44,7 +44,7 @@ def images_frame(records: Iterable[ImageRecord], model_name: str) -> pd.DataFram
         rows.append({
             "decision": r.decision,
             "probability": None if r.probability is None else round(float(r.probability), 6),
-            "threshold": float(r.tags.get("_threshold", "nan")),
+            "threshold": round(float(r.tags.get("_threshold", "nan")), 6),
             "status": r.status,
             "qc_notes": ";".join(r.qc_notes),
             **{k: r.tag(k) for k in ("PatientID", "AccessionNumber", "StudyInstanceUID", "SeriesInstanceUID",

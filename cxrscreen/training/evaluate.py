@@ -164,3 +164,21 @@ def evaluate(
     plot_roc(df, scores, thr, out / "roc.png")
     plot_hist(df, scores, thr, out / "scores.png")
     return {"meta": meta, "metrics": metrics}
+
+
+def record_in_model(json_path: Path, result: dict[str, Any]) -> None:
+    """Store a compact metrics summary under ``metrics[<manifest>:<split>]`` in the model metadata."""
+    meta = json.loads(json_path.read_text(encoding="utf-8"))
+    compact = {}
+    for group, m in result["metrics"].items():
+        compact[group] = {
+            "n": m["n"],
+            "auroc": m["auroc"],
+            **{k: {kk: m[k][kk] for kk in ("value", "ci_low", "ci_high")}
+               for k in ("sensitivity", "specificity", "ppv", "npv", "accuracy")},
+            "confusion": m["confusion"],
+        }
+    key = f"{result['meta']['manifest_name']}:{result['meta']['split']}"
+    meta.setdefault("metrics", {})[key] = {"threshold": result["meta"]["threshold"], "date": result["meta"]["date"],
+                                           "runtime": result["meta"]["runtime"], "groups": compact}
+    atomic_write_text(json_path, json.dumps(meta, indent=2) + "\n")
