@@ -9,6 +9,17 @@ from pathlib import Path
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class OneLineFormatter(logging.Formatter):
+    """For the terminal: the message only, never a traceback (that goes to --log-file)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record = logging.makeLogRecord(record.__dict__)
+        record.exc_info = None
+        record.exc_text = None
+        record.stack_info = None
+        return super().format(record)
+
+
 def setup_logging(quiet: bool = False, log_file: Path | None = None) -> None:
     logger = logging.getLogger("cxrscreen")
     logger.setLevel(logging.INFO)
@@ -19,7 +30,7 @@ def setup_logging(quiet: bool = False, log_file: Path | None = None) -> None:
     if not quiet:
         err = logging.StreamHandler()
         err.setLevel(logging.WARNING)
-        err.setFormatter(logging.Formatter("cxrscreen: %(levelname)s: %(message)s"))
+        err.setFormatter(OneLineFormatter("cxrscreen: %(levelname)s: %(message)s"))
         logger.addHandler(err)
     if log_file is not None:
         old = os.umask(0o027)
