@@ -88,8 +88,8 @@ def main() -> None:
         n_scored = res.summary["images_scored"]
 
         totals: Counter[str] = Counter()
-        originals = {k: getattr(R, k) for k in ("load_page", "attach_cams", "render_study")}
-        R.load_page = timed("re-read + decode", R.load_page, totals)
+        originals = {k: getattr(R, k) for k in ("load_study", "attach_cams", "render_study")}
+        R.load_study = timed("re-read + decode", R.load_study, totals)
         R.attach_cams = timed("Grad-CAM (fp32)", R.attach_cams, totals)
         R.render_study = timed("PDF drawing + JPEG", R.render_study, totals)
         rt = choose_runtime("auto", args.precision)

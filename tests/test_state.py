@@ -172,6 +172,7 @@ HOLDER = textwrap.dedent("""
     with folder_lock(Path(sys.argv[1])):
         child = os.fork()
         if child == 0:  # like a DataLoader worker: outlives a SIGKILLed parent for a while
+            print("child-running", flush=True)  # the at-fork hook has run by now
             time.sleep(60)
             os._exit(0)
         print(child, flush=True)
@@ -182,7 +183,9 @@ HOLDER = textwrap.dedent("""
 def test_lock_dies_with_its_process_not_with_forked_children(tmp_path: Path) -> None:
     state = tmp_path / ".cxrscreen"
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(state)], stdout=subprocess.PIPE, text=True, cwd=REPO)
-    child = int(proc.stdout.readline())
+    lines = {proc.stdout.readline().strip(), proc.stdout.readline().strip()}  # pid and "child-running"
+    lines.discard("child-running")
+    child = int(lines.pop())
     try:
         with pytest.raises(LockedError), folder_lock(state):
             pass

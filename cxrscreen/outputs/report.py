@@ -18,7 +18,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from pathlib import Path
@@ -117,10 +117,15 @@ def sanitize(text: str, limit: int = 24) -> str:
     return out or "noacc"
 
 
+SHOWN_TAGS = ("PatientName", "PatientID", "AccessionNumber", "StudyDate", "InstitutionName", "StudyDescription",
+              "ViewPosition", "Modality", "SeriesDescription")
+
+
 def content_key(study: Study) -> str:
-    """Hash of what the report shows: a change in any of it means a new report."""
+    """Hash of what the report shows: a change in any of it (a rescore, a corrected header) means a new report."""
     items = [(r.path, None if r.probability is None else round(r.probability, 6), r.decision, r.status,
-              list(r.qc_notes), r.tag("_model_sha256"), r.tag("_threshold")) for r in study.records]
+              list(r.qc_notes), r.tag("_model_sha256"), r.tag("_threshold"), [r.tag(k) for k in SHOWN_TAGS])
+             for r in study.records]
     blob = json.dumps([LAYOUT_VERSION, study.decision, items], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
@@ -149,7 +154,6 @@ class Page:
     display: np.ndarray | None = None  # grey [0, 1], display polarity, aspect kept
     note: str = ""  # why there is no Grad-CAM
     cam: np.ndarray | None = None  # (S, S) in [0, 1]
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def model_view(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
@@ -300,7 +304,8 @@ def clean(text: str) -> str:
 
 
 def fit(text: str, font: str, size: float, width: float) -> str:
-    text = clean(text)
+    """One line no wider than ``width`` points, cut with an ellipsis when needed."""
+    text = clean(text[:400])
     if pdfmetrics.stringWidth(text, font, size) <= width:
         return text
     while text and pdfmetrics.stringWidth(text + "…", font, size) > width:
@@ -483,7 +488,6 @@ def draw_details(c: Canvas, page: Page, thr_default: float, y_top: float) -> Non
          or "—"),
         ("Series", clean(r.tag("SeriesDescription")) or "—"),
         ("File", clean(r.path)),
-        ("Scored", clean(r.tag("_scored_at")) or "—"),
     ]
     if page.note:
         right.append(("Note", page.note))
@@ -581,12 +585,23 @@ def write_reports(out: Path, root: Path, lm: LoadedModel, rt: Runtime, ledger: L
                         datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z").strip())
     done, batch = 0, []
     for i, (study, rel) in enumerate(todo):
-        batch.append((study, rel, [load_page(root, r, lm, transform) for r in study.records]))
+        batch.append((study, rel, load_study(root, study, lm, transform)))
         n_cam = sum(p.tensor is not None for _, _, pages in batch for p in pages)
         if n_cam >= CAM_BATCH or i == len(todo) - 1:
             done = _finish(batch, out, folder, existing, net, rt, ctx, ledger, emit, done, len(todo))
             batch = []
     log.info("reports: %d of %d written", done, len(todo))
+
+
+def load_study(root: Path, study: Study, lm: LoadedModel, transform: Callable) -> list[Page]:
+    """The pages of one study; a file that cannot be re-read gets a page saying so."""
+    pages = []
+    for r in study.records:
+        try:
+            pages.append(load_page(root, r, lm, transform))
+        except Exception as exc:
+            pages.append(Page(r, note=f"the file could not be read again ({type(exc).__name__})"))
+    return pages
 
 
 def index_reports(folder: Path) -> dict[str, set[str]]:

@@ -182,9 +182,9 @@ def _flagged_table(studies: pd.DataFrame, st: dict[str, ParagraphStyle]) -> list
         prob = pd.to_numeric(pd.Series([row.probability]), errors="coerce").iloc[0]
         rows.append([i, row.decision, fit(str(row.AccessionNumber or "—"), regular, 8.5, 28 * mm),
                      "—" if pd.isna(prob) else f"{float(prob):.3f}", int(row.n_images),
-                     fit(str(row.report or "—"), regular, 8.5, 84 * mm)])
-    t = _table(rows, [8 * mm, 18 * mm, 30 * mm, 20 * mm, 13 * mm, 85 * mm], long=True)
-    t.setStyle(TableStyle([("ALIGN", (3, 0), (4, -1), "RIGHT")] + [
+                     fit(str(row.report or "—"), regular, 8.5, 78 * mm)])
+    t = _table(rows, [8 * mm, 18 * mm, 30 * mm, 23 * mm, 15 * mm, 80 * mm], long=True)
+    t.setStyle(TableStyle([("ALIGN", (3, 0), (4, -1), "RIGHT"), ("LEFTPADDING", (5, 0), (5, -1), 10)] + [
         ("TEXTCOLOR", (1, i), (1, i), DECISION_COLOUR.get(rows[i][1], colors.black)) for i in range(1, len(rows))]))
     out: list[Any] = [t]
     if len(df) > MAX_ROWS:
