@@ -26,7 +26,7 @@ TARGET_LAYER = "layer4"
 
 
 class GradCAM:
-    """``with GradCAM(net) as cam: maps = cam(x)`` → raw ReLU'd maps ``(B, h, w)`` at the block's resolution."""
+    """``with GradCAM(net) as cam: maps, logits = cam(x)``; raw ReLU maps ``(B, h, w)`` at the block resolution."""
 
     def __init__(self, net: nn.Module, target_layer: str = TARGET_LAYER, class_index: int = 0) -> None:
         self.net = net

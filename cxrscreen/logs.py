@@ -27,6 +27,7 @@ def setup_logging(quiet: bool = False, log_file: Path | None = None) -> None:
         logger.removeHandler(h)
         h.close()
     logger.propagate = False
+    logger.addHandler(logging.NullHandler())  # quiet means quiet: no "last resort" stderr output
     if not quiet:
         err = logging.StreamHandler()
         err.setLevel(logging.WARNING)

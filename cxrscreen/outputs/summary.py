@@ -31,7 +31,7 @@ from reportlab.platypus import (
 
 from cxrscreen import __version__
 from cxrscreen.model.files import LoadedModel
-from cxrscreen.outputs.report import DECISION_COLOUR, DISCLAIMER, clean, fit, fmt_threshold, fonts
+from cxrscreen.outputs.report import DECISION_COLOUR, DISCLAIMER, binary_streams, clean, fit, fmt_threshold, fonts
 from cxrscreen.records import ABNORMAL, DECISION_ORDER, NORMAL, REVIEW
 from cxrscreen.state.atomic import atomic_open
 
@@ -290,7 +290,7 @@ def write_summary_pdf(path: Path, summary: dict, studies: pd.DataFrame, lm: Load
                       images: pd.DataFrame | None = None) -> Path:
     """Write ``summary.pdf`` atomically (mode 0640); ``images`` (the image worklist) feeds the histogram."""
     story = build_story(summary, studies, lm, thr, images)
-    with atomic_open(path, "wb", 0o640) as fh:
+    with atomic_open(path, "wb", 0o640) as fh, binary_streams():
         doc = SimpleDocTemplate(fh, pagesize=A4, leftMargin=18 * mm, rightMargin=18 * mm, topMargin=16 * mm,
                                 bottomMargin=20 * mm, title="cxrscreen batch summary",
                                 author=f"cxrscreen {__version__}", subject=DISCLAIMER)
