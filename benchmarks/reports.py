@@ -1,6 +1,6 @@
 """Seconds per flagged image for Grad-CAM + PDF reports, against scoring alone in the same run.
 
-    .venv/bin/python benchmarks/reports.py                      # synthetic studies, smoke or random model
+    .venv/bin/python benchmarks/reports.py                      # synthetic studies, embedded (or random) model
     .venv/bin/python benchmarks/reports.py --folder sample_dicoms --model /path/model.json
 
 Every assessable image is flagged (threshold 1e-6) so that every image gets a report page. The
@@ -32,7 +32,7 @@ from cxrscreen.outputs import report as R  # noqa: E402
 from cxrscreen.pipeline import scan  # noqa: E402
 from cxrscreen.state.ledger import Ledger  # noqa: E402
 
-SMOKE_MODEL = Path("/tmp/smoke/model.json")
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "cxrscreen" / "models" / "default.json"
 TARGET_S = 0.5
 
 
@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=16, help="synthetic images (default 16)")
     ap.add_argument("--per-study", type=int, default=2, help="synthetic images per study (default 2)")
     ap.add_argument("--size", type=int, nargs=2, default=(1536, 1280), metavar=("ROWS", "COLS"))
-    ap.add_argument("--model", type=Path, help=f"model .json (default {SMOKE_MODEL} if present, else random 224 px)")
+    ap.add_argument("--model", type=Path, help="model .json (default: the embedded model, else a random 224 px one)")
     ap.add_argument("--precision", default="auto", help="scoring precision (Grad-CAM is always fp32)")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=3, help="runs of each stage; the fastest is reported (default 3)")
@@ -80,7 +80,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="cxr-bench-") as tmp:
         tmp = Path(tmp)
-        model_path = args.model or (SMOKE_MODEL if SMOKE_MODEL.is_file() else random_model(tmp, 224))
+        model_path = args.model or (DEFAULT_MODEL if DEFAULT_MODEL.is_file() else random_model(tmp, 224))
         lm = load_model(model_path)
         folder = args.folder or synthetic_folder(tmp / "in", args.images, args.per_study, tuple(args.size))
         scans = []

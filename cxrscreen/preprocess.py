@@ -49,14 +49,18 @@ class PreprocessSpec:
 
 
 def base_transforms(spec: PreprocessSpec) -> list:
-    """Deterministic geometry + robust intensity scaling to [0, 1] at the model size."""
+    """Deterministic geometry + robust intensity scaling to [0, 1] at the model size.
+
+    Percentiles are taken after the resize (at most S×S pixels, 5–30× fewer than the decoded
+    film, so a few ms) and before the padding (which must not count as anatomy).
+    """
     return [
         EnsureChannelFirst(channel_dim="no_channel"),
         CenterScaleCrop(roi_scale=1.0 - 2.0 * spec.border_crop),
+        Resize(spatial_size=spec.input_size, size_mode="longest", mode="area"),
         ScaleIntensityRangePercentiles(
             lower=spec.lower_percentile, upper=spec.upper_percentile, b_min=0.0, b_max=1.0, clip=True
         ),
-        Resize(spatial_size=spec.input_size, size_mode="longest", mode="area"),
         SpatialPad(spatial_size=(spec.input_size, spec.input_size), mode="constant", value=0.0),
         EnsureType(data_type="tensor", dtype=torch.float32, track_meta=False),
     ]
