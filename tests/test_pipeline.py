@@ -171,3 +171,19 @@ def test_sample_dicoms_outcomes(tmp_path: Path, random_model_path):
     studies = _read(res.studies_csv)
     acc3 = studies[studies["AccessionNumber"] == "ACC0003"].iloc[0]
     assert acc3["n_images"] == "2"
+
+
+def test_embedded_model_on_the_real_files(shared_data, tmp_path: Path):
+    """The README of ../shared/data lists RG1 as abnormal and the NIH film as normal."""
+    from cxrscreen.model.files import DEFAULT_MODEL
+
+    if not DEFAULT_MODEL.exists():
+        pytest.skip("the embedded model is not in this checkout")
+    res = scan(shared_data / "dicom", out=tmp_path / "out", workers=0, reports="none")
+    images = _read(res.images_csv).set_index("path")
+    for name in ("RG1_UNCR.dcm", "RG1_J2KR.dcm", "RG1_J2KI.dcm"):
+        assert images.loc[name, "decision"] == "abnormal"
+    assert images.loc["NIH_DX_no_finding_implicit_vr.dcm", "decision"] == "normal"
+    assert images.loc["SIIM_header_says_MONOCHROME1_pixels_not_inverted.dcm", "decision"] == "review"
+    probs = images["probability"].replace("", np.nan).astype(float)
+    assert abs(probs["RG1_J2KR.dcm"] - probs["RG1_UNCR.dcm"]) < 0.01  # reduced-resolution J2K decode
