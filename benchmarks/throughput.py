@@ -389,7 +389,11 @@ def child_scan(cfg: dict[str, Any]) -> dict[str, Any]:
 
     marks: list[tuple[float, int]] = []
 
+    started: list[float] = []
+
     def progress(e: dict[str, Any]) -> None:
+        if e["event"] == "start":
+            started.append(time.perf_counter())
         if e["event"] == "batch":
             marks.append((time.perf_counter(), int(e["done"])))
 
@@ -415,6 +419,7 @@ def child_scan(cfg: dict[str, Any]) -> dict[str, Any]:
             "scored": s["images_scored"], "statuses": s["statuses"], "decisions": s["decisions"],
             "durations_s": s["durations_s"], "score_img_s": s["images_per_s"], "steady_img_s": steady,
             "first_batch_s": (marks[0][0] - t0) if marks else None, "runtime": s["runtime"],
+            "start_s": (started[0] - t0) if started else None,
             "probs": probs, "notes": notes, "reports": reports}
 
 
@@ -515,7 +520,53 @@ def _cpu_jiffies() -> tuple[int, int]:
     return user + nice + system + irq + softirq, steal
 
 
+NOISY_CORES = 0.25  # other processes using more than this during a measurement make it suspect
+RETRIES = 2
+QUIET_WAIT_S = 120.0
+
+
+def others_busy(seconds: float = 2.0) -> float:
+    """Cores used by everything else over ``seconds`` (this process sleeps meanwhile)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    b0, _ = _cpu_jiffies()
+    time.sleep(seconds)
+    b1, _ = _cpu_jiffies()
+    return (b1 - b0) / hz / seconds
+
+
+def wait_for_quiet(limit_s: float = QUIET_WAIT_S) -> float:
+    """Wait (up to ``limit_s``) until other processes use < ``NOISY_CORES``; the last reading."""
+    t0 = time.perf_counter()
+    busy = others_busy()
+    while busy >= NOISY_CORES and time.perf_counter() - t0 < limit_s:
+        busy = others_busy()
+    return busy
+
+
 def run_child(cfg: dict[str, Any], log_dir: Path, name: str) -> dict[str, Any]:
+    """:func:`run_once`, repeated (after waiting for a quiet machine) while other processes interfered.
+
+    Keeps the least disturbed attempt; ``noisy`` marks a result that other processes still disturbed.
+    """
+    best: dict[str, Any] | None = None
+    for attempt in range(RETRIES + 1):
+        if attempt:
+            busy = wait_for_quiet()
+            print(f"  {name}: other processes used {best['others_cores']:.2f} cores; retrying "
+                  f"(now {busy:.2f})", file=sys.stderr, flush=True)
+        res = run_once(cfg, log_dir, f"{name}-try{attempt}" if attempt else name)
+        res["attempts"] = attempt + 1
+        if best is None or res["others_cores"] < best["others_cores"]:
+            best = res
+        if best["others_cores"] < NOISY_CORES:
+            break
+    assert best is not None
+    best["noisy"] = best["others_cores"] >= NOISY_CORES
+    LOAD_LOG.append((name, best["others_cores"], best["steal_cores"]))
+    return best
+
+
+def run_once(cfg: dict[str, Any], log_dir: Path, name: str) -> dict[str, Any]:
     """Run one configuration in a fresh interpreter; its result plus the sampled tree peaks.
 
     Also measures the CPU that *other* processes used meanwhile (machine busy time minus this child's
@@ -556,7 +607,6 @@ def run_child(cfg: dict[str, Any], log_dir: Path, name: str) -> dict[str, Any]:
     res.update({"process_wall_s": wall, "tree_rss_mb": peak_rss / 1024, "tree_pss_mb": peak_pss / 1024,
                 "tree_procs": peak_procs, "cpu_cores_used": child_cpu / wall, "others_cores": others,
                 "steal_cores": (steal1 - steal0) / hz / wall})
-    LOAD_LOG.append((name, others, res["steal_cores"]))
     print(f"  {name}: {_brief(res)}", file=sys.stderr, flush=True)
     return res
 
@@ -631,6 +681,11 @@ def _ok(flag: bool) -> str:
     return "**met**" if flag else "**not met**"
 
 
+def _n(r: dict[str, Any] | None) -> str:
+    """A dagger for results that other processes disturbed (see the load line)."""
+    return " †" if r and r.get("noisy") else ""
+
+
 def render(res: dict[str, Any]) -> str:
     """All results as Markdown."""
     m, a = res["machine"], res["args"]
@@ -642,62 +697,60 @@ def render(res: dict[str, Any]) -> str:
              f"Model: {res['model_note']}. Inputs: {a['bits']} bits stored in 16 allocated, VOI window in the "
              f"header, one study per file, made from {res['source_note']}.", ""]
     best = res["model_best"]
-    lines += ["### 1. Model only (ceiling)", "", "| precision | batch | img/s | peak RSS |", "|---|---|---|---|"]
+    lines += ["### Model only (ceiling)", "", "| precision | batch | img/s | peak RSS |", "|---|---|---|---|"]
     for r in res["model"]:
-        lines.append(f"| {r['runtime']} | {MODEL_BATCH} | {r['img_s']:.1f} | {_mb(r['rss_main_mb'])} |")
+        lines.append(f"| {r['runtime']} | {MODEL_BATCH} | {r['img_s']:.1f}{_n(r)} | {_mb(r['rss_main_mb'])} |")
     lines += ["", f"Ceiling used for the ratios: {best['img_s']:.1f} img/s ({best['runtime']}, "
                   f"{best['threads']} threads).", ""]
     for kind_label, rows in res["kinds"].items():
         lines += [f"### {kind_label} ({rows[0]['n']} files)", "",
-                  "| input | naive img/s | scan img/s (reports off) | steady scoring img/s | scan img/s "
-                  "(reports on) | peak RSS, reports off (main + workers) | scan / model | scan / naive |",
+                  "| input | naive img/s | scan img/s, reports off | scoring stage img/s | scan img/s, reports on "
+                  "| peak RSS, reports off: main + workers (tree PSS) | scan / model | scan / naive |",
                   "|---|---|---|---|---|---|---|---|"]
         for row in rows:
             off, on, nv = row["off"], row["on"], row["naive"]
             e2e = e2e_rate(off)
-            on_txt = (f"{e2e_rate(on):.1f} ({on['reports']} PDFs, {on['decisions'].get('abnormal', 0)} abnormal + "
-                      f"{on['decisions'].get('review', 0)} review)") if on else row.get("on_note", "—")
-            lines.append(f"| {row['syntax_name']} | {nv['img_s']:.1f} | {e2e:.1f} | {off['steady_img_s'] or 0:.1f} | "
-                         f"{on_txt} | {_rss(off, row['workers'])} | {e2e / best['img_s']:.2f} | "
-                         f"{e2e / nv['img_s']:.1f}× |")
+            on_txt = (f"{e2e_rate(on):.1f}{_n(on)} ({on['reports']} PDFs for {on['decisions'].get('abnormal', 0)} "
+                      f"abnormal + {on['decisions'].get('review', 0)} review)") if on else row.get("on_note", "—")
+            lines.append(f"| {row['syntax_name']} | {nv['img_s']:.1f}{_n(nv)} | {e2e:.1f}{_n(off)} | "
+                         f"{off['score_img_s'] or 0:.1f} | {on_txt} | {_rss(off, row['workers'])} | "
+                         f"{e2e / best['img_s']:.2f} | {e2e / nv['img_s']:.1f}× |")
         lines += ["", "Per-stage timings (run.json `durations_s`, reports off; decode and preprocess are summed "
-                      "over worker processes, shown per image) and the naive loop's split:", "",
-                  "| input | discover + plan | decode ms/img | preprocess ms/img | infer (main) | wait for decode "
-                  "| ledger | score wall | worklists | other (model load, summary PDF) | first batch at | scan() wall "
-                  "| process wall | naive ms/img (read+decode / resize / forward) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                      "over the worker process, shown per image; *start* = model load + discovery + plan, "
+                      "*first batch* = start + DataLoader fill) and the naive loop's split:", "",
+                  "| input | start | first batch | decode ms/img | preprocess ms/img | infer (main) | wait for decode "
+                  "| ledger | score wall | worklists + summary PDF | scan() wall | process wall "
+                  "| naive ms/img: read+decode / resize / forward |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in rows:
             off, nv = row["off"], row["naive"]
             d, n = off["durations_s"], max(1, off["files"])
-            other = off["summary_wall_s"] - sum(d.get(k, 0) for k in ("discover", "plan", "score_wall", "worklists"))
+            tail = off["summary_wall_s"] - (off["start_s"] or 0) - d.get("score_wall", 0) - d.get("reports", 0)
             lines.append(
-                f"| {row['syntax_name']} | {d.get('discover', 0) + d.get('plan', 0):.2f} s | "
+                f"| {row['syntax_name']} | {off['start_s'] or 0:.1f} s | {off['first_batch_s'] or 0:.1f} s | "
                 f"{1e3 * d.get('decode', 0) / n:.1f} | {1e3 * d.get('preprocess', 0) / n:.1f} | "
                 f"{d.get('infer', 0):.1f} s ({1e3 * d.get('infer', 0) / n:.1f} ms/img) | "
                 f"{d.get('wait_for_decode', 0):.1f} s | {d.get('ledger', 0):.2f} s | {d.get('score_wall', 0):.1f} s | "
-                f"{d.get('worklists', 0):.2f} s | {other:.1f} s | {off['first_batch_s'] or 0:.1f} s | "
-                f"{off['summary_wall_s']:.1f} s | "
-                f"{off['process_wall_s']:.1f} s | {nv['ms_read_decode']:.0f} / {nv['ms_resize']:.0f} / "
-                f"{nv['ms_forward']:.0f} |")
+                f"{tail:.1f} s | {off['summary_wall_s']:.1f} s | {off['process_wall_s']:.1f} s | "
+                f"{nv['ms_read_decode']:.0f} / {nv['ms_resize']:.0f} / {nv['ms_forward']:.0f} |")
         notes = [f"{row['syntax_name']}: {', '.join(f'{k} ×{v}' for k, v in sorted(row['off']['notes'].items()))}"
                  for row in rows if row["off"]["notes"]]
         if notes:
             lines += ["", "QC notes (decode path): " + "; ".join(notes) + "."]
-        ons = [r for r in rows if r["on"]]
-        if ons:
-            parts = []
-            for r in ons:
-                t_rep = r["on"]["durations_s"].get("reports", 0.0)
-                parts.append(f"{r['syntax_name']}: threshold {r['threshold']:.4f}, reports stage {t_rep:.1f} s "
-                             f"({t_rep / max(1, r['on']['reports']):.2f} s per PDF)")
+        parts = []
+        for r in (r for r in rows if r["on"]):
+            t_rep = r["on"]["durations_s"].get("reports", 0.0)
+            parts.append(f"{r['syntax_name']}: threshold {r['threshold']:.6f}, reports stage {t_rep:.1f} s "
+                         f"({t_rep / max(1, r['on']['reports']):.2f} s per PDF)")
+        if parts:
             lines += ["", "Reports on: " + "; ".join(parts) + "."]
         lines.append("")
     if res.get("sweep"):
         lines += [f"### Workers × batch size (1024² uncompressed, {res['sweep_n']} files, reports off)", "",
-                  "| workers | batch | scan img/s | steady scoring img/s | wait for decode | peak tree PSS |",
+                  "| workers | batch | scan img/s | scoring stage img/s | wait for decode | peak tree PSS |",
                   "|---|---|---|---|---|---|"]
         for r in res["sweep"]:
-            lines.append(f"| {r['workers']} | {r['batch']} | {e2e_rate(r):.1f} | {r['steady_img_s'] or 0:.1f} | "
+            lines.append(f"| {r['workers']} | {r['batch']} | {e2e_rate(r):.1f}{_n(r)} | {r['score_img_s'] or 0:.1f} | "
                          f"{r['durations_s'].get('wait_for_decode', 0):.1f} s | {_mb(r['tree_pss_mb'])} |")
         bw = max(res["sweep"], key=e2e_rate)
         lines += ["", f"Best: workers {bw['workers']}, batch {bw['batch']} ({e2e_rate(bw):.1f} img/s).", ""]
@@ -706,20 +759,20 @@ def render(res: dict[str, Any]) -> str:
                   "| files | scan img/s | main peak RSS | worker peak RSS | peak tree RSS | peak tree PSS |",
                   "|---|---|---|---|---|---|"]
         for r in res["flat"]:
-            lines.append(f"| {r['files']} | {e2e_rate(r):.1f} | {_mb(r['rss_main_mb'])} | {_mb(r['rss_worker_mb'])} | "
-                         f"{_mb(r['tree_rss_mb'])} | {_mb(r['tree_pss_mb'])} |")
+            lines.append(f"| {r['files']} | {e2e_rate(r):.1f}{_n(r)} | {_mb(r['rss_main_mb'])} | "
+                         f"{_mb(r['rss_worker_mb'])} | {_mb(r['tree_rss_mb'])} | {_mb(r['tree_pss_mb'])} |")
         lines.append("")
     if res.get("whatif"):
         lines += ["### What-if: suggested changes, monkeypatched into the scan child (reports off)", "",
                   "| input | workers | changes | scan img/s | before | decode ms/img | preprocess ms/img "
-                  "| wait for decode | steady scoring img/s |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| wait for decode | scoring stage img/s |", "|---|---|---|---|---|---|---|---|---|"]
         for r in res["whatif"]:
             d, n = r["durations_s"], max(1, r["files"])
             before = f"{r['base_img_s']:.1f}" if r["base_img_s"] else "—"
             lines.append(f"| {r['kind']} {r['syntax_name']} | {r['workers']} | {' + '.join(r['patches'])} | "
-                         f"{e2e_rate(r):.1f} | {before} | {1e3 * d.get('decode', 0) / n:.1f} | "
+                         f"{e2e_rate(r):.1f}{_n(r)} | {before} | {1e3 * d.get('decode', 0) / n:.1f} | "
                          f"{1e3 * d.get('preprocess', 0) / n:.1f} | {d.get('wait_for_decode', 0):.1f} s | "
-                         f"{r['steady_img_s'] or 0:.1f} |")
+                         f"{r['score_img_s'] or 0:.1f} |")
         lines.append("")
     lines += ["### Targets", "", "| target | measured | |", "|---|---|---|"]
     for t in res["targets"]:
