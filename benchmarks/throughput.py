@@ -579,7 +579,8 @@ def run_child(cfg: dict[str, Any], log_dir: Path, name: str) -> dict[str, Any]:
             busy = wait_for_quiet()
             print(f"  {name}: other processes used {best['others_cores']:.2f} cores; retrying "
                   f"(now {busy:.2f})", file=sys.stderr, flush=True)
-        res = run_once(cfg, log_dir, f"{name}-try{attempt}" if attempt else name)
+        again = {**cfg, "out": f"{cfg['out']}-try{attempt}"} if attempt and "out" in cfg else cfg  # fresh output
+        res = run_once(again, log_dir, f"{name}-try{attempt}" if attempt else name)
         res["attempts"] = attempt + 1
         if best is None or res["others_cores"] < best["others_cores"]:
             best = res

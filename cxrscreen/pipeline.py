@@ -9,6 +9,7 @@ to the ledger before the next one, so a killed run loses nothing.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cxrscreen import __version__
 from cxrscreen.ingest.decode import DecodeError, decode_dataset, extract_tags, read_dataset
-from cxrscreen.ingest.discover import DICOMDIR_SOP_CLASS, discover, is_dicom
+from cxrscreen.ingest.discover import DICOMDIR_SOP_CLASS, discover, looks_like_dicom
 from cxrscreen.model.files import LoadedModel, load_model
 from cxrscreen.model.inference import Runtime, choose_runtime, predict_batch, prepare
 from cxrscreen.outputs.worklist import images_frame, studies_frame, write_csv
@@ -76,42 +77,72 @@ class Prepared:
     image: torch.Tensor | None = None
     t_decode: float = 0.0
     t_preprocess: float = 0.0
+    sha256: str = ""  # of the bytes that were read and scored ('' when unreadable)
+    size: int = 0  # size and mtime as stat() saw them just before the read
+    mtime_ns: int = 0
+
+
+#: Files up to this size are read once into memory (hashed and parsed from the same bytes);
+#: larger ones are hashed in a streaming pass and parsed from disk.
+IN_MEMORY_BYTES = 256 << 20
+
+
+def _read(path: Path, size: int) -> tuple[io.BytesIO | Path, bytes, str]:
+    """The source to parse, its first 132 bytes and the content sha256 (one read when small)."""
+    if size <= IN_MEMORY_BYTES:
+        data = path.read_bytes()
+        return io.BytesIO(data), data[:132], hashlib.sha256(data).hexdigest()
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    return path, head, file_sha256(path)
 
 
 def prepare_file(path: Path, spec: PreprocessSpec, transform: Callable, index: int = 0) -> Prepared:
     """Read → header QC → decode → pixel QC → preprocess; never raises."""
     t0 = time.perf_counter()
     tags: dict[str, str] = {}
+    sha = ""
+    stat = (0, 0)
+
+    def done(status: str, notes: tuple[str, ...] = (), image: torch.Tensor | None = None,
+             t_decode: float = 0.0, t_preprocess: float = 0.0) -> Prepared:
+        return Prepared(index, status, tags, notes, image, t_decode, t_preprocess, sha, *stat)
+
     try:
-        if path.stat().st_size == 0:
-            return Prepared(index, error("empty_file"), tags)
-        if not is_dicom(path):
-            return Prepared(index, error("not_dicom"), tags)
-        ds = read_dataset(path)
+        st = path.stat()
+        stat = (st.st_size, st.st_mtime_ns)
+        source, head, sha = _read(path, st.st_size)
+        if st.st_size == 0:
+            return done(error("empty_file"))
+        if not looks_like_dicom(head):
+            return done(error("not_dicom"))
+        ds = read_dataset(source)
         tags = extract_tags(ds)
         media = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
         if media == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
-            return Prepared(index, not_assessable("dicomdir"), tags)
+            return done(not_assessable("dicomdir"))
         status = check_header(tags)
         if status != OK:
-            return Prepared(index, status, tags, t_decode=time.perf_counter() - t0)
+            return done(status, t_decode=time.perf_counter() - t0)
         decoded = decode_dataset(ds, target=2 * spec.input_size)
-        del ds
+        del ds, source
         t1 = time.perf_counter()
         status = check_pixels(decoded.pixels)
         notes = tuple(decoded.notes)
         if status != OK:
-            return Prepared(index, status, tags, notes, t_decode=t1 - t0)
+            return done(status, notes, t_decode=t1 - t0)
         if polarity_suspect(decoded.pixels):
             notes += ("polarity_suspect",)
-        image = transform(decoded.pixels)
-        return Prepared(index, OK, tags, notes, torch.as_tensor(image), t1 - t0, time.perf_counter() - t1)
+        image = torch.as_tensor(transform(decoded.pixels))
+        return done(OK, notes, image, t1 - t0, time.perf_counter() - t1)
     except DecodeError as exc:
-        return Prepared(index, error(exc.reason), tags, t_decode=time.perf_counter() - t0)
+        return done(error(exc.reason), t_decode=time.perf_counter() - t0)
     except MemoryError:
-        return Prepared(index, error("out_of_memory"), tags)
+        return done(error("out_of_memory"))
+    except OSError:
+        return done(error("unreadable_file"))
     except Exception as exc:  # a bad file never stops the run
-        return Prepared(index, error(f"unexpected_{type(exc).__name__}"), tags)
+        return done(error(f"unexpected_{type(exc).__name__}"))
 
 
 class _FileDataset(Dataset):
@@ -143,10 +174,14 @@ def default_workers() -> int:
 # --------------------------------------------------------------------------- planning
 def plan(
     files: list[Path], root: Path, ledger: Ledger, model_sha: str, rescan: bool
-) -> tuple[list[tuple[Path, str]], int]:
-    """Which files need work: (path, sha256) pairs, and how many were skipped as already scored."""
+) -> tuple[list[tuple[Path, str | None]], int]:
+    """Which files need work, and how many were skipped as already scored.
+
+    Work items are ``(path, sha256)`` pairs; the sha256 is ``None`` for files the ledger has never
+    seen: the decode worker hashes the very bytes it scores (one read, off the main process).
+    """
     known = ledger.known()
-    todo: list[tuple[Path, str]] = []
+    todo: list[tuple[Path, str | None]] = []
     skipped = 0
     for p in files:
         rel = p.relative_to(root).as_posix()
@@ -163,7 +198,7 @@ def plan(
                 continue
             todo.append((p, sha))
             continue
-        todo.append((p, file_sha256(p)))
+        todo.append((p, None))
     return todo, skipped
 
 
@@ -289,12 +324,11 @@ def _score(todo, root, lm: LoadedModel, rt: Runtime, thr: float, batch_size: int
             probs = {it.index: float(v) for it, v in zip(ok, p, strict=True)}
         batch_records = []
         for it in batch:
-            path, sha = todo[it.index]
-            st = path.stat()
+            path, sha = todo[it.index][0], todo[it.index][1] or it.sha256
             prob = probs.get(it.index)
             rec = ImageRecord(path=path.relative_to(root).as_posix(), status=it.status, tags=it.tags,
                               qc_notes=it.notes, probability=prob, decision=decide(it.status, prob, thr, it.notes),
-                              size=st.st_size, mtime_ns=st.st_mtime_ns)
+                              size=it.size, mtime_ns=it.mtime_ns)
             durations["decode"] += it.t_decode
             durations["preprocess"] += it.t_preprocess
             if it.status.startswith("error"):

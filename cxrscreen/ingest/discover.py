@@ -6,20 +6,16 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from pydicom.misc import is_dicom as _has_preamble
-
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 #: Names that claim to be DICOM: such files get a row (``error:not_dicom``) even when they are not.
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ".ima"}
 
 
-def _bare_dataset(path: Path) -> bool:
-    """A preamble-less DICOM file starts with a little-endian group 0002 or 0008 element."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
+def looks_like_dicom(head: bytes) -> bool:
+    """True if a file's first 132 bytes are DICOM: ``DICM`` after the 128-byte preamble, or a
+    preamble-less dataset starting with a little-endian group 0002 or 0008 element."""
+    if head[128:132] == b"DICM":
+        return True
     if len(head) < 8:
         return False
     group = int.from_bytes(head[0:2], "little")
@@ -29,14 +25,12 @@ def _bare_dataset(path: Path) -> bool:
 
 
 def is_dicom(path: Path | str) -> bool:
-    """True if the content is DICOM: ``DICM`` after a 128-byte preamble, or a bare dataset."""
-    path = Path(path)
+    """True if the content is DICOM (see :func:`looks_like_dicom`); False when unreadable."""
     try:
-        if _has_preamble(path):
-            return True
+        with open(path, "rb") as fh:
+            return looks_like_dicom(fh.read(132))
     except OSError:
         return False
-    return _bare_dataset(path)
 
 
 def claims_dicom(path: Path) -> bool:
