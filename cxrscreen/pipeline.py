@@ -1,9 +1,10 @@
 """``scan``: DICOM folder → QC → MONAI preprocessing → ResNet50 → worklists (the Python API).
 
 The stages live in their own modules (ingest, qc, preprocess, model, outputs, state); this module
-wires them: discovery and the ledger decide what needs work, a DataLoader's worker processes
-decode and preprocess while the main process scores batches, and every scored batch is committed
-to the ledger before the next one, so a killed run loses nothing.
+wires them: discovery and the ledger decide what needs work; files are decoded and preprocessed in
+the main process or by DataLoader worker processes (whichever the first batch's timings predict is
+faster, :func:`choose_schedule`) while the main process scores batches; every scored batch is
+committed to the ledger before the next one, so a killed run loses nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,16 +147,19 @@ def prepare_file(path: Path, spec: PreprocessSpec, transform: Callable, index: i
 
 
 class _FileDataset(Dataset):
-    def __init__(self, paths: list[Path], spec: PreprocessSpec) -> None:
+    """``paths[start:]`` as prepared items; ``Prepared.index`` is the position in ``paths``."""
+
+    def __init__(self, paths: list[Path], spec: PreprocessSpec, start: int = 0) -> None:
         self.paths = paths
+        self.start = start
         self.spec = spec
         self.transform = build_transform(spec, augment=False)
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.paths) - self.start
 
     def __getitem__(self, i: int) -> Prepared:
-        return prepare_file(self.paths[i], self.spec, self.transform, i)
+        return prepare_file(self.paths[self.start + i], self.spec, self.transform, self.start + i)
 
 
 def _collate(items: list[Prepared]) -> list[Prepared]:
@@ -166,9 +170,57 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def default_workers() -> int:
-    """Decode workers: one per spare core, at least one, at most four."""
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
+MAX_WORKERS = 8
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask, which ``taskset``/cpusets narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How scoring uses the cores: decode worker processes and the main process's torch threads."""
+
+    workers: int
+    threads: int
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"workers": self.workers, "torch_threads": self.threads, "reason": self.reason}
+
+
+def choose_schedule(prep_s: float, forward_s: float, cores: int, gpu: bool) -> Schedule:
+    """Workers and threads that minimise the predicted seconds per image, from measured costs.
+
+    ``prep_s``: read + decode + preprocess of one image on one core; ``forward_s``: the model's
+    share per image with all ``cores`` threads (on a GPU: per image, CPU threads irrelevant).
+    In-process the two run one after the other (``prep + forward``); with ``n`` worker processes
+    they overlap, and on a CPU the forward keeps ``cores − n`` threads: ``max(prep / n,
+    forward · cores / (cores − n))``. On 2 cores that means a worker only when decoding costs
+    more than the forward pass (large or compressed films); in process otherwise, so the forward
+    keeps both cores instead of fighting a worker for them.
+    """
+    best, best_t = 0, prep_s + forward_s
+    top = min(MAX_WORKERS, cores - 1) if cores > 1 else 0
+    for n in range(1, top + 1):
+        fwd = forward_s if gpu else forward_s * cores / (cores - n)
+        t = max(prep_s / n, fwd)
+        if t < 0.95 * best_t:  # a clear gain only: a worker costs memory and start-up
+            best, best_t = n, t
+    threads = cores if gpu or best == 0 else cores - best
+    why = (f"measured {1e3 * prep_s:.1f} ms decode+preprocess and {1e3 * forward_s:.1f} ms forward per image "
+           f"on {cores} cores: predicted {1 / best_t:.1f} img/s")
+    return Schedule(best, max(1, threads), why)
+
+
+def fixed_schedule(workers: int, cores: int, gpu: bool) -> Schedule:
+    """The schedule for ``--workers N``: the forward gets the cores the workers leave (at least 1)."""
+    threads = cores if gpu or workers == 0 else max(1, cores - workers)
+    return Schedule(workers, threads, "--workers given")
 
 
 # --------------------------------------------------------------------------- planning
@@ -258,7 +310,8 @@ def scan(
         log.info("run %s: %d files found, %d already scored, %d to process", run_id, len(files), skipped, len(todo))
         emit({"event": "start", "files": len(files), "todo": len(todo), "skipped": skipped, "run_id": run_id})
 
-        new_records = _score(todo, root, lm, rt, thr, batch_size, workers, ledger, run_id, durations, emit)
+        sched: dict[str, Any] = {}
+        new_records = _score(todo, root, lm, rt, thr, batch_size, workers, ledger, run_id, durations, emit, sched)
         if resumed:
             own = {r.path for r in new_records}
             new_records = [r for rid in resumed for r in ledger.records(rid) if r.path not in own] + new_records
@@ -286,6 +339,7 @@ def scan(
         summary = _summary(run_id, folder, out, lm, rt, thr, files, skipped, new_records, images, studies,
                            durations, time.time() - t_start, exit_code, redecided)
         summary["resumed_runs"] = resumed
+        summary["schedule"] = sched.get("schedule")
         summary["drift"] = drift_check(summary, ledger.previous_summaries(7, exclude=run_id))
         for w in summary["drift"]["warnings"]:
             log.warning("drift: %s", w)
@@ -296,53 +350,104 @@ def scan(
 
 
 def _score(todo, root, lm: LoadedModel, rt: Runtime, thr: float, batch_size: int, workers: int | None,
-           ledger: Ledger, run_id: str, durations: Counter, emit: ProgressFn) -> list[ImageRecord]:
+           ledger: Ledger, run_id: str, durations: Counter, emit: ProgressFn,
+           info: dict[str, Any] | None = None) -> list[ImageRecord]:
+    """Prepare and score ``todo`` in batches, committing each batch to the ledger.
+
+    With ``workers=None`` the first batches are prepared in process and timed, then
+    :func:`choose_schedule` decides whether worker processes would be faster for the rest.
+    """
     if not todo:
         return []
-    spec = lm.spec
+    info = {} if info is None else info
     net = prepare(lm.net, rt)
-    nw = default_workers() if workers is None else max(0, workers)
-    ds = _FileDataset([p for p, _ in todo], spec)
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=nw, collate_fn=_collate,
-                        worker_init_fn=_worker_init if nw else None, prefetch_factor=2 if nw else None,
-                        pin_memory=rt.device.type == "cuda")
+    paths = [p for p, _ in todo]
+    cores, gpu = usable_cores(), rt.device.type == "cuda"
+    threads_before = torch.get_num_threads()
     records: list[ImageRecord] = []
-    done = 0
+    cost = {"prep": 0.0, "prepared": 0, "forward": 0.0, "forwarded": 0}
     t0 = time.perf_counter()
-    t_wait = time.perf_counter()
-    for batch in loader:
-        durations["wait_for_decode"] += time.perf_counter() - t_wait
-        ok = [it for it in batch if it.image is not None]
-        probs: dict[int, float] = {}
-        if ok:
-            t = time.perf_counter()
-            x = torch.stack([it.image for it in ok])
-            if rt.device.type == "cuda":
-                x = x.pin_memory()
-            p = predict_batch(net, x, rt).numpy()
-            durations["infer"] += time.perf_counter() - t
-            probs = {it.index: float(v) for it, v in zip(ok, p, strict=True)}
-        batch_records = []
-        for it in batch:
-            path, sha = todo[it.index][0], todo[it.index][1] or it.sha256
-            prob = probs.get(it.index)
-            rec = ImageRecord(path=path.relative_to(root).as_posix(), status=it.status, tags=it.tags,
-                              qc_notes=it.notes, probability=prob, decision=decide(it.status, prob, thr, it.notes),
-                              size=it.size, mtime_ns=it.mtime_ns)
-            durations["decode"] += it.t_decode
-            durations["preprocess"] += it.t_preprocess
-            if it.status.startswith("error"):
-                log.warning("file %s: %s", instance_hash(rec.path), it.status)
-            batch_records.append((rec, sha))
-        t = time.perf_counter()
-        ledger.put(batch_records, lm.sha256, thr, run_id)
-        durations["ledger"] += time.perf_counter() - t
-        records.extend(r for r, _ in batch_records)
-        done += len(batch)
-        emit({"event": "batch", "done": done, "total": len(todo), "img_s": done / (time.perf_counter() - t0)})
-        t_wait = time.perf_counter()
+    sched = fixed_schedule(max(0, workers), cores, gpu) if workers is not None else None
+    try:
+        if sched is None:  # probe in process until one batch had images to score
+            torch.set_num_threads(cores)
+            probe = _loader(_FileDataset(paths, lm.spec), batch_size, 0, gpu)
+            for batch in _timed(probe, durations):
+                records += _score_batch(batch, todo, root, net, lm, rt, thr, ledger, run_id, durations, cost)
+                emit({"event": "batch", "done": len(records), "total": len(todo),
+                      "img_s": len(records) / (time.perf_counter() - t0)})
+                if cost["forwarded"]:
+                    sched = choose_schedule(cost["prep"] / cost["prepared"], cost["forward"] / cost["forwarded"],
+                                            cores, gpu)
+                    if sched.workers:
+                        break
+        if sched is None:
+            sched = Schedule(0, cores, "nothing to score")
+        info["schedule"] = sched.to_dict()
+        log.info("scoring schedule: %d decode workers, %d torch threads (%s)", sched.workers, sched.threads,
+                 sched.reason)
+        if len(records) < len(todo):
+            torch.set_num_threads(sched.threads)
+            loader = _loader(_FileDataset(paths, lm.spec, start=len(records)), batch_size, sched.workers, gpu)
+            for batch in _timed(loader, durations):
+                records += _score_batch(batch, todo, root, net, lm, rt, thr, ledger, run_id, durations, cost)
+                emit({"event": "batch", "done": len(records), "total": len(todo),
+                      "img_s": len(records) / (time.perf_counter() - t0)})
+    finally:
+        torch.set_num_threads(threads_before)
     durations["score_wall"] = time.perf_counter() - t0
     return records
+
+
+def _loader(ds: _FileDataset, batch_size: int, workers: int, gpu: bool) -> DataLoader:
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
+                      worker_init_fn=_worker_init if workers else None, prefetch_factor=2 if workers else None,
+                      pin_memory=gpu)
+
+
+def _timed(loader: DataLoader, durations: Counter) -> Iterator[list[Prepared]]:
+    """The loader's batches, adding the time spent waiting for each to ``wait_for_decode``."""
+    t = time.perf_counter()
+    for batch in loader:
+        durations["wait_for_decode"] += time.perf_counter() - t
+        yield batch
+        t = time.perf_counter()
+
+
+def _score_batch(batch: list[Prepared], todo, root: Path, net: torch.nn.Module, lm: LoadedModel, rt: Runtime,
+                 thr: float, ledger: Ledger, run_id: str, durations: Counter, cost: dict) -> list[ImageRecord]:
+    """Score the batch's assessable images, decide every item, commit them to the ledger."""
+    ok = [it for it in batch if it.image is not None]
+    probs: dict[int, float] = {}
+    if ok:
+        t = time.perf_counter()
+        x = torch.stack([it.image for it in ok])
+        if rt.device.type == "cuda":
+            x = x.pin_memory()
+        p = predict_batch(net, x, rt).numpy()
+        dt = time.perf_counter() - t
+        durations["infer"] += dt
+        cost["forward"] += dt
+        cost["forwarded"] += len(ok)
+        probs = {it.index: float(v) for it, v in zip(ok, p, strict=True)}
+    batch_records = []
+    for it in batch:
+        path, sha = todo[it.index][0], todo[it.index][1] or it.sha256
+        prob = probs.get(it.index)
+        rec = ImageRecord(path=path.relative_to(root).as_posix(), status=it.status, tags=it.tags,
+                          qc_notes=it.notes, probability=prob, decision=decide(it.status, prob, thr, it.notes),
+                          size=it.size, mtime_ns=it.mtime_ns)
+        durations["decode"] += it.t_decode
+        durations["preprocess"] += it.t_preprocess
+        cost["prep"] += it.t_decode + it.t_preprocess
+        cost["prepared"] += 1
+        if it.status.startswith("error"):
+            log.warning("file %s: %s", instance_hash(rec.path), it.status)
+        batch_records.append((rec, sha))
+    t = time.perf_counter()
+    ledger.put(batch_records, lm.sha256, thr, run_id)
+    durations["ledger"] += time.perf_counter() - t
+    return [r for r, _ in batch_records]
 
 
 def _reports(

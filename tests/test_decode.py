@@ -165,3 +165,71 @@ def test_jpeg_baseline_dct_scaling_is_faithful(shared_data):
     full = decode_dataset(read_dataset(shared_data / "dicom" / "SIIM_CR_PA_jpeg_baseline.dcm"))
     chain = build_transform(PreprocessSpec())
     assert float((chain(fast.pixels) - chain(full.pixels)).abs().mean()) < 0.03
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3, 4, 6, 7])
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.uint8, np.float32])
+def test_block_mean_matches_scikit_image(factor, dtype):
+    from skimage.transform import downscale_local_mean
+
+    from cxrscreen.ingest.decode import _block_mean
+
+    rng = np.random.default_rng(factor)
+    hi = 255 if dtype == np.uint8 else 4095
+    arr = rng.integers(-hi if dtype == np.int16 else 0, hi, size=(301, 257)).astype(dtype)
+    h, w = (301 // factor) * factor, (257 // factor) * factor
+    ref = downscale_local_mean(arr[:h, :w].astype(np.float64), (factor, factor))
+    got = _block_mean(arr, factor)
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "func, window, rescale, photometric",
+    [
+        (None, (1047.5, 4096.0), (1.0, -1000.0), "MONOCHROME1"),  # no VOILUTFunction: LINEAR
+        ("LINEAR", (1800.0, 1200.0), None, "MONOCHROME2"),
+        ("LINEAR_EXACT", (1800.0, 1200.0), None, "MONOCHROME2"),
+        ("LINEAR", ([3000.0, 1500.0], [5000.0, 900.0]), (2.0, -1024.0), "MONOCHROME2"),  # the first of two
+        ("SIGMOID", (1800.0, 1200.0), None, "MONOCHROME2"),  # through pydicom
+    ],
+)
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # pydicom's SIGMOID far from the centre
+def test_display_window_matches_pydicom(tmp_path: Path, func, window, rescale, photometric):
+    """The float32 window path gives pydicom's ``apply_voi_lut`` result, scaled to [0, 1]."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    img = chest_phantom(200, 180, seed=3)
+    p = make_dicom(tmp_path / "w.dcm", img, bits=12, rescale=rescale, photometric=photometric)
+    ds = read_dataset(p)
+    ds.WindowCenter, ds.WindowWidth = window
+    if func:
+        ds.VOILUTFunction = func
+    raw = ds.pixel_array
+    values = apply_modality_lut(raw, ds).astype(np.float64)
+    ref = apply_voi_lut(values, ds, index=0, prefer_lut=True)
+    ends = apply_voi_lut(np.array([-1e12, 1e12]), ds, index=0, prefer_lut=True)
+    ref = np.clip((ref - ends.min()) / (ends.max() - ends.min()), 0, 1)
+    if photometric == "MONOCHROME1":
+        ref = 1.0 - ref
+    got = to_display(raw, ds)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, atol=2e-6)
+    assert 0.05 < float(np.mean((got > 0) & (got < 1)))  # the window is not trivially saturated
+
+
+def test_jpeg_ls_prefers_charls(tmp_path: Path):
+    """JPEG-LS goes through pyjpegls (CharLS, ~2× faster than GDCM here) and stays lossless."""
+    from pydicom.pixels.decoders import JPEGLSLosslessDecoder
+
+    from cxrscreen.ingest import decode
+
+    assert decode._PREFERRED_JPEG_LS in JPEGLSLosslessDecoder.available_plugins
+    img = chest_phantom(300, 260, seed=4)
+    ref = make_dicom(tmp_path / "ref.dcm", img, bits=12)
+    enc = make_dicom(tmp_path / "enc.dcm", img, bits=12, transfer_syntax=JPEGLSLossless)
+    ds = read_dataset(enc)
+    raw, factor = decode._stored_values(ds, None)
+    assert ds._pixel_array_opts.get("decoding_plugin") == "pyjpegls"
+    np.testing.assert_array_equal(raw, _stored(ref))
+    assert factor == 1

@@ -136,6 +136,73 @@ def test_worker_processes_give_the_same_result(tmp_path: Path, random_model_path
     np.testing.assert_allclose(pa["probability"].astype(float), pb["probability"].astype(float), atol=0.02)
 
 
+def test_choose_schedule_follows_the_measured_costs():
+    from cxrscreen.pipeline import choose_schedule
+
+    # 2 cores, decoding cheaper than the forward (1024² uncompressed): in process, both threads
+    s = choose_schedule(0.011, 0.017, cores=2, gpu=False)
+    assert (s.workers, s.threads) == (0, 2)
+    # 2 cores, decoding dearer than the forward (2500×3000, compressed): one worker, one thread
+    s = choose_schedule(0.09, 0.018, cores=2, gpu=False)
+    assert (s.workers, s.threads) == (1, 1)
+    assert "img/s" in s.reason
+    # 16 cores: workers in proportion, the rest for the forward
+    s = choose_schedule(0.012, 0.002, cores=16, gpu=False)
+    assert 1 <= s.workers <= 4 and s.threads == 16 - s.workers
+    # a GPU forward is nearly free: as many workers as allowed, capped
+    s = choose_schedule(0.012, 0.0005, cores=16, gpu=True)
+    assert s.workers == 8
+    # one core: never a worker
+    assert choose_schedule(0.5, 0.01, cores=1, gpu=False).workers == 0
+
+
+def test_auto_schedule_switches_to_workers_without_losing_a_file(tmp_path: Path, random_model_path, monkeypatch):
+    """Probe batch in process, then workers for the rest: same rows as all in process, each file once."""
+    import json
+
+    import cxrscreen.pipeline as pipeline
+
+    d = tmp_path / "in"
+    (d / "a_broken.dcm").parent.mkdir(parents=True)
+    (d / "a_broken.dcm").write_bytes(b"not dicom at all")  # the first batch has nothing to score
+    for i in range(7):
+        make_dicom(d / f"b{i}.dcm", chest_phantom(seed=i))
+    ref = scan(d, out=tmp_path / "o0", model=random_model_path, workers=0, batch_size=1, reports="none")
+    probed = []
+
+    def forced(prep_s, forward_s, cores, gpu):
+        probed.append((prep_s, forward_s))
+        return pipeline.Schedule(1, 1, "forced by the test")
+
+    monkeypatch.setattr(pipeline, "choose_schedule", forced)
+    res = scan(d, out=tmp_path / "oa", model=random_model_path, workers=None, batch_size=1, reports="none")
+    assert len(probed) == 1 and probed[0][0] > 0 and probed[0][1] > 0  # decided once, after a scored batch
+    run = json.loads((res.run_dir / "run.json").read_text())
+    assert run["schedule"] == {"workers": 1, "torch_threads": 1, "reason": "forced by the test"}
+    a, b = _read(ref.images_csv), _read(res.images_csv)
+    assert sorted(b["path"]) == sorted(f.name for f in d.iterdir()) and len(b) == 8
+    cols = ["path", "status", "decision"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+    np.testing.assert_allclose(a["probability"].replace("", "nan").astype(float),
+                               b["probability"].replace("", "nan").astype(float), atol=0.02)
+
+
+def test_ledger_fingerprint_is_the_content_that_was_scored(tmp_path: Path, random_model_path):
+    from cxrscreen.state.atomic import sha256_file
+    from cxrscreen.state.ledger import Ledger
+
+    d = tmp_path / "in"
+    files = [make_dicom(d / f"{i}.dcm", chest_phantom(seed=i)) for i in range(3)]
+    (d / "empty.dcm").write_bytes(b"")
+    scan(d, out=tmp_path / "out", model=random_model_path, workers=0, reports="none")
+    with Ledger(tmp_path / "out" / ".cxrscreen" / "ledger.sqlite") as led:
+        known = led.known()
+    for f in [*files, d / "empty.dcm"]:
+        k = known[f.name]
+        assert k.sha256 == sha256_file(f)
+        assert (k.size, k.mtime_ns) == (f.stat().st_size, f.stat().st_mtime_ns)
+
+
 def test_output_permissions(tmp_path: Path, random_model_path):
     d = tmp_path / "in"
     make_dicom(d / "x.dcm")

@@ -47,3 +47,19 @@ def test_display_roundtrip():
     t = build_transform(spec)(chest_phantom())
     d = to_display(t, spec)
     assert d.min() >= 0 and d.max() <= 1 and d.max() > 0.9
+
+
+def test_percentile_window_matches_monai():
+    """``PercentileWindow`` (one np.percentile) gives MONAI's ScaleIntensityRangePercentiles result."""
+    import numpy as np
+    from monai.transforms import ScaleIntensityRangePercentiles
+
+    from cxrscreen.preprocess import PercentileWindow
+
+    rng = np.random.default_rng(0)
+    for shape in [(1, 216, 224), (1, 57, 31)]:
+        x = torch.as_tensor(rng.gamma(2.0, 0.2, size=shape).astype(np.float32))
+        ref = ScaleIntensityRangePercentiles(lower=1, upper=99, b_min=0.0, b_max=1.0, clip=True)(x)
+        got = PercentileWindow(lower=1, upper=99, b_min=0.0, b_max=1.0, clip=True)(x)
+        assert torch.allclose(torch.as_tensor(got), torch.as_tensor(ref), atol=1e-5)
+        assert float(got.min()) == 0.0 and float(got.max()) == 1.0

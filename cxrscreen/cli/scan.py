@@ -25,7 +25,7 @@ def scan_command(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16 (auto: bf16 on CPUs that support it, AMP on CUDA).")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=1024)] = 16,
-    workers: Annotated[int | None, typer.Option(min=0, max=64, help="Decode worker processes (default: cores - 1, 1–4).")] = None,
+    workers: Annotated[int | None, typer.Option(min=0, max=64, help="Decode worker processes; 0 decodes in the main process (default: chosen after timing the first batch).")] = None,
     reports: Annotated[str, typer.Option(help="PDF reports for: flagged (abnormal + review) | all | none.")] = "flagged",
     rescan: Annotated[bool, typer.Option("--rescan", help="Score every file again, even if the ledger has it.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,

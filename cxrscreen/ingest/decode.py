@@ -22,7 +22,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
-from pydicom.uid import JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit
+from pydicom.pixels.decoders import JPEGLSLosslessDecoder
+from pydicom.uid import JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSLossless, JPEGLSNearLossless
 
 #: Tags carried from the header into records, worklists and reports.
 TAG_KEYWORDS: tuple[str, ...] = (
@@ -54,6 +55,11 @@ TAG_KEYWORDS: tuple[str, ...] = (
 )
 
 PERCENTILE_WINDOW = (0.5, 99.5)
+
+JPEG_LS = (JPEGLSLossless, JPEGLSNearLossless)
+#: CharLS (pyjpegls) decodes JPEG-LS about 2× faster than GDCM, pydicom's first choice
+#: (130 vs 254 ms for a 2500×3000 16-bit film here); the others remain the fallback.
+_PREFERRED_JPEG_LS = "pyjpegls"
 
 
 class DecodeError(RuntimeError):
@@ -178,6 +184,8 @@ def _stored_values(ds: Dataset, target: int | None) -> tuple[np.ndarray, int]:
             got = None
         if got is not None:
             return got
+    if ts in JPEG_LS and _PREFERRED_JPEG_LS in JPEGLSLosslessDecoder.available_plugins:
+        ds.pixel_array_options(decoding_plugin=_PREFERRED_JPEG_LS)
     arr = ds.pixel_array
     factor = reduction_factor(arr.shape[-2:], target)
     return arr, factor
@@ -187,19 +195,19 @@ def _block_mean(arr: np.ndarray, factor: int) -> np.ndarray:
     """Mean over ``factor``×``factor`` blocks (edge remainder dropped), as float32.
 
     Same values as ``skimage.transform.downscale_local_mean`` on the cropped array, by strided
-    sums: columns first, then rows. About 10× faster here (1.1 vs 11 ms on a 1024² 16-bit
-    film), because it skips the generic block view and the float64 reduction.
+    sums: whole rows first (cache-friendly, and the float32 copy is ``factor`` times smaller),
+    then columns. 3–15× faster here (0.7 vs 11 ms on a 1024² 16-bit film, 4 ms for 2500×3000),
+    because it skips the generic block view and the float64 reduction.
     """
-    a = arr.astype(np.float32, copy=False)
     if factor < 2:
-        return a
-    h, w = (a.shape[0] // factor) * factor, (a.shape[1] // factor) * factor
-    cols = a[:h, 0:w:factor].copy()
-    for j in range(1, factor):
-        cols += a[:h, j:w:factor]
-    out = cols[0::factor].copy()
+        return arr.astype(np.float32, copy=False)
+    h, w = (arr.shape[0] // factor) * factor, (arr.shape[1] // factor) * factor
+    rows = arr[0:h:factor, :w].astype(np.float32)
     for i in range(1, factor):
-        out += cols[i::factor]
+        rows += arr[i:h:factor, :w]
+    out = rows[:, 0::factor].copy()
+    for j in range(1, factor):
+        out += rows[:, j::factor]
     out *= np.float32(1.0 / (factor * factor))
     return out
 
@@ -217,6 +225,32 @@ def has_voi(ds: Dataset) -> bool:
         return False
 
 
+def _linear_window(ds: Dataset) -> tuple[float, float] | None:
+    """The first window as the input values mapped to 0 and 1, when it is LINEAR or LINEAR_EXACT.
+
+    Same mapping as pydicom's ``apply_voi_lut`` followed by scaling its output range to [0, 1]
+    (PS3.3 C.11.2.1.2: LINEAR uses ``center − 0.5`` and ``width − 1``), but one float32 pass instead of
+    three float64 masked passes: 0.3 vs 2.4 ms on a 512² image. ``None`` for a VOI LUT sequence,
+    SIGMOID, or an invalid width: those go through pydicom.
+    """
+    if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0:
+        return None
+    func = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    try:
+        center, width = ds["WindowCenter"], ds["WindowWidth"]
+        c = float(center.value[0] if center.VM > 1 else center.value)
+        w = float(width.value[0] if width.VM > 1 else width.value)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+    if func == "LINEAR" and w >= 1:
+        c, w = c - 0.5, w - 1
+    elif func != "LINEAR_EXACT" or w <= 0:
+        return None
+    if w <= 0:  # LINEAR with width 1: a step, leave it to pydicom
+        return None
+    return c - w / 2, c + w / 2
+
+
 def to_display(arr: np.ndarray, ds: Dataset, notes: list[str] | None = None) -> np.ndarray:
     """Modality LUT → VOI (first) or percentile window → MONOCHROME1 inversion → [0, 1]."""
     notes = notes if notes is not None else []
@@ -224,12 +258,17 @@ def to_display(arr: np.ndarray, ds: Dataset, notes: list[str] | None = None) -> 
         arr = np.rint(arr).astype(np.int64)
     values = apply_modality_lut(arr, ds).astype(np.float64, copy=False)
     if has_voi(ds):
-        windowed = apply_voi_lut(values, ds, index=0, prefer_lut=True)
-        ends = apply_voi_lut(np.array([-1e12, 1e12]), ds, index=0, prefer_lut=True)
-        lo, hi = float(np.min(ends)), float(np.max(ends))
-        if hi <= lo:
-            lo, hi = float(windowed.min()), float(windowed.max())
-        out = (windowed - lo) / max(hi - lo, 1e-9)
+        linear = _linear_window(ds)
+        if linear is not None:  # the common case: straight to [0, 1] in float32
+            lo, hi = linear
+            out = (values.astype(np.float32, copy=False) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+        else:
+            windowed = apply_voi_lut(values, ds, index=0, prefer_lut=True)
+            ends = apply_voi_lut(np.array([-1e12, 1e12]), ds, index=0, prefer_lut=True)
+            lo, hi = float(np.min(ends)), float(np.max(ends))
+            if hi <= lo:
+                lo, hi = float(windowed.min()), float(windowed.max())
+            out = (windowed - lo) / max(hi - lo, 1e-9)
     else:
         notes.append("percentile_window")
         lo, hi = np.percentile(values, PERCENTILE_WINDOW)
