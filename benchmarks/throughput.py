@@ -322,95 +322,11 @@ def child_model(cfg: dict[str, Any]) -> dict[str, Any]:
             "threads": torch.get_num_threads()}
 
 
-def _fast_percentiles() -> type:
-    """``ScaleIntensityRangePercentiles`` with both percentiles from one ``np.percentile`` (a selection).
-
-    MONAI computes each with ``torch.quantile``, a full sort per call: ~25 ms on a 472² image on this CPU
-    against ~3 ms. Same result to float rounding (max difference 2e-6 after normalisation).
-    """
-    import numpy as np
-    import torch
-    from monai.transforms import ScaleIntensityRange, ScaleIntensityRangePercentiles
-    from monai.utils.type_conversion import convert_to_tensor
-
-    class FastPercentiles(ScaleIntensityRangePercentiles):
-        def _normalize(self, img: Any) -> Any:
-            if self.relative or not isinstance(img, torch.Tensor) or img.device.type != "cpu":
-                return super()._normalize(img)
-            lo, hi = np.percentile(img.numpy(), (self.lower, self.upper))
-            a_min, a_max = (torch.tensor(v, dtype=img.dtype) for v in (lo, hi))
-            out = ScaleIntensityRange(a_min=a_min, a_max=a_max, b_min=self.b_min, b_max=self.b_max,
-                                      clip=self.clip, dtype=self.dtype)(img)
-            return convert_to_tensor(out, track_meta=False)
-
-    return FastPercentiles
-
-
-def fast_block_mean(arr: Any, factor: int) -> Any:
-    """``decode._block_mean`` by strided integer sums: 4–8× faster than ``downscale_local_mean``, same values."""
-    import numpy as np
-    from skimage.transform import downscale_local_mean
-
-    if factor < 2:
-        return arr.astype(np.float32, copy=False)
-    h, w = (arr.shape[0] // factor) * factor, (arr.shape[1] // factor) * factor
-    a = arr[:h, :w]
-    if a.dtype.kind in "ui" and a.dtype.itemsize <= 2:
-        cols = a[:, 0::factor].astype(np.int32 if a.dtype.kind == "i" else np.uint32)
-        for j in range(1, factor):
-            cols += a[:, j::factor]
-        out = cols[0::factor].copy()
-        for i in range(1, factor):
-            out += cols[i::factor]
-        return out.astype(np.float32) * np.float32(1.0 / (factor * factor))
-    return downscale_local_mean(a.astype(np.float32, copy=False), (factor, factor)).astype(np.float32)
-
-
-def apply_patches(patches: list[str], workers: int) -> None:
-    """What-if changes, applied in the child before ``scan`` (DataLoader workers are forked, so inherit them).
-
-    ``percentile``: the preprocessing chain uses :func:`_fast_percentiles`; ``pyjpegls``: JPEG-LS frames are
-    decoded by CharLS (pyjpegls) instead of pydicom's first plugin (GDCM); ``blockmean``:
-    :func:`fast_block_mean`; ``threadsauto``: cores − workers torch threads (at least 1) in the main
-    (inference) process; ``threadsN``: N threads.
-    """
-    import torch
-
-    import cxrscreen.ingest.decode as decode
-    import cxrscreen.preprocess as preprocess
-
-    for patch in patches:
-        if patch == "percentile":
-            preprocess.ScaleIntensityRangePercentiles = _fast_percentiles()
-        elif patch == "pyjpegls":
-            from pydicom.uid import JPEGLSLossless, JPEGLSNearLossless
-
-            original = decode._stored_values
-
-            def stored(ds: Any, target: int | None, _orig: Any = original) -> Any:
-                ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-                if ts in (JPEGLSLossless, JPEGLSNearLossless):
-                    ds.pixel_array_options(decoding_plugin="pyjpegls")
-                return _orig(ds, target)
-
-            decode._stored_values = stored
-        elif patch == "blockmean":
-            decode._block_mean = fast_block_mean
-        elif patch == "threadsauto":
-            torch.set_num_threads(max(1, (os.cpu_count() or 2) - workers))
-        elif patch.startswith("threads"):
-            torch.set_num_threads(int(patch.removeprefix("threads")))
-        else:
-            raise ValueError(f"unknown patch {patch!r}")
-
-
 def child_scan(cfg: dict[str, Any]) -> dict[str, Any]:
     """``pipeline.scan`` on a folder, with batch timestamps for the steady-state rate."""
     import csv
 
     from cxrscreen.pipeline import scan
-
-    apply_patches(cfg.get("patches", []), cfg["workers"])
 
     marks: list[tuple[float, int]] = []
 
@@ -444,7 +360,7 @@ def child_scan(cfg: dict[str, Any]) -> dict[str, Any]:
             "scored": s["images_scored"], "statuses": s["statuses"], "decisions": s["decisions"],
             "durations_s": s["durations_s"], "score_img_s": s["images_per_s"], "steady_img_s": steady,
             "first_batch_s": (marks[0][0] - t0) if marks else None, "runtime": s["runtime"],
-            "start_s": (started[0] - t0) if started else None,
+            "start_s": (started[0] - t0) if started else None, "schedule": s.get("schedule"),
             "probs": probs, "notes": notes, "reports": reports}
 
 
@@ -703,6 +619,16 @@ def _rss(r: dict[str, Any], workers: int) -> str:
             f"{_mb(r['rss_main_mb'])} (PSS {_mb(r['tree_pss_mb'])})")
 
 
+def used_workers(r: dict[str, Any]) -> int:
+    """Decode worker processes the scan ran with (its run.json ``schedule``)."""
+    return int((r.get("schedule") or {}).get("workers", 0))
+
+
+def _sched(r: dict[str, Any]) -> str:
+    s = r.get("schedule") or {}
+    return f"{s.get('workers', '?')} workers, {s.get('torch_threads', '?')} threads" if s else "—"
+
+
 def _ok(flag: bool) -> str:
     return "**met**" if flag else "**not met**"
 
@@ -740,16 +666,16 @@ def render(res: dict[str, Any]) -> str:
                   f"{best['threads']} threads).", ""]
     for kind_label, rows in res["kinds"].items():
         lines += [f"### {kind_label} ({rows[0]['n']} files)", "",
-                  "| input | naive img/s | scan img/s, reports off | scoring stage img/s | scan img/s, reports on "
-                  "| peak RSS, reports off: main + workers (tree PSS) | scan / model | scan / naive |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| input | naive img/s | scan img/s, reports off | scoring stage img/s | schedule | scan img/s, "
+                  "reports on | peak RSS, reports off: main + workers (tree PSS) | scan / model | scan / naive |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for row in rows:
             off, on, nv = row["off"], row["on"], row["naive"]
             e2e = e2e_rate(off)
             on_txt = (f"{e2e_rate(on):.1f}{_n(on)} ({on['reports']} PDFs for {on['decisions'].get('abnormal', 0)} "
                       f"abnormal + {on['decisions'].get('review', 0)} review)") if on else row.get("on_note", "—")
             lines.append(f"| {row['syntax_name']} | {nv['img_s']:.1f}{_n(nv)} | {e2e:.1f}{_n(off)} | "
-                         f"{off['score_img_s'] or 0:.1f} | {on_txt} | {_rss(off, row['workers'])} | "
+                         f"{off['score_img_s'] or 0:.1f} | {_sched(off)} | {on_txt} | {_rss(off, row['workers'])} | "
                          f"{e2e / best['img_s']:.2f} | {e2e / nv['img_s']:.1f}× |")
         lines += ["", "Per-stage timings (run.json `durations_s`, reports off; decode and preprocess are summed "
                       "over the worker process, shown per image; *start* = model load + discovery + plan; "
@@ -787,13 +713,15 @@ def render(res: dict[str, Any]) -> str:
         lines.append("")
     if res.get("sweep"):
         lines += [f"### Workers × batch size (1024² uncompressed, {res['sweep_n']} files, reports off)", "",
-                  "| workers | batch | scan img/s | scoring stage img/s | wait for decode | peak tree PSS |",
-                  "|---|---|---|---|---|---|"]
+                  "| --workers | schedule used | batch | scan img/s | scoring stage img/s | wait for decode "
+                  "| peak tree PSS |",
+                  "|---|---|---|---|---|---|---|"]
         for r in res["sweep"]:
-            lines.append(f"| {r['workers']} | {r['batch']} | {e2e_rate(r):.1f}{_n(r)} | {r['score_img_s'] or 0:.1f} | "
+            lines.append(f"| {r['asked']} | {_sched(r)} | {r['batch']} | {e2e_rate(r):.1f}{_n(r)} | "
+                         f"{r['score_img_s'] or 0:.1f} | "
                          f"{r['durations_s'].get('wait_for_decode', 0):.1f} s | {_mb(r['tree_pss_mb'])} |")
         bw = max(res["sweep"], key=e2e_rate)
-        lines += ["", f"Best: workers {bw['workers']}, batch {bw['batch']} ({e2e_rate(bw):.1f} img/s).", ""]
+        lines += ["", f"Best: --workers {bw['asked']}, batch {bw['batch']} ({e2e_rate(bw):.1f} img/s).", ""]
     if res.get("flat"):
         lines += ["### Flat memory (1024² uncompressed, reports off, default workers and batch)", "",
                   "| files | scan img/s | main peak RSS | worker peak RSS | peak tree RSS | peak tree PSS |",
@@ -801,19 +729,6 @@ def render(res: dict[str, Any]) -> str:
         for r in res["flat"]:
             lines.append(f"| {r['files']} | {e2e_rate(r):.1f}{_n(r)} | {_mb(r['rss_main_mb'])} | "
                          f"{_mb(r['rss_worker_mb'])} | {_mb(r['tree_rss_mb'])} | {_mb(r['tree_pss_mb'])} |")
-        lines.append("")
-    if res.get("whatif"):
-        lines += ["### What-if: suggested changes, monkeypatched into the scan child (reports off)", "",
-                  "| input | workers | changes | scan img/s | baseline just before | decode ms/img | preprocess ms/img "
-                  "| wait for decode | scoring stage img/s |", "|---|---|---|---|---|---|---|---|---|"]
-        for r in res["whatif"]:
-            d, n = r["durations_s"], max(1, r["files"])
-            before = f"{r['base_img_s']:.1f} ({e2e_rate(r) / r['base_img_s']:.2f}×)" if r["base_img_s"] else "—"
-            changes = " + ".join(r["patches"]) or "none (baseline)"
-            lines.append(f"| {r['kind']} {r['syntax_name']} | {r['workers']} | {changes} | "
-                         f"{e2e_rate(r):.1f}{_n(r)} | {before} | {1e3 * d.get('decode', 0) / n:.1f} | "
-                         f"{1e3 * d.get('preprocess', 0) / n:.1f} | {d.get('wait_for_decode', 0):.1f} s | "
-                         f"{r['score_img_s'] or 0:.1f} |")
         lines.append("")
     lines += ["### Targets", "", "| target | measured | |", "|---|---|---|"]
     for t in res["targets"]:
@@ -872,7 +787,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--syntaxes", default="raw,j2k,jls", help=f"comma-separated of {', '.join(SYNTAXES)}")
     ap.add_argument("--bits", type=int, default=12, help="BitsStored (16 allocated)")
     ap.add_argument("--model", type=Path, help="model .json (default: embedded model, else random 224 px)")
-    ap.add_argument("--workers", type=int, default=None, help="scan workers (default: cxrscreen's default)")
+    ap.add_argument("--workers", type=int, default=None, help="scan workers (default: auto, as cxrscreen scan)")
     ap.add_argument("--batch", type=int, default=16, help="scan batch size")
     ap.add_argument("--naive-n", type=int, default=200, help="at most this many files in the naive loop")
     ap.add_argument("--naive-seconds", type=float, default=15.0, help="naive loop time budget per input kind")
@@ -880,8 +795,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sweep-n", type=int, default=96, help="files for the workers × batch sweep (0: skip)")
     ap.add_argument("--flat-factor", type=int, default=10, help="flat-memory check at N and factor×N (0: skip)")
     ap.add_argument("--no-reports", action="store_true", help="skip the reports-on scans")
-    ap.add_argument("--whatif", action="store_true",
-                    help="also scan with the suggested code changes monkeypatched in (docs/benchmarks.md)")
     ap.add_argument("--prepare", action="store_true", help="only generate (cache) the inputs, then exit")
     ap.add_argument("--keep", action="store_true", help="keep scan outputs and child logs (inputs are always cached)")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
@@ -891,7 +804,6 @@ def main(argv: list[str] | None = None) -> None:
         child_main(args._child)
         return
     sys.path.insert(0, str(REPO))
-    from cxrscreen.pipeline import default_workers
 
     t_start = time.perf_counter()
     syntaxes = _csv(args.syntaxes)
@@ -901,7 +813,7 @@ def main(argv: list[str] | None = None) -> None:
     for text in _csv(args.sizes):
         cols, rows = parse_size(text)
         kinds.append(Kind(cols, rows, args.n if cols * rows <= 2_100_000 else args.n_large))
-    workers = default_workers() if args.workers is None else args.workers
+    workers = args.workers  # None: the scan's own choice (recorded per run in run.json "schedule")
     procs = os.cpu_count() or 1
     CACHE.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="cxrscreen-throughput-run-"))
@@ -947,7 +859,8 @@ def main(argv: list[str] | None = None) -> None:
                         "workers": workers}
                 off = run_child({**base, "out": str(work / f"{name}-off"), "reports": "none"}, logs, f"{name}-off")
                 row: dict[str, Any] = {"kind": label, "n": kind.n, "syntax": syntax,
-                                       "syntax_name": SYNTAX_NAMES[syntax], "workers": workers, "off": off, "on": None}
+                                       "syntax_name": SYNTAX_NAMES[syntax], "workers": used_workers(off),
+                                       "off": off, "on": None}
                 if not args.no_reports:
                     try:
                         import cxrscreen.outputs.report  # noqa: F401
@@ -969,57 +882,29 @@ def main(argv: list[str] | None = None) -> None:
             n = min(args.sweep_n, small.n)
             folder = subset(small.folder(args.bits, "raw"), CACHE / f"sweep-{small.n}-{n}-b{args.bits}", n)
             res["sweep_n"], res["sweep"] = n, []
-            for w in (0, 1, 2):
+            for w in (None, 0, 1, 2):
                 for b in (8, 16, 32):
+                    tag = "auto" if w is None else w
                     r = run_child({"what": "scan", "folder": str(folder), "model": str(model), "batch": b,
-                                   "workers": w, "out": str(work / f"sweep-w{w}-b{b}"), "reports": "none"},
-                                  logs, f"sweep-w{w}-b{b}")
+                                   "workers": w, "out": str(work / f"sweep-w{tag}-b{b}"), "reports": "none"},
+                                  logs, f"sweep-w{tag}-b{b}")
                     r.pop("probs", None)
-                    r.update({"workers": w, "batch": b})
+                    r.update({"asked": tag, "workers": used_workers(r), "batch": b})
                     res["sweep"].append(r)
         if small and "raw" in syntaxes and args.flat_factor > 1:
             print("flat memory", file=sys.stderr, flush=True)
             first = res["kinds"][small.label][syntaxes.index("raw")]["off"]
-            first = {**first, "workers": workers}
+            first = {**first, "workers": used_workers(first)}
             big_n = small.n * args.flat_factor
             folder = linked_copies(small.folder(args.bits, "raw"), CACHE / f"flat-{small.n}x{args.flat_factor}-"
                                    f"b{args.bits}", args.flat_factor)
             big = run_child({"what": "scan", "folder": str(folder), "model": str(model), "batch": args.batch,
                              "workers": workers, "out": str(work / "flat"), "reports": "none"}, logs, "flat")
             big.pop("probs", None)
-            big["workers"] = workers
+            big["workers"] = used_workers(big)
             if big["scored"] != big_n:
                 print(f"warning: flat run scored {big['scored']} of {big_n}", file=sys.stderr)
             res["flat"] = [first, big]
-        if args.whatif:
-            print("what-if (suggested code changes, monkeypatched in the child)", file=sys.stderr, flush=True)
-            res["whatif"] = []
-            fix = ["percentile", "pyjpegls", "blockmean", "threadsauto"]
-            plan: list[tuple[Kind, str, int, list[str]]] = []
-            for kind in kinds:
-                for syn in syntaxes:
-                    plan.append((kind, syn, workers, []))  # the baseline, measured right before
-                    if kind is small and syn == "raw":
-                        plan += [(kind, syn, workers, [p]) for p in ("percentile", "blockmean", "threadsauto")]
-                    plan.append((kind, syn, workers, fix))
-            if small and "raw" in syntaxes:
-                plan += [(small, "raw", w, fix) for w in (0, 2) if w != workers]
-            big_kind = next((k for k in kinds if k.cols * k.rows > 2_100_000), None)
-            if big_kind and "jls" in syntaxes and workers != 2:
-                plan += [(big_kind, "jls", 2, []), (big_kind, "jls", 2, fix)]
-            base_rate: dict[tuple[str, str, int], float] = {}
-            for kind, syn, w, patches in plan:
-                name = f"whatif-{kind.cols}x{kind.rows}-{syn}-w{w}-{'+'.join(patches) or 'none'}"
-                r = run_child({"what": "scan", "folder": str(kind.folder(args.bits, syn)), "model": str(model),
-                               "batch": args.batch, "workers": w, "out": str(work / name), "reports": "none",
-                               "patches": patches}, logs, name)
-                r.pop("probs", None)
-                key = (kind.label, syn, w)
-                if not patches:
-                    base_rate[key] = e2e_rate(r)
-                r.update({"kind": kind.label, "syntax_name": SYNTAX_NAMES[syn], "workers": w, "patches": patches,
-                          "base_img_s": base_rate.get(key) if patches else None})
-                res["whatif"].append(r)
         print("model only, again (the machine's speed drifts)", file=sys.stderr, flush=True)
         res["model"].append(run_child({"what": "model", "model": str(model), "dtype": "auto", "batch": MODEL_BATCH,
                                        "seconds": args.model_seconds}, logs, "model-auto-end") | {"when": "end"})

@@ -139,21 +139,21 @@ def test_worker_processes_give_the_same_result(tmp_path: Path, random_model_path
 def test_choose_schedule_follows_the_measured_costs():
     from cxrscreen.pipeline import choose_schedule
 
-    # 2 cores, decoding cheaper than the forward (1024² uncompressed): in process, both threads
-    s = choose_schedule(0.011, 0.017, cores=2, gpu=False)
+    # 2 cores, 1024² uncompressed as measured here: in process (threads), both cores for the forward
+    s = choose_schedule(0.0126, 0.0074, 0.017, cores=2, gpu=False)
     assert (s.workers, s.threads) == (0, 2)
-    # 2 cores, decoding dearer than the forward (2500×3000, compressed): one worker, one thread
-    s = choose_schedule(0.09, 0.018, cores=2, gpu=False)
-    assert (s.workers, s.threads) == (1, 1)
     assert "img/s" in s.reason
-    # 16 cores: workers in proportion, the rest for the forward
-    s = choose_schedule(0.012, 0.002, cores=16, gpu=False)
+    # 2 cores, a decoder that does not thread (GIL held) and costs much more than the forward: a worker
+    s = choose_schedule(0.16, 0.16, 0.018, cores=2, gpu=False)
+    assert (s.workers, s.threads) == (1, 1)
+    # 16 cores, threads barely help the decoding: workers, the rest of the cores for the forward
+    s = choose_schedule(0.012, 0.010, 0.002, cores=16, gpu=False)
     assert 1 <= s.workers <= 4 and s.threads == 16 - s.workers
     # a GPU forward is nearly free: as many workers as allowed, capped
-    s = choose_schedule(0.012, 0.0005, cores=16, gpu=True)
+    s = choose_schedule(0.012, 0.004, 0.0005, cores=16, gpu=True)
     assert s.workers == 8
     # one core: never a worker
-    assert choose_schedule(0.5, 0.01, cores=1, gpu=False).workers == 0
+    assert choose_schedule(0.5, 0.5, 0.01, cores=1, gpu=False).workers == 0
 
 
 def test_auto_schedule_switches_to_workers_without_losing_a_file(tmp_path: Path, random_model_path, monkeypatch):
@@ -170,7 +170,7 @@ def test_auto_schedule_switches_to_workers_without_losing_a_file(tmp_path: Path,
     ref = scan(d, out=tmp_path / "o0", model=random_model_path, workers=0, batch_size=1, reports="none")
     probed = []
 
-    def forced(prep_s, forward_s, cores, gpu):
+    def forced(prep_s, prep_wall_s, forward_s, cores, gpu):
         probed.append((prep_s, forward_s))
         return pipeline.Schedule(1, 1, "forced by the test")
 
