@@ -464,6 +464,7 @@ def _score_batch(batch: list[Prepared], todo, root: Path, net: torch.nn.Module, 
                           size=it.size, mtime_ns=it.mtime_ns)
         durations["decode"] += it.t_decode
         durations["preprocess"] += it.t_preprocess
+        durations["prepare_cpu"] += it.t_cpu
         cost["prep"] += it.t_cpu
         cost["prepared"] += 1
         if it.status.startswith("error"):
