@@ -304,11 +304,11 @@ def child_model(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from cxrscreen.model.files import load_model
-    from cxrscreen.model.inference import Runtime, choose_runtime, predict_batch, prepare
+    from cxrscreen.model.inference import Runtime, choose_runtime, inference_net, predict_batch
 
     lm = load_model(cfg["model"])
     rt = choose_runtime("cpu", "auto") if cfg["dtype"] == "auto" else Runtime(torch.device("cpu"), None, False)
-    net = prepare(lm.net, rt)
+    net = inference_net(lm.net, rt)
     size = lm.spec.input_size
     x = torch.randn(cfg["batch"], 1, size, size)
     for _ in range(3):

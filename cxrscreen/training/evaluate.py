@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from cxrscreen import __version__
 from cxrscreen.model.files import LoadedModel
-from cxrscreen.model.inference import Runtime, predict_batch, prepare
+from cxrscreen.model.inference import Runtime, inference_net, predict_batch
 from cxrscreen.state.atomic import atomic_open, atomic_write_text
 from cxrscreen.training.data import make_dataset
 from cxrscreen.training.metrics import roc_curve, summarize
@@ -31,7 +31,7 @@ def score_frame(
     """P(abnormal) for every row of a manifest frame, through the shared preprocessing chain."""
     ds = make_dataset(df, lm.spec, augment=False, cache=False)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
-    net = prepare(lm.net, rt)
+    net = inference_net(lm.net, rt)
     out: list[np.ndarray] = []
     done = 0
     for batch in loader:
