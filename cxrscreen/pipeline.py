@@ -324,7 +324,7 @@ def scan(
 
         if reports != "none":
             t = time.perf_counter()
-            _reports(out, root, lm, rt, ledger, reports, emit)
+            _reports(out, root, lm, rt, ledger, reports, emit, durations)
             durations["reports"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -490,14 +490,15 @@ def _score_batch(batch: list[Prepared], todo, root: Path, net: torch.nn.Module, 
 
 
 def _reports(
-    out: Path, root: Path, lm: LoadedModel, rt: Runtime, ledger: Ledger, policy: str, emit: ProgressFn
+    out: Path, root: Path, lm: LoadedModel, rt: Runtime, ledger: Ledger, policy: str, emit: ProgressFn,
+    durations: Counter | None = None,
 ) -> None:
     """Per-study PDF reports with Grad-CAM (outputs.report); missing ones are (re)made."""
     try:
         from cxrscreen.outputs.report import write_reports
     except ImportError:  # reports module not available in this build
         return
-    write_reports(out, root, lm, rt, ledger, policy, emit)
+    write_reports(out, root, lm, rt, ledger, policy, emit, durations)
 
 
 def _summary_pdf(out: Path, summary: dict, studies, lm: LoadedModel, thr: float, images=None) -> None:

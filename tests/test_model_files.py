@@ -87,3 +87,21 @@ def test_embedded_default_model_loads_and_is_calibrated():
     assert meta["calibration"]["target_sensitivity"] >= 0.95 and 0 < lm.threshold < 1
     assert meta["weights_dtype"] == "float16"
     assert DEFAULT_MODEL.with_suffix(".safetensors").stat().st_size <= 50 * 1024 * 1024
+
+
+def test_loading_skips_random_init_but_restores_torch_init(tmp_path: Path):
+    """Built without random initialisation, yet identical to the saved network; torch.nn.init is restored."""
+    before = {name: getattr(torch.nn.init, name) for name in ("kaiming_normal_", "uniform_", "constant_")}
+    torch.manual_seed(5)
+    net = build_resnet50().eval()
+    save_model(net, {"name": "t", "preprocess": {"input_size": 64}, "threshold": 0.5}, tmp_path / "m.json",
+               dtype=torch.float32)
+    loaded = load_model(tmp_path / "m.json").net.eval()
+    assert {name: getattr(torch.nn.init, name) for name in before} == before
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net(x))
+    for (name, a), b in zip(net.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    fresh = torch.nn.Linear(4, 4)  # later modules are initialised normally again
+    assert fresh.weight.abs().sum() > 0

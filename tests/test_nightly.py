@@ -146,7 +146,10 @@ def test_first_run_writes_worklists_and_run_json(ward_scan) -> None:
     assert sum(s["decisions"].values()) == 6
     assert s["statuses"]["ok"] == 4 and s["statuses"]["not_assessable:modality_ct"] == 1
     assert sum(v for k, v in s["statuses"].items() if k.startswith("error")) == 1
-    assert {"discover", "plan", "infer", "decode", "worklists"} <= set(s["durations_s"])
+    stages = {"discover", "plan", "decode", "preprocess", "infer", "reports", "report_reread", "cam", "pdf",
+              "worklists"}
+    assert stages <= set(s["durations_s"]) and all(s["durations_s"][k] > 0 for k in stages - {"discover", "plan"})
+    assert s["schedule"]["workers"] >= 0 and s["schedule"]["torch_threads"] >= 1 and s["schedule"]["reason"]
     assert s["images_per_s"] > 0 and s["threshold"] == 0.5 and len(s["model"]["sha256"]) == 64
     assert "drift" in s and s["resumed_runs"] == []
     images = read_csv(out / "worklist_images.csv")

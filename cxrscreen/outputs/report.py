@@ -16,7 +16,9 @@ import json
 import logging
 import math
 import re
+import time
 import unicodedata
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -581,8 +583,13 @@ def render_study(fh: Any, study: Study, pages: list[Page], ctx: ReportContext, t
 
 # --------------------------------------------------------------------------- the hook
 def write_reports(out: Path, root: Path, lm: LoadedModel, rt: Runtime, ledger: Ledger, policy: str,
-                  emit: Emit) -> None:
-    """Make the missing or outdated reports of ``policy`` studies and record their paths in the ledger."""
+                  emit: Emit, durations: Counter | None = None) -> None:
+    """Make the missing or outdated reports of ``policy`` studies and record their paths in the ledger.
+
+    ``durations`` (when given) gets the stage times: ``report_reread`` (decode + preprocess again),
+    ``cam`` (Grad-CAM) and ``pdf`` (rendering and writing), in seconds.
+    """
+    durations = Counter() if durations is None else durations
     folder = out / REPORT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     _remove_temporaries(folder)
@@ -605,10 +612,12 @@ def write_reports(out: Path, root: Path, lm: LoadedModel, rt: Runtime, ledger: L
                         datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z").strip())
     done, batch = 0, []
     for i, (study, rel) in enumerate(todo):
+        t = time.perf_counter()
         batch.append((study, rel, load_study(root, study, lm, transform)))
+        durations["report_reread"] += time.perf_counter() - t
         n_cam = sum(p.tensor is not None for _, _, pages in batch for p in pages)
         if n_cam >= CAM_BATCH or i == len(todo) - 1:
-            done = _finish(batch, out, folder, existing, net, rt, ctx, ledger, emit, done, len(todo))
+            done = _finish(batch, out, folder, existing, net, rt, ctx, ledger, emit, done, len(todo), durations)
             batch = []
     log.info("reports: %d of %d written", done, len(todo))
 
@@ -636,13 +645,17 @@ def index_reports(folder: Path) -> dict[str, set[str]]:
 
 def _finish(batch: list[tuple[Study, str, list[Page]]], out: Path, folder: Path, existing: dict[str, set[str]],
             net: torch.nn.Module, rt: Runtime, ctx: ReportContext, ledger: Ledger, emit: Emit, done: int,
-            total: int) -> int:
+            total: int, durations: Counter) -> int:
+    t = time.perf_counter()
     try:
         attach_cams([p for _, _, pages in batch for p in pages], net, rt)
     except Exception as exc:  # no half-made reports: these studies are retried next run
         log.warning("reports: Grad-CAM failed for %d studies (%s); retried next run", len(batch), type(exc).__name__)
         return done
+    finally:
+        durations["cam"] += time.perf_counter() - t
     for study, rel, pages in batch:
+        t = time.perf_counter()
         path = out / rel
         if not _inside(path, folder):  # cannot happen with sanitised names; refuse rather than trust it
             raise RuntimeError("report path escapes the reports folder")
@@ -653,6 +666,8 @@ def _finish(batch: list[tuple[Study, str, list[Page]]], out: Path, folder: Path,
             log.warning("report for study %s failed (%s); retried next run", report_stem(study)[-12:],
                         type(exc).__name__)
             continue
+        finally:
+            durations["pdf"] += time.perf_counter() - t
         _set_report(ledger, study, rel)
         _remove(folder, existing.get(report_stem(study), set()) - {path.name})
         done += 1
