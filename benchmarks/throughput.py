@@ -636,10 +636,13 @@ def _ok(flag: bool) -> str:
 
 
 def cpu_bound(r: dict[str, Any], model_img_s: float) -> float:
-    """img/s if all cores did nothing but this run's file preparation (its CPU time) and the model-only forward."""
+    """img/s if all cores did nothing but this run's file preparation and the model-only forward.
+
+    Preparation: its CPU time when files were prepared in process, else the workers' decode + preprocess wall time.
+    """
     cores = os.cpu_count() or 1
     d, n = r["durations_s"], max(1, r["files"])
-    prep = d.get("prepare_cpu", d.get("decode", 0) + d.get("preprocess", 0))
+    prep = d.get("prepare_cpu_in_process") or d.get("decode", 0) + d.get("preprocess", 0)
     per_img = 1e3 * prep / n + cores * 1e3 / model_img_s
     return cores * 1e3 / per_img
 
@@ -684,7 +687,7 @@ def render(res: dict[str, Any]) -> str:
                       "summed over files in the preparing threads or workers, shown per image, so they overlap; "
                       "*start* = model load + discovery + plan; *first batch scored* = start + first batch prepared "
                       "+ first (warm-up) forward; *CPU bound* = "
-                      "cores × 1000 / (preparation CPU ms/img + cores × 1000 / model-only img/s), the rate if "
+                      "cores × 1000 / (preparation ms/img + cores × 1000 / model-only img/s), the rate if "
                       "every core were busy) and the naive loop's split:", "",
                   "| input | start | first batch scored | decode ms/img | preprocess ms/img | infer (main) "
                   "| wait for decode "

@@ -83,7 +83,6 @@ class Prepared:
     sha256: str = ""  # of the bytes that were read and scored ('' when unreadable)
     size: int = 0  # size and mtime as stat() saw them just before the read
     mtime_ns: int = 0
-    t_cpu: float = 0.0  # CPU seconds this thread spent on the file (excludes waiting for the GIL or a core)
 
 
 #: Files up to this size are read once into memory (hashed and parsed from the same bytes);
@@ -103,15 +102,14 @@ def _read(path: Path, size: int) -> tuple[io.BytesIO | Path, bytes, str]:
 
 def prepare_file(path: Path, spec: PreprocessSpec, transform: Callable, index: int = 0) -> Prepared:
     """Read → header QC → decode → pixel QC → preprocess; never raises."""
-    t0, c0 = time.perf_counter(), time.thread_time()
+    t0 = time.perf_counter()
     tags: dict[str, str] = {}
     sha = ""
     stat = (0, 0)
 
     def done(status: str, notes: tuple[str, ...] = (), image: torch.Tensor | None = None,
              t_decode: float = 0.0, t_preprocess: float = 0.0) -> Prepared:
-        return Prepared(index, status, tags, notes, image, t_decode, t_preprocess, sha, *stat,
-                        t_cpu=time.thread_time() - c0)
+        return Prepared(index, status, tags, notes, image, t_decode, t_preprocess, sha, *stat)
 
     try:
         st = path.stat()
@@ -202,9 +200,10 @@ class Schedule:
 def choose_schedule(prep_s: float, prep_wall_s: float, forward_s: float, cores: int, gpu: bool) -> Schedule:
     """Workers and threads that minimise the predicted seconds per image, from measured costs.
 
-    ``prep_s``: read + decode + preprocess CPU time of one image; ``prep_wall_s``: the wall time per
-    image when a batch is prepared by ``cores`` threads in process; ``forward_s``: the model's share
-    per image with all ``cores`` threads (on a GPU: per image, CPU threads irrelevant).
+    ``prep_s``: read + decode + preprocess CPU time of one image (what a worker process would spend
+    on it); ``prep_wall_s``: the wall time per image when a batch is prepared by ``cores`` threads in
+    process; ``forward_s``: the model's share per image with all ``cores`` threads (on a GPU: per
+    image, CPU threads irrelevant).
     In process the two phases alternate, each with all cores: ``prep_wall + forward``. With ``n``
     worker processes they overlap, and on a CPU the forward keeps ``cores − n`` threads:
     ``max(prep / n, forward · cores / (cores − n))``. On a small CPU that means in process (workers
@@ -218,7 +217,7 @@ def choose_schedule(prep_s: float, prep_wall_s: float, forward_s: float, cores: 
         if t < 0.95 * best_t:  # a clear gain only: a worker costs memory and start-up
             best, best_t = n, t
     threads = cores if gpu or best == 0 else cores - best
-    why = (f"measured per image: decode+preprocess {1e3 * prep_s:.1f} ms on one core, {1e3 * prep_wall_s:.1f} ms "
+    why = (f"measured per image: read+decode+preprocess {1e3 * prep_s:.1f} ms CPU, {1e3 * prep_wall_s:.1f} ms wall "
            f"with {cores} threads; forward {1e3 * forward_s:.1f} ms; predicted {1 / best_t:.1f} img/s")
     return Schedule(best, max(1, threads), why)
 
@@ -442,14 +441,21 @@ def _loader(ds: _FileDataset, batch_size: int, workers: int, gpu: bool) -> DataL
 
 
 def _timed(batches: Iterable[list[Prepared]], durations: Counter, cost: dict) -> Iterator[list[Prepared]]:
-    """The batches, adding the time spent waiting for each to ``wait_for_decode`` and ``cost``."""
-    t = time.perf_counter()
+    """The batches, adding the time spent waiting for each to ``wait_for_decode`` and ``cost``.
+
+    Also the process's CPU time over each wait: in process, that is what preparing the batch cost,
+    on all threads, a decoder's own threads included (OpenJPEG decodes in one of its own).
+    """
+    t, c = time.perf_counter(), time.process_time()
     for batch in batches:
-        dt = time.perf_counter() - t
+        dt, dc = time.perf_counter() - t, time.process_time() - c
         durations["wait_for_decode"] += dt
         cost["prep_wall"] += dt
+        cost["prep"] += dc
+        if isinstance(batches, Generator):  # in process: the CPU spent is the preparation's
+            durations["prepare_cpu_in_process"] += dc
         yield batch
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
 
 
 def _score_batch(batch: list[Prepared], todo, root: Path, net: torch.nn.Module, lm: LoadedModel, rt: Runtime,
@@ -477,8 +483,6 @@ def _score_batch(batch: list[Prepared], todo, root: Path, net: torch.nn.Module, 
                           size=it.size, mtime_ns=it.mtime_ns)
         durations["decode"] += it.t_decode
         durations["preprocess"] += it.t_preprocess
-        durations["prepare_cpu"] += it.t_cpu
-        cost["prep"] += it.t_cpu
         cost["prepared"] += 1
         if it.status.startswith("error"):
             log.warning("file %s: %s", instance_hash(rec.path), it.status)
