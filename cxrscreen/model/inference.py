@@ -91,7 +91,8 @@ def inference_net(net: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
 
     On a CPU running bf16, batch-norm is folded into the convolutions and the weights are stored in
     bf16, so autocast no longer re-casts them on every batch: about 10 % faster here, scores within
-    bf16 rounding of the unfolded model (max |Δp| 0.005 on test batches). Elsewhere :func:`prepare`.
+    bf16 rounding of the unfolded model (on the 1,418 test images of the pool: mean |Δp| 0.0004,
+    max 0.011). Elsewhere :func:`prepare`.
     """
     copy = deepcopy(net).eval()
     if rt.device.type == "cpu" and rt.autocast_dtype == torch.bfloat16:
