@@ -173,7 +173,6 @@ def _worker_init(_: int) -> None:
     set_track_meta(False)  # see _score
 
 
-
 MAX_WORKERS = 8
 
 

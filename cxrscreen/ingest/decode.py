@@ -4,7 +4,8 @@ Pixel pipeline, in order (PS3.4 grayscale pipeline): stored values → modality 
 VOI LUT or window (the first one when several; a robust percentile window when none) →
 MONOCHROME1 inversion → [0, 1]. Large images are decoded or reduced to roughly the size the
 model needs: JPEG 2000 at a reduced resolution level (OpenJPEG via glymur), JPEG baseline
-inside the DCT (Pillow ``draft``), everything else block-averaged after decoding.
+inside the DCT (Pillow ``draft``), everything else block-averaged after decoding; always by a
+power of two (:func:`reduction_factor`), so compressed and uncompressed twins match.
 """
 
 from __future__ import annotations
@@ -117,10 +118,15 @@ def _short(exc: BaseException, limit: int = 160) -> str:
 
 
 def reduction_factor(shape: tuple[int, int], target: int | None) -> int:
-    """Largest integer factor keeping the longest side ≥ ``target`` (1 when no target)."""
-    if not target:
+    """Largest power of two keeping the longest side ≥ ``target`` (1 when no target).
+
+    Powers of two because that is what the codecs' reduced decodes give (JPEG 2000 resolution
+    levels, JPEG DCT scaling): a compressed file and its uncompressed twin are then reduced by the
+    same factor and reach the model through the same geometry.
+    """
+    if not target or max(shape) < 2 * target:
         return 1
-    return max(1, int(max(shape) // target))
+    return 2 ** int(math.floor(math.log2(max(shape) / target)))
 
 
 def _j2k_reduced(ds: Dataset, target: int) -> tuple[np.ndarray, int] | None:
