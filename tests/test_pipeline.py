@@ -282,3 +282,19 @@ def test_j2k_twins_score_like_their_uncompressed_originals(tmp_path: Path):
         assert abs(float(raw["probability"]) - float(j2k["probability"])) < 0.03
         factor = "reduced_x4" if i == 1 else "reduced_x2"  # resolution level vs block mean, same factor
         assert factor in j2k["qc_notes"] and factor in raw["qc_notes"]
+
+
+def test_file_that_cannot_be_read_is_an_error_row(tmp_path: Path, monkeypatch):
+    """A permission error (or a file vanishing) between discovery and reading: one clear status."""
+    import cxrscreen.pipeline as pipeline
+
+    p = make_dicom(tmp_path / "a.dcm")
+
+    def denied(path: Path, size: int):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(pipeline, "_read", denied)
+    spec = PreprocessSpec(input_size=64)
+    got = prepare_file(p, spec, build_transform(spec))
+    assert got.status == "error:unreadable_file" and got.image is None
+    assert got.size == p.stat().st_size and got.sha256 == ""
