@@ -397,6 +397,8 @@ def _score(todo, root, lm: LoadedModel, rt: Runtime, thr: float, batch_size: int
                     break
         if sched is None:
             sched = Schedule(0, cores, "nothing to score")
+        if sched.workers and len(records) == len(todo) and workers is None:  # record what ran
+            sched = Schedule(0, cores, f"every file was in the first (timed, in-process) batch; {sched.reason}")
         info["schedule"] = sched.to_dict()
         log.info("scoring schedule: %d decode workers, %d torch threads (%s)", sched.workers, sched.threads,
                  sched.reason)
