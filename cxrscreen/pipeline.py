@@ -127,7 +127,7 @@ def prepare_file(path: Path, spec: PreprocessSpec, transform: Callable, index: i
         status = check_header(tags)
         if status != OK:
             return done(status, t_decode=time.perf_counter() - t0)
-        decoded = decode_dataset(ds, target=2 * spec.input_size)
+        decoded = decode_dataset(ds, target=spec.decode_target)
         del ds, source
         t1 = time.perf_counter()
         status = check_pixels(decoded.pixels)
@@ -369,8 +369,13 @@ def _score(todo, root, lm: LoadedModel, rt: Runtime, thr: float, batch_size: int
     cores, gpu = usable_cores(), rt.device.type == "cuda"
     threads_before = torch.get_num_threads()
     records: list[ImageRecord] = []
-    cost = {"prep": 0.0, "prep_wall": 0.0, "prepared": 0, "forward": 0.0, "forwarded": 0}
     t0 = time.perf_counter()
+
+    def score(batch: list[Prepared]) -> None:
+        records.extend(_score_batch(batch, todo, root, net, lm, rt, thr, ledger, run_id, durations))
+        emit({"event": "batch", "done": len(records), "total": len(todo),
+              "img_s": len(records) / (time.perf_counter() - t0)})
+
     if workers is not None:
         sched: Schedule | None = fixed_schedule(max(0, workers), cores, gpu)
     elif gpu:  # the forward is nearly free and its first (warm-up) batch is no measure of it: feed it
@@ -386,14 +391,13 @@ def _score(todo, root, lm: LoadedModel, rt: Runtime, thr: float, batch_size: int
         torch.set_num_threads(cores)
         batches = _in_process(paths, lm.spec, batch_size, cores) if sched is None or sched.workers == 0 else None
         if sched is None:  # probe in process until one batch had images to score
-            for batch in _timed(batches, durations, cost):
-                records += _score_batch(batch, todo, root, net, lm, rt, thr, ledger, run_id, durations, cost)
-                emit({"event": "batch", "done": len(records), "total": len(todo),
-                      "img_s": len(records) / (time.perf_counter() - t0)})
-                if cost["forwarded"]:
-                    n = cost["prepared"]
-                    sched = choose_schedule(cost["prep"] / n, cost["prep_wall"] / n,
-                                            cost["forward"] / cost["forwarded"], cores, gpu)
+            for batch in _timed(batches, durations):
+                score(batch)
+                scored = sum(r.probability is not None for r in records)
+                if scored:  # so far everything ran in process: the durations are the probe's
+                    n = len(records)
+                    sched = choose_schedule(durations["prepare_cpu_in_process"] / n, durations["wait_for_decode"] / n,
+                                            durations["infer"] / scored, cores, gpu)
                     break
         if sched is None:
             sched = Schedule(0, cores, "nothing to score")
@@ -408,10 +412,8 @@ def _score(todo, root, lm: LoadedModel, rt: Runtime, thr: float, batch_size: int
                     batches.close()
                 torch.set_num_threads(sched.threads)
                 batches = _loader(_FileDataset(paths, lm.spec, start=len(records)), batch_size, sched.workers, gpu)
-            for batch in _timed(batches, durations, cost):
-                records += _score_batch(batch, todo, root, net, lm, rt, thr, ledger, run_id, durations, cost)
-                emit({"event": "batch", "done": len(records), "total": len(todo),
-                      "img_s": len(records) / (time.perf_counter() - t0)})
+            for batch in _timed(batches, durations):
+                score(batch)
     finally:
         if isinstance(batches, Generator):
             batches.close()
@@ -441,26 +443,25 @@ def _loader(ds: _FileDataset, batch_size: int, workers: int, gpu: bool) -> DataL
                       pin_memory=gpu)
 
 
-def _timed(batches: Iterable[list[Prepared]], durations: Counter, cost: dict) -> Iterator[list[Prepared]]:
-    """The batches, adding the time spent waiting for each to ``wait_for_decode`` and ``cost``.
+def _timed(batches: Iterable[list[Prepared]], durations: Counter) -> Iterator[list[Prepared]]:
+    """The batches, adding the time spent waiting for each to ``wait_for_decode``.
 
-    Also the process's CPU time over each wait: in process, that is what preparing the batch cost,
-    on all threads, a decoder's own threads included (OpenJPEG decodes in one of its own).
+    In process, also the process's CPU time over each wait (``prepare_cpu_in_process``): what
+    preparing the batch cost on all threads, a decoder's own threads included (OpenJPEG decodes in
+    one of its own).
     """
+    in_process = isinstance(batches, Generator)
     t, c = time.perf_counter(), time.process_time()
     for batch in batches:
-        dt, dc = time.perf_counter() - t, time.process_time() - c
-        durations["wait_for_decode"] += dt
-        cost["prep_wall"] += dt
-        cost["prep"] += dc
-        if isinstance(batches, Generator):  # in process: the CPU spent is the preparation's
-            durations["prepare_cpu_in_process"] += dc
+        durations["wait_for_decode"] += time.perf_counter() - t
+        if in_process:
+            durations["prepare_cpu_in_process"] += time.process_time() - c
         yield batch
         t, c = time.perf_counter(), time.process_time()
 
 
 def _score_batch(batch: list[Prepared], todo, root: Path, net: torch.nn.Module, lm: LoadedModel, rt: Runtime,
-                 thr: float, ledger: Ledger, run_id: str, durations: Counter, cost: dict) -> list[ImageRecord]:
+                 thr: float, ledger: Ledger, run_id: str, durations: Counter) -> list[ImageRecord]:
     """Score the batch's assessable images, decide every item, commit them to the ledger."""
     ok = [it for it in batch if it.image is not None]
     probs: dict[int, float] = {}
@@ -470,21 +471,17 @@ def _score_batch(batch: list[Prepared], todo, root: Path, net: torch.nn.Module, 
         if rt.device.type == "cuda":
             x = x.pin_memory()
         p = predict_batch(net, x, rt).numpy()
-        dt = time.perf_counter() - t
-        durations["infer"] += dt
-        cost["forward"] += dt
-        cost["forwarded"] += len(ok)
+        durations["infer"] += time.perf_counter() - t
         probs = {it.index: float(v) for it, v in zip(ok, p, strict=True)}
     batch_records = []
     for it in batch:
-        path, sha = todo[it.index][0], todo[it.index][1] or it.sha256
+        path, sha = todo[it.index][0], it.sha256 or todo[it.index][1] or ""  # the bytes scored, when read
         prob = probs.get(it.index)
         rec = ImageRecord(path=path.relative_to(root).as_posix(), status=it.status, tags=it.tags,
                           qc_notes=it.notes, probability=prob, decision=decide(it.status, prob, thr, it.notes),
                           size=it.size, mtime_ns=it.mtime_ns)
         durations["decode"] += it.t_decode
         durations["preprocess"] += it.t_preprocess
-        cost["prepared"] += 1
         if it.status.startswith("error"):
             log.warning("file %s: %s", instance_hash(rec.path), it.status)
         batch_records.append((rec, sha))

@@ -40,6 +40,11 @@ class PreprocessSpec:
     mean: float = 0.5
     std: float = 0.25
 
+    @property
+    def decode_target(self) -> int:
+        """Long side (px) films are decoded to at least before this chain: twice the model input."""
+        return 2 * self.input_size
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

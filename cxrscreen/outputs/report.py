@@ -203,14 +203,14 @@ def _decode_display(path: Path) -> np.ndarray | None:
 
 
 def model_shape(record: ImageRecord, fallback: tuple[int, int], spec: PreprocessSpec) -> tuple[int, int]:
-    """Shape of the image the pipeline decoded for scoring (``target = 2·S``), from the header."""
+    """Shape of the image the pipeline decoded for scoring (``spec.decode_target``), from the header."""
     try:
         rows, cols = int(record.tag("Rows")), int(record.tag("Columns"))
     except ValueError:
         return fallback
     if rows <= 0 or cols <= 0:
         return fallback
-    f = reduction_factor((rows, cols), 2 * spec.input_size)
+    f = reduction_factor((rows, cols), spec.decode_target)
     return max(1, rows // f), max(1, cols // f)
 
 

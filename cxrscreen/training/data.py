@@ -86,11 +86,11 @@ def make_dataset(
         {"path": p, "label": np.float32(y), "index": i}
         for i, (p, y) in enumerate(zip(df["abspath"], df["label"], strict=True))
     ]
-    det = Compose([LoadImaged(min_side=2 * spec.input_size), ApplyToImage(Compose(base_transforms(spec)))])
+    det = Compose([LoadImaged(min_side=spec.decode_target), ApplyToImage(Compose(base_transforms(spec)))])
     rest = (augment_transforms() if augment else []) + normalize_transforms(spec)
     rand = ApplyToImage(Compose(rest))
     if cache:
         cached = CacheDataset(items, transform=det, num_workers=num_workers or None, progress=False)
         return Dataset(cached, transform=rand)
-    chain = Compose([LoadImaged(2 * spec.input_size), ApplyToImage(build_transform(spec, augment))])
+    chain = Compose([LoadImaged(spec.decode_target), ApplyToImage(build_transform(spec, augment))])
     return Dataset(items, transform=chain)
