@@ -1,7 +1,8 @@
 """Throughput of ``cxrscreen scan`` against the model-only ceiling and a naive per-image loop (issue #6).
 
     .venv/bin/python benchmarks/throughput.py [--n 200] [--n-large 50] [--sizes 1024,2500x3000]
-        [--syntaxes raw,j2k,jls] [--model MODEL.json] [--keep] [--json results.json]
+        [--syntaxes raw,j2k,jls] [--precisions auto,fp32] [--model MODEL.json] [--keep] [--json results.json]
+    .venv/bin/python benchmarks/throughput.py --quick   # a few minutes: 1024² uncompressed, both precisions
 
 Inputs: N synthetic-patient DICOM files per size (``1024`` = 1024×1024, ``2500x3000`` = 2500 columns ×
 3000 rows; the large kind uses ``--n-large``), made from the 24 full-resolution pediatric JPEGs in
@@ -15,19 +16,25 @@ Every configuration runs in a fresh subprocess (``--_child``) that reports its o
 (``RUSAGE_SELF``) and that of its DataLoader workers (``RUSAGE_CHILDREN``); the parent also samples
 the whole process tree (sum of RSS and of PSS) every 0.1 s. Configurations, in one run:
 
-1. model only: ResNet50 forward at the model's input size, batch 16, bf16 autocast + channels_last
-   (when the CPU supports it) and fp32; the best is the ceiling;
+1. model only: the scoring network (``inference_net``) at the model's input size, batch 16, for each
+   of ``--precisions`` (default ``auto,fp32``: bf16 when the CPU has it, and fp32, which stands in
+   for an AVX2-only server; a CPU without bf16 runs fp32 once), at the start and at the end of the
+   run; the best of each precision is that precision's ceiling;
 2. ``cxrscreen.pipeline.scan`` end to end (what ``cxrscreen scan`` runs; model load, discovery,
-   hashing, decoding, scoring, ledger, worklists, summary PDF), ``reports="none"``, then
-   ``reports="flagged"`` with a threshold at the 90th percentile of the first run's scores;
+   hashing, decoding, scoring, ledger, worklists, summary PDF), ``reports="none"``, once per
+   precision, then (first precision only) ``reports="flagged"`` with a threshold at the 90th
+   percentile of the first run's scores;
 3. naive: per file ``dcmread`` → ``pixel_array`` → ``skimage.transform.resize`` to 224² with
    anti-aliasing → fp32 forward at batch 1 (a notebook / torchxrayvision batch-script loop), run for
    ``--naive-seconds`` or ``--naive-n`` files, whichever comes first.
 
 Also a ``--workers`` × ``--batch-size`` sweep (1024² raw, ``--sweep-n`` files) and a flat-memory
 check (1024² raw at N and at 10×N files, hard links to the N files: every path is still read,
-decoded and scored). Without ``--model`` the embedded default model is used when it exists, else a
-random-weight 224 px ResNet50 is built (weights do not change speed). Prints Markdown on stdout.
+decoded and scored), both at the first precision. Targets per precision: 1024² uncompressed end to
+end ≥ 3× the naive loop and ≥ 50 % of that precision's model-only ceiling. ``--quick`` runs only
+those (96 files, no reports, sweep or flat check, shorter timings, no retries for a busy machine).
+Without ``--model`` the embedded default model is used when it exists, else a random-weight
+224 px ResNet50 is built (weights do not change speed). Prints Markdown on stdout.
 """
 
 from __future__ import annotations
@@ -304,10 +311,10 @@ def child_model(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from cxrscreen.model.files import load_model
-    from cxrscreen.model.inference import Runtime, choose_runtime, inference_net, predict_batch
+    from cxrscreen.model.inference import choose_runtime, inference_net, predict_batch
 
     lm = load_model(cfg["model"])
-    rt = choose_runtime("cpu", "auto") if cfg["dtype"] == "auto" else Runtime(torch.device("cpu"), None, False)
+    rt = choose_runtime("cpu", cfg["precision"])
     net = inference_net(lm.net, rt)
     size = lm.spec.input_size
     x = torch.randn(cfg["batch"], 1, size, size)
@@ -340,8 +347,8 @@ def child_scan(cfg: dict[str, Any]) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     res = scan(cfg["folder"], out=cfg["out"], model=cfg["model"], threshold=cfg.get("threshold"),
-               batch_size=cfg["batch"], workers=cfg["workers"], reports=cfg["reports"], rescan=True,
-               progress=progress)
+               precision=cfg.get("precision", "auto"), batch_size=cfg["batch"], workers=cfg["workers"],
+               reports=cfg["reports"], rescan=True, progress=progress)
     wall = time.perf_counter() - t0
     s = res.summary
     steady = None
@@ -462,7 +469,7 @@ def _cpu_jiffies() -> tuple[int, int]:
 
 
 NOISY_CORES = 0.25  # other processes using more than this during a measurement make it suspect
-RETRIES = 2
+SETTINGS = {"retries": 2}  # reruns of a configuration that other processes disturbed (``--retries``)
 QUIET_WAIT_S = 120.0
 
 
@@ -490,7 +497,7 @@ def run_child(cfg: dict[str, Any], log_dir: Path, name: str) -> dict[str, Any]:
     Keeps the least disturbed attempt; ``noisy`` marks a result that other processes still disturbed.
     """
     best: dict[str, Any] | None = None
-    for attempt in range(RETRIES + 1):
+    for attempt in range(SETTINGS["retries"] + 1):
         if attempt:
             busy = wait_for_quiet()
             print(f"  {name}: other processes used {best['others_cores']:.2f} cores; retrying "
@@ -662,25 +669,28 @@ def render(res: dict[str, Any]) -> str:
              _load_line(res.get("load", [])),
              f"Model: {res['model_note']}. Inputs: {a['bits']} bits stored in 16 allocated, VOI window in the "
              f"header, one study per file, made from {res['source_note']}.", ""]
-    best = res["model_best"]
-    lines += ["### Model only (ceiling)", "", "| precision | batch | when | img/s | peak RSS |",
-              "|---|---|---|---|---|"]
+    bests = res["model_best"]
+    lines += ["### Model only (ceiling)", "", "| precision | runtime | batch | when | img/s | peak RSS |",
+              "|---|---|---|---|---|---|"]
     for r in res["model"]:
-        lines.append(f"| {r['runtime']} | {MODEL_BATCH} | {r.get('when', '')} of the run | {r['img_s']:.1f}{_n(r)} | "
-                     f"{_mb(r['rss_main_mb'])} |")
-    lines += ["", f"Ceiling used for the ratios: {best['img_s']:.1f} img/s ({best['runtime']}, "
-                  f"{best['threads']} threads).", ""]
+        lines.append(f"| {r['precision']} | {r['runtime']} | {MODEL_BATCH} | {r.get('when', '')} of the run | "
+                     f"{r['img_s']:.1f}{_n(r)} | {_mb(r['rss_main_mb'])} |")
+    lines += ["", "Ceilings used for the ratios (best of the precision's model-only runs): " + "; ".join(
+        f"{p}: {b['img_s']:.1f} img/s ({b['runtime']}, {b['threads']} threads)" for p, b in bests.items()) + ".", ""]
     for kind_label, rows in res["kinds"].items():
         lines += [f"### {kind_label} ({rows[0]['n']} files)", "",
-                  "| input | naive img/s | scan img/s, reports off | scoring stage img/s | schedule | scan img/s, "
-                  "reports on | peak RSS, reports off: main + workers (tree PSS) | scan / model | scan / naive |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| input | precision | naive img/s | scan img/s, reports off | scoring stage img/s | schedule "
+                  "| scan img/s, reports on | peak RSS, reports off: main + workers (tree PSS) | scan / model "
+                  "| scan / naive |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for row in rows:
             off, on, nv = row["off"], row["on"], row["naive"]
+            best = bests[row["precision"]]
             e2e = e2e_rate(off)
             on_txt = (f"{e2e_rate(on):.1f}{_n(on)} ({on['reports']} PDFs for {on['decisions'].get('abnormal', 0)} "
                       f"abnormal + {on['decisions'].get('review', 0)} review)") if on else row.get("on_note", "—")
-            lines.append(f"| {row['syntax_name']} | {nv['img_s']:.1f}{_n(nv)} | {e2e:.1f}{_n(off)} | "
+            lines.append(f"| {row['syntax_name']} | {row['precision']} | {nv['img_s']:.1f}{_n(nv)} | "
+                         f"{e2e:.1f}{_n(off)} | "
                          f"{off['score_img_s'] or 0:.1f} | {_sched(off)} | {on_txt} | {_rss(off, row['workers'])} | "
                          f"{e2e / best['img_s']:.2f} | {e2e / nv['img_s']:.1f}× |")
         lines += ["", "Per-stage timings (run.json `durations_s`, reports off; decode and preprocess are wall times "
@@ -689,17 +699,19 @@ def render(res: dict[str, Any]) -> str:
                       "+ first (warm-up) forward; *CPU bound* = "
                       "cores × 1000 / (preparation ms/img + cores × 1000 / model-only img/s), the rate if "
                       "every core were busy) and the naive loop's split:", "",
-                  "| input | start | first batch scored | decode ms/img | preprocess ms/img | infer (main) "
-                  "| wait for decode "
+                  "| input | precision | start | first batch scored | decode ms/img | preprocess ms/img "
+                  "| infer (main) | wait for decode "
                   "| ledger | score wall | worklists + summary PDF | scan() wall | process wall | CPU used | CPU bound "
                   "| naive ms/img: read+decode / resize / forward |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in rows:
             off, nv = row["off"], row["naive"]
+            best = bests[row["precision"]]
             d, n = off["durations_s"], max(1, off["files"])
             tail = off["wall_s"] - (off["start_s"] or 0) - d.get("score_wall", 0) - d.get("reports", 0)
             lines.append(
-                f"| {row['syntax_name']} | {off['start_s'] or 0:.1f} s | {off['first_batch_s'] or 0:.1f} s | "
+                f"| {row['syntax_name']} | {row['precision']} | {off['start_s'] or 0:.1f} s | "
+                f"{off['first_batch_s'] or 0:.1f} s | "
                 f"{1e3 * d.get('decode', 0) / n:.1f} | {1e3 * d.get('preprocess', 0) / n:.1f} | "
                 f"{d.get('infer', 0):.1f} s ({1e3 * d.get('infer', 0) / n:.1f} ms/img) | "
                 f"{d.get('wait_for_decode', 0):.1f} s | {d.get('ledger', 0):.2f} s | {d.get('score_wall', 0):.1f} s | "
@@ -707,7 +719,7 @@ def render(res: dict[str, Any]) -> str:
                 f"{off['cpu_cores_used']:.2f} cores | {cpu_bound(off, best['img_s']):.0f} img/s | "
                 f"{nv['ms_read_decode']:.0f} / {nv['ms_resize']:.0f} / {nv['ms_forward']:.0f} |")
         notes = [f"{row['syntax_name']}: {', '.join(f'{k} ×{v}' for k, v in sorted(row['off']['notes'].items()))}"
-                 for row in rows if row["off"]["notes"]]
+                 for row in rows if row["off"]["notes"] and row["first_precision"]]
         if notes:
             lines += ["", "QC notes (decode path): " + "; ".join(notes) + "."]
         parts = []
@@ -746,17 +758,19 @@ def render(res: dict[str, Any]) -> str:
 def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets, evaluated."""
     out: list[dict[str, Any]] = []
-    best = res["model_best"]["img_s"]
     for kind_label, rows in res["kinds"].items():
-        by = {r["syntax"]: r for r in rows}
-        if "raw" in by and kind_label.startswith("1024"):
-            r = by["raw"]
+        for r in rows:
+            if r["syntax"] != "raw" or not kind_label.startswith("1024"):
+                continue
+            p, best = r["precision"], res["model_best"][r["precision"]]["img_s"]
             e2e, naive = e2e_rate(r["off"]), r["naive"]["img_s"]
-            out.append({"what": f"{kind_label} uncompressed, reports off: ≥ {TARGET_VS_NAIVE:.0f}× naive",
-                        "value": f"{e2e / naive:.1f}×", "met": e2e >= TARGET_VS_NAIVE * naive})
-            out.append({"what": f"{kind_label} uncompressed, reports off: ≥ {TARGET_VS_MODEL:.0%} of model-only",
-                        "value": f"{e2e / best:.0%} ({e2e:.1f} / {best:.1f} img/s)",
+            out.append({"what": f"{kind_label} uncompressed, {p}, reports off: ≥ {TARGET_VS_NAIVE:.0f}× naive",
+                        "value": f"{e2e / naive:.1f}× ({e2e:.1f} / {naive:.1f} img/s)",
+                        "met": e2e >= TARGET_VS_NAIVE * naive})
+            out.append({"what": f"{kind_label} uncompressed, {p}, reports off: ≥ {TARGET_VS_MODEL:.0%} of {p} "
+                                "model-only", "value": f"{e2e / best:.0%} ({e2e:.1f} / {best:.1f} img/s)",
                         "met": e2e >= TARGET_VS_MODEL * best})
+        by = {r["syntax"]: r for r in rows if r["first_precision"]}
         if "raw" in by and "j2k" in by:
             a, b = e2e_rate(by["j2k"]["off"]), e2e_rate(by["raw"]["off"])
             out.append({"what": f"{kind_label} JPEG 2000 ≥ {TARGET_J2K_VS_RAW:.0%} of uncompressed",
@@ -786,6 +800,16 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def resolve_precisions(names: list[str]) -> list[str]:
+    """``names`` less those that run the same as an earlier one on this CPU (``auto`` is ``fp32`` without bf16)."""
+    from cxrscreen.model.inference import choose_runtime
+
+    seen: dict[str, str] = {}
+    for name in names:
+        seen.setdefault(choose_runtime("cpu", name).describe(), name)
+    return list(seen.values())
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=200, help="files per kind (1024² and other sizes ≤ 2 Mpx)")
@@ -802,6 +826,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sweep-n", type=int, default=96, help="files for the workers × batch sweep (0: skip)")
     ap.add_argument("--flat-factor", type=int, default=10, help="flat-memory check at N and factor×N (0: skip)")
     ap.add_argument("--no-reports", action="store_true", help="skip the reports-on scans")
+    ap.add_argument("--precisions", default="auto,fp32",
+                    help="comma-separated scoring precisions (cxrscreen scan --precision); the first is the default")
+    ap.add_argument("--retries", type=int, default=2, help="reruns of a configuration other processes disturbed")
+    ap.add_argument("--quick", action="store_true",
+                    help="a reduced run of a few minutes: --n 96 --sizes 1024 --syntaxes raw --no-reports "
+                         "--sweep-n 0 --flat-factor 0 --naive-seconds 10 --model-seconds 5 --retries 0")
     ap.add_argument("--prepare", action="store_true", help="only generate (cache) the inputs, then exit")
     ap.add_argument("--keep", action="store_true", help="keep scan outputs and child logs (inputs are always cached)")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
@@ -811,9 +841,14 @@ def main(argv: list[str] | None = None) -> None:
         child_main(args._child)
         return
     sys.path.insert(0, str(REPO))
+    if args.quick:
+        args.n, args.sizes, args.syntaxes, args.no_reports = 96, "1024", "raw", True
+        args.sweep_n, args.flat_factor, args.naive_seconds, args.model_seconds, args.retries = 0, 0, 10.0, 5.0, 0
+    SETTINGS["retries"] = max(0, args.retries)
 
     t_start = time.perf_counter()
     syntaxes = _csv(args.syntaxes)
+    precisions = resolve_precisions(_csv(args.precisions))
     if bad := [s for s in syntaxes if s not in SYNTAXES]:
         sys.exit(f"unknown syntax {bad}; choose from {list(SYNTAXES)}")
     kinds = []
@@ -849,11 +884,16 @@ def main(argv: list[str] | None = None) -> None:
         model, res["model_note"] = resolve_model(args.model, kinds[0].folder(args.bits, syntaxes[0]))
         print(f"model: {res['model_note']}", file=sys.stderr)
 
+        res["precisions"] = precisions
+        first = precisions[0]
+
+        def model_only(when: str) -> list[dict[str, Any]]:
+            return [run_child({"what": "model", "model": str(model), "precision": p, "batch": MODEL_BATCH,
+                               "seconds": args.model_seconds}, logs, f"model-{p}-{when}")
+                    | {"when": when, "precision": p} for p in precisions]
+
         print("model only", file=sys.stderr)
-        res["model"] = [run_child({"what": "model", "model": str(model), "dtype": dt, "batch": MODEL_BATCH,
-                                   "seconds": args.model_seconds}, logs, f"model-{dt}") | {"when": "start"}
-                        for dt in ("auto", "fp32")]
-        res["model_best"] = max(res["model"], key=lambda r: r["img_s"])
+        res["model"] = model_only("start")
 
         for kind in kinds:
             label = f"{kind.label}"
@@ -862,27 +902,33 @@ def main(argv: list[str] | None = None) -> None:
                 folder = kind.folder(args.bits, syntax)
                 name = f"{kind.cols}x{kind.rows}-{syntax}"
                 print(f"{label} {SYNTAX_NAMES[syntax]}", file=sys.stderr, flush=True)
-                base = {"what": "scan", "folder": str(folder), "model": str(model), "batch": args.batch,
-                        "workers": workers}
-                off = run_child({**base, "out": str(work / f"{name}-off"), "reports": "none"}, logs, f"{name}-off")
-                row: dict[str, Any] = {"kind": label, "n": kind.n, "syntax": syntax,
-                                       "syntax_name": SYNTAX_NAMES[syntax], "workers": used_workers(off),
-                                       "off": off, "on": None}
-                if not args.no_reports:
-                    try:
-                        import cxrscreen.outputs.report  # noqa: F401
+                naive = None
+                for p in precisions:
+                    base = {"what": "scan", "folder": str(folder), "model": str(model), "batch": args.batch,
+                            "workers": workers, "precision": p}
+                    off = run_child({**base, "out": str(work / f"{name}-{p}-off"), "reports": "none"}, logs,
+                                    f"{name}-{p}-off")
+                    row: dict[str, Any] = {"kind": label, "n": kind.n, "syntax": syntax, "precision": p,
+                                           "first_precision": p == first, "syntax_name": SYNTAX_NAMES[syntax],
+                                           "workers": used_workers(off), "off": off, "on": None}
+                    if not args.no_reports and p == first:
+                        try:
+                            import cxrscreen.outputs.report  # noqa: F401
 
-                        row["threshold"] = threshold_for(off["probs"])
-                        row["on"] = run_child({**base, "out": str(work / f"{name}-on"), "reports": "flagged",
-                                               "threshold": row["threshold"]}, logs, f"{name}-on")
-                    except ImportError:
-                        row["on_note"] = "cxrscreen.outputs.report is absent: no reports"
-                row["naive"] = run_child({"what": "naive", "folder": str(folder), "model": str(model),
-                                          "max_n": args.naive_n, "seconds": args.naive_seconds}, logs, f"{name}-naive")
-                for r in (row["off"], row["on"]):
-                    if r:
-                        r.pop("probs", None)
-                rows.append(row)
+                            row["threshold"] = threshold_for(off["probs"])
+                            row["on"] = run_child({**base, "out": str(work / f"{name}-on"), "reports": "flagged",
+                                                   "threshold": row["threshold"]}, logs, f"{name}-on")
+                        except ImportError:
+                            row["on_note"] = "cxrscreen.outputs.report is absent: no reports"
+                    if naive is None:  # one naive loop per input (fp32, batch 1: no precision to choose)
+                        naive = run_child({"what": "naive", "folder": str(folder), "model": str(model),
+                                           "max_n": args.naive_n, "seconds": args.naive_seconds}, logs,
+                                          f"{name}-naive")
+                    row["naive"] = naive
+                    for r in (row["off"], row["on"]):
+                        if r:
+                            r.pop("probs", None)
+                    rows.append(row)
 
         if small and "raw" in syntaxes and args.sweep_n > 0:
             print("workers × batch sweep", file=sys.stderr, flush=True)
@@ -893,29 +939,31 @@ def main(argv: list[str] | None = None) -> None:
                 for b in (8, 16, 32):
                     tag = "auto" if w is None else w
                     r = run_child({"what": "scan", "folder": str(folder), "model": str(model), "batch": b,
-                                   "workers": w, "out": str(work / f"sweep-w{tag}-b{b}"), "reports": "none"},
+                                   "workers": w, "out": str(work / f"sweep-w{tag}-b{b}"), "reports": "none",
+                                   "precision": first},
                                   logs, f"sweep-w{tag}-b{b}")
                     r.pop("probs", None)
                     r.update({"asked": tag, "workers": used_workers(r), "batch": b})
                     res["sweep"].append(r)
         if small and "raw" in syntaxes and args.flat_factor > 1:
             print("flat memory", file=sys.stderr, flush=True)
-            first = res["kinds"][small.label][syntaxes.index("raw")]["off"]
-            first = {**first, "workers": used_workers(first)}
+            ref = next(r["off"] for r in res["kinds"][small.label] if r["syntax"] == "raw" and r["first_precision"])
+            ref = {**ref, "workers": used_workers(ref)}
             big_n = small.n * args.flat_factor
             folder = linked_copies(small.folder(args.bits, "raw"), CACHE / f"flat-{small.n}x{args.flat_factor}-"
                                    f"b{args.bits}", args.flat_factor)
             big = run_child({"what": "scan", "folder": str(folder), "model": str(model), "batch": args.batch,
-                             "workers": workers, "out": str(work / "flat"), "reports": "none"}, logs, "flat")
+                             "workers": workers, "out": str(work / "flat"), "reports": "none", "precision": first},
+                            logs, "flat")
             big.pop("probs", None)
             big["workers"] = used_workers(big)
             if big["scored"] != big_n:
                 print(f"warning: flat run scored {big['scored']} of {big_n}", file=sys.stderr)
-            res["flat"] = [first, big]
+            res["flat"] = [ref, big]
         print("model only, again (the machine's speed drifts)", file=sys.stderr, flush=True)
-        res["model"].append(run_child({"what": "model", "model": str(model), "dtype": "auto", "batch": MODEL_BATCH,
-                                       "seconds": args.model_seconds}, logs, "model-auto-end") | {"when": "end"})
-        res["model_best"] = max(res["model"], key=lambda r: r["img_s"])
+        res["model"] += model_only("end")
+        res["model_best"] = {p: max((r for r in res["model"] if r["precision"] == p), key=lambda r: r["img_s"])
+                             for p in precisions}
         res["targets"] = targets(res)
         res["load"] = LOAD_LOG
         res["total_s"] = time.perf_counter() - t_start

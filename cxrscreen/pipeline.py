@@ -4,7 +4,10 @@ The stages live in their own modules (ingest, qc, preprocess, model, outputs, st
 wires them: discovery and the ledger decide what needs work; files are decoded and preprocessed in
 the main process or by DataLoader worker processes (whichever the first batch's timings predict is
 faster, :func:`choose_schedule`) while the main process scores batches; every scored batch is
-committed to the ledger before the next one, so a killed run loses nothing.
+committed to the ledger before the next one, so a killed run loses nothing. Compressed pixel data
+is decoded in helper processes (:mod:`cxrscreen.ingest.isolation`), so a file that crashes or hangs
+a codec is one ``error:decoder_crash``/``decoder_timeout`` row, and a DataLoader worker that dies
+is replaced (:func:`_recover`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import io
 import json
 import logging
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -27,8 +31,9 @@ import torch
 from monai.data import get_track_meta, set_track_meta
 from torch.utils.data import DataLoader, Dataset
 
-from cxrscreen import __version__
-from cxrscreen.ingest.decode import DecodeError, decode_dataset, extract_tags, read_dataset
+from cxrscreen import __version__, faults
+from cxrscreen.ingest import isolation
+from cxrscreen.ingest.decode import DecodeError, extract_tags, read_dataset
 from cxrscreen.ingest.discover import DICOMDIR_SOP_CLASS, discover, looks_like_dicom
 from cxrscreen.model.files import LoadedModel, load_model
 from cxrscreen.model.inference import Runtime, choose_runtime, inference_net, predict_batch
@@ -90,18 +95,24 @@ class Prepared:
 IN_MEMORY_BYTES = 256 << 20
 
 
-def _read(path: Path, size: int) -> tuple[io.BytesIO | Path, bytes, str]:
-    """The source to parse, its first 132 bytes and the content sha256 (one read when small)."""
+def _read(path: Path, size: int) -> tuple[bytes | Path, bytes, str]:
+    """The bytes (or, when large, the path) to parse, the first 132 bytes, the content sha256 (one read when small)."""
     if size <= IN_MEMORY_BYTES:
         data = path.read_bytes()
-        return io.BytesIO(data), data[:132], hashlib.sha256(data).hexdigest()
+        return data, data[:132], hashlib.sha256(data).hexdigest()
     with open(path, "rb") as fh:
         head = fh.read(132)
     return path, head, file_sha256(path)
 
 
-def prepare_file(path: Path, spec: PreprocessSpec, transform: Callable, index: int = 0) -> Prepared:
-    """Read → header QC → decode → pixel QC → preprocess; never raises."""
+def prepare_file(path: Path, spec: PreprocessSpec, transform: Callable, index: int = 0,
+                 isolate: str | None = None) -> Prepared:
+    """Read → header QC → decode → pixel QC → preprocess; never raises for a bad file.
+
+    ``isolate``: where pixels are decoded (``isolation.MODES``; default ``$CXRSCREEN_DECODE_ISOLATION``,
+    i.e. compressed files in a helper process). Raises only ``isolation.IsolationError`` (no helper
+    process could be started: an internal failure).
+    """
     t0 = time.perf_counter()
     tags: dict[str, str] = {}
     sha = ""
@@ -114,12 +125,12 @@ def prepare_file(path: Path, spec: PreprocessSpec, transform: Callable, index: i
     try:
         st = path.stat()
         stat = (st.st_size, st.st_mtime_ns)
-        source, head, sha = _read(path, st.st_size)
+        data, head, sha = _read(path, st.st_size)
         if st.st_size == 0:
             return done(error("empty_file"))
         if not looks_like_dicom(head):
             return done(error("not_dicom"))
-        ds = read_dataset(source)
+        ds = read_dataset(io.BytesIO(data) if isinstance(data, bytes) else data)
         tags = extract_tags(ds)
         media = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
         if media == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
@@ -127,8 +138,8 @@ def prepare_file(path: Path, spec: PreprocessSpec, transform: Callable, index: i
         status = check_header(tags)
         if status != OK:
             return done(status, t_decode=time.perf_counter() - t0)
-        decoded = decode_dataset(ds, target=spec.decode_target)
-        del ds, source
+        decoded = isolation.decode_pixels(ds, data, spec.decode_target, isolate)
+        del ds, data
         t1 = time.perf_counter()
         status = check_pixels(decoded.pixels)
         notes = tuple(decoded.notes)
@@ -144,8 +155,14 @@ def prepare_file(path: Path, spec: PreprocessSpec, transform: Callable, index: i
         return done(error("out_of_memory"))
     except OSError:
         return done(error("unreadable_file"))
+    except isolation.IsolationError:
+        raise
     except Exception as exc:  # a bad file never stops the run
         return done(error(f"unexpected_{type(exc).__name__}"))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:  # a codec's panic in this process (pyo3's PanicException is no Exception)
+        return done(error("decoder_crash"), t_decode=time.perf_counter() - t0)
 
 
 class _FileDataset(Dataset):
@@ -227,6 +244,25 @@ def fixed_schedule(workers: int, cores: int, gpu: bool) -> Schedule:
     return Schedule(workers, threads, "--workers given")
 
 
+RUN_ID_TIME = "%Y%m%dT%H%M%SZ"
+RUN_ID_MAX_SUFFIX = 999
+
+
+def new_run_id(taken: Callable[[str], bool], now: float | None = None) -> str:
+    """The run id: the UTC start time (``20261125T021500Z``), unique without waiting for the clock.
+
+    When that id is ``taken`` (a run earlier in the same second), ``-001``, ``-002``… is appended:
+    ids still sort in start order, as text (``…00Z`` < ``…00Z-001`` < ``…01Z``). Called under the
+    output folder's lock, so no other run picks an id meanwhile.
+    """
+    base = time.strftime(RUN_ID_TIME, time.gmtime(now))
+    for n in range(RUN_ID_MAX_SUFFIX + 1):
+        run_id = f"{base}-{n:03d}" if n else base
+        if not taken(run_id):
+            return run_id
+    raise RuntimeError(f"more than {RUN_ID_MAX_SUFFIX} runs started at {base}")
+
+
 # --------------------------------------------------------------------------- planning
 def plan(
     files: list[Path], root: Path, ledger: Ledger, model_sha: str, rescan: bool
@@ -293,11 +329,8 @@ def scan(
     emit = progress or (lambda _e: None)
     out.mkdir(parents=True, exist_ok=True)
     state = out / STATE_DIR
-    with folder_lock(state), Ledger(state / "ledger.sqlite") as ledger:
-        run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        while (out / "runs" / run_id).exists():
-            time.sleep(1.0)
-            run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    with folder_lock(state), Ledger(state / "ledger.sqlite") as ledger, isolation.helpers():
+        run_id = new_run_id(lambda rid: (out / "runs" / rid).exists() or ledger.has_run(rid))
         run_dir = out / "runs" / run_id
         ledger.start_run(run_id)
         resumed = ledger.unfinished_runs(exclude=run_id)  # killed runs: this run delivers their rows
@@ -369,10 +402,14 @@ def _score(todo, root, lm: LoadedModel, rt: Runtime, thr: float, batch_size: int
     cores, gpu = usable_cores(), rt.device.type == "cuda"
     threads_before = torch.get_num_threads()
     records: list[ImageRecord] = []
+    committed = 0
     t0 = time.perf_counter()
 
     def score(batch: list[Prepared]) -> None:
+        nonlocal committed
         records.extend(_score_batch(batch, todo, root, net, lm, rt, thr, ledger, run_id, durations))
+        committed += 1
+        faults.kill_after_batch(committed)
         emit({"event": "batch", "done": len(records), "total": len(todo),
               "img_s": len(records) / (time.perf_counter() - t0)})
 
@@ -391,7 +428,7 @@ def _score(todo, root, lm: LoadedModel, rt: Runtime, thr: float, batch_size: int
         torch.set_num_threads(cores)
         batches = _in_process(paths, lm.spec, batch_size, cores) if sched is None or sched.workers == 0 else None
         if sched is None:  # probe in process until one batch had images to score
-            for batch in _timed(batches, durations):
+            for batch in _timed(batches, durations, in_process=True):
                 score(batch)
                 scored = sum(r.probability is not None for r in records)
                 if scored:  # so far everything ran in process: the durations are the probe's
@@ -406,35 +443,113 @@ def _score(todo, root, lm: LoadedModel, rt: Runtime, thr: float, batch_size: int
         info["schedule"] = sched.to_dict()
         log.info("scoring schedule: %d decode workers, %d torch threads (%s)", sched.workers, sched.threads,
                  sched.reason)
-        if len(records) < len(todo):
-            if sched.workers:
-                if isinstance(batches, Generator):
-                    batches.close()
-                torch.set_num_threads(sched.threads)
-                batches = _loader(_FileDataset(paths, lm.spec, start=len(records)), batch_size, sched.workers, gpu)
-            for batch in _timed(batches, durations):
+        if len(records) < len(todo) and not sched.workers:
+            for batch in _timed(batches, durations, in_process=True):
                 score(batch)
+        elif len(records) < len(todo):
+            if isinstance(batches, Generator):
+                batches.close()
+            torch.set_num_threads(sched.threads)
+            recover = False
+            while len(records) < len(todo):  # each pass: a DataLoader from the first file not committed
+                try:
+                    if recover:
+                        _recover(paths, lm.spec, len(records), batch_size, sched.workers, cores, score, durations)
+                        recover = False
+                        continue
+                    batches = iter(_loader(_FileDataset(paths, lm.spec, start=len(records)), batch_size,
+                                           sched.workers, gpu))
+                    for batch in _timed(_from_workers(batches), durations, in_process=False):
+                        score(batch)
+                except RuntimeError as exc:  # also raised by torch's SIGCHLD handler, wherever we are
+                    if not worker_died(exc):
+                        raise
+                    _stop_loader(batches)
+                    recover = True
     finally:
         if isinstance(batches, Generator):
             batches.close()
+        else:
+            _stop_loader(batches)
         torch.set_num_threads(threads_before)
         set_track_meta(track_meta)
     durations["score_wall"] = time.perf_counter() - t0
     return records
 
 
-def _in_process(paths: list[Path], spec: PreprocessSpec, batch_size: int, threads: int) -> Generator:
-    """Batches prepared in this process by ``threads`` threads, one batch at a time.
+#: torch's messages for a DataLoader worker that died (SIGCHLD handler, or its own liveness check)
+_WORKER_DIED = re.compile(r"DataLoader worker \(pid.*\) (exited unexpectedly|is killed by signal)")
+PREFETCH = 2  # batches each DataLoader worker prepares ahead
+
+
+class WorkerDied(RuntimeError):
+    """A batch was lost with the DataLoader worker that prepared it."""
+
+
+def worker_died(exc: BaseException) -> bool:
+    """Whether ``exc`` reports a dead DataLoader worker (not an error raised inside a live one)."""
+    return isinstance(exc, WorkerDied) or (isinstance(exc, RuntimeError) and bool(_WORKER_DIED.search(str(exc))))
+
+
+def _from_workers(it: Iterator[list[Prepared]]) -> Iterator[list[Prepared]]:
+    """The DataLoader's batches. A batch whose worker died before it was received cannot be unpickled
+    (its tensors were shared through that worker's socket): ``ConnectionError``/``EOFError``, made ``WorkerDied``."""
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except (ConnectionError, EOFError) as exc:
+            raise WorkerDied(f"a DataLoader worker died with its batch ({type(exc).__name__})") from exc
+        yield batch
+
+
+def _stop_loader(it: object) -> None:
+    """Shut down a DataLoader iterator's workers (and unregister them from torch's SIGCHLD check)."""
+    stop = getattr(it, "_shutdown_workers", None)
+    for _ in range(3):  # the SIGCHLD handler may interrupt it once more while the dead worker is unreaped
+        try:
+            if stop is not None:
+                stop()
+            return
+        except RuntimeError as exc:
+            if not worker_died(exc):
+                raise
+
+
+def _recover(paths: list[Path], spec: PreprocessSpec, start: int, batch_size: int, workers: int, cores: int,
+             score: Callable[[list[Prepared]], None], durations: Counter) -> None:
+    """After a DataLoader worker died: prepare the files it may have held here, every decode isolated.
+
+    Those are the batch being scored and the ``workers × PREFETCH`` batches in flight after it; each
+    file's pixels are decoded in a helper process (``isolate="all"``), so the one that killed the
+    worker becomes ``error:decoder_crash`` and the others their usual rows.
+    """
+    end = min(len(paths), start + (workers * PREFETCH + 1) * batch_size)
+    log.warning("a decode worker process died; preparing files %d-%d again, each decode isolated", start + 1, end)
+    durations["worker_deaths"] += 1
+    gen = _in_process(paths, spec, batch_size, cores, start, end, isolate="all")
+    try:
+        for batch in gen:
+            score(batch)
+    finally:
+        gen.close()
+
+
+def _in_process(paths: list[Path], spec: PreprocessSpec, batch_size: int, threads: int, start: int = 0,
+                end: int | None = None, isolate: str | None = None) -> Generator:
+    """Batches of ``paths[start:end]`` prepared in this process by ``threads`` threads, one batch at a time.
 
     Decoding, hashing and the numpy/torch work release the GIL, so a batch is prepared about
     1.7–2.5× faster on 2 cores than one file after another; the batch is then scored with all
     cores, so the two phases never compete for them.
     """
     transform = build_transform(spec, augment=False)
+    end = len(paths) if end is None else end
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="prepare") as pool:
-        for start in range(0, len(paths), batch_size):
-            yield list(pool.map(lambda i: prepare_file(paths[i], spec, transform, i),
-                                range(start, min(start + batch_size, len(paths)))))
+        for first in range(start, end, batch_size):
+            yield list(pool.map(lambda i: prepare_file(paths[i], spec, transform, i, isolate),
+                                range(first, min(first + batch_size, end))))
 
 
 def _loader(ds: _FileDataset, batch_size: int, workers: int, gpu: bool) -> DataLoader:
@@ -443,21 +558,25 @@ def _loader(ds: _FileDataset, batch_size: int, workers: int, gpu: bool) -> DataL
                       pin_memory=gpu)
 
 
-def _timed(batches: Iterable[list[Prepared]], durations: Counter) -> Iterator[list[Prepared]]:
+def _cpu() -> float:
+    """CPU seconds of this process plus those its decode helper processes spent on its files."""
+    return time.process_time() + isolation.helper_cpu_seconds()
+
+
+def _timed(batches: Iterable[list[Prepared]], durations: Counter, in_process: bool) -> Iterator[list[Prepared]]:
     """The batches, adding the time spent waiting for each to ``wait_for_decode``.
 
-    In process, also the process's CPU time over each wait (``prepare_cpu_in_process``): what
-    preparing the batch cost on all threads, a decoder's own threads included (OpenJPEG decodes in
-    one of its own).
+    In process, also the CPU time over each wait (``prepare_cpu_in_process``): what preparing the
+    batch cost on all threads, a decoder's own threads and the decode helper processes included
+    (OpenJPEG decodes in a thread of its own).
     """
-    in_process = isinstance(batches, Generator)
-    t, c = time.perf_counter(), time.process_time()
+    t, c = time.perf_counter(), _cpu()
     for batch in batches:
         durations["wait_for_decode"] += time.perf_counter() - t
         if in_process:
-            durations["prepare_cpu_in_process"] += time.process_time() - c
+            durations["prepare_cpu_in_process"] += _cpu() - c
         yield batch
-        t, c = time.perf_counter(), time.process_time()
+        t, c = time.perf_counter(), _cpu()
 
 
 def _score_batch(batch: list[Prepared], todo, root: Path, net: torch.nn.Module, lm: LoadedModel, rt: Runtime,

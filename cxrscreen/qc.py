@@ -13,7 +13,12 @@ OK = "ok"
 ACCEPTED_MODALITIES = {"CR", "DX"}
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 CHEST_TERMS = ("CHEST", "THORAX", "LUNG", "PULMON", "CXR", "TORSO", "BREAST_CHEST", "THORACIC")
-LATERAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "LLD", "RLD", "LLO", "RLO", "LEFT LATERAL", "RIGHT LATERAL"}
+# ViewPosition (0018,5101) values of the supplementary views of a chest exam (DICOM defined terms
+# LL, RL, LLO, RLO, LLD, RLD, plus free-text spellings). The model reads frontal (PA/AP) films only.
+LATERAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "LEFT LATERAL", "RIGHT LATERAL"}
+OBLIQUE_VIEWS = {"LLO", "RLO", "LAO", "RAO", "LPO", "RPO", "OBL", "OBLIQUE"}
+DECUBITUS_VIEWS = {"LLD", "RLD", "DECUBITUS"}
+SUPPLEMENTARY_VIEW_REASONS = ("lateral_view", "oblique_view", "decubitus_view")
 MIN_SIDE = 256
 
 
@@ -25,8 +30,20 @@ def error(reason: str) -> str:
     return f"error:{reason}"
 
 
+SUPPLEMENTARY_VIEW_STATUSES = frozenset(not_assessable(r) for r in SUPPLEMENTARY_VIEW_REASONS)
+
+
 def is_ok(status: str) -> bool:
     return status == OK
+
+
+def is_supplementary_view(status: str) -> bool:
+    """A lateral, oblique or decubitus view: an expected part of a chest exam that the model does not read.
+
+    Such an image is not analysed, but unlike every other ``not_assessable``/``error`` status it casts
+    no doubt on its study (see ``outputs.worklist.studies_frame``).
+    """
+    return status in SUPPLEMENTARY_VIEW_STATUSES
 
 
 def _says_chest(*texts: str) -> bool:
@@ -54,9 +71,13 @@ def check_header(tags: Mapping[str, str]) -> str:
             return not_assessable(f"modality_{_token(modality) or 'missing'}")
     if body and not _says_chest(body):
         return not_assessable(f"body_part_{_token(body)}")
-    view = tags.get("ViewPosition", "").strip().upper()
+    view = " ".join(tags.get("ViewPosition", "").upper().split())
     if view in LATERAL_VIEWS:
         return not_assessable("lateral_view")
+    if view in OBLIQUE_VIEWS:
+        return not_assessable("oblique_view")
+    if view in DECUBITUS_VIEWS:
+        return not_assessable("decubitus_view")
     if tags.get("PresentationIntentType", "").strip().upper() == "FOR PROCESSING":
         return not_assessable("for_processing")
     if _int(tags.get("NumberOfFrames", ""), 1) > 1:
@@ -79,18 +100,64 @@ def check_pixels(pixels: np.ndarray) -> str:
     return OK
 
 
-def polarity_suspect(pixels: np.ndarray) -> bool:
-    """Heuristic: in a frontal chest film the mediastinum/spine strip is brighter than the lungs.
+# Polarity check: a linear score on five antisymmetric features (each changes sign when the film is
+# inverted, f(1 − x) = −f(x)), so one weight vector serves both polarities and no intercept is needed.
+# Weights fitted by ``benchmarks/polarity.py --fit`` (logistic regression on cxr224 train films, random
+# crops of them, and their inverted copies); threshold checked on cxr224 val. Figures: docs/polarity.md.
+POLARITY_FEATURES = ("mediastinum_minus_lungs", "corners_minus_centre", "skewness", "base_minus_lungs",
+                     "mediastinal_peak")
+POLARITY_WEIGHTS = (-13.3, 14.7, 2.3, -15.5, -3.4)
+POLARITY_THRESHOLD = 1.0  # score above it (odds of an inverted film above e:1) → polarity_suspect
+_GRID = 64  # features are computed on a ~64×64 strided sample of the film
 
-    Looks at the central third of the rows: the central column strip vs the two lung strips.
-    Returns True when the centre is clearly *darker* (polarity probably inverted).
+
+def _band(a: float, b: float, n: int) -> slice:
+    """Fractions ``[a, b)`` of ``n`` as a slice that holds at least one index."""
+    lo = min(int(a * n), n - 1)
+    return slice(lo, max(int(b * n), lo + 1))
+
+
+def polarity_features(pixels: np.ndarray) -> np.ndarray:
+    """Five statistics of a display image in [0, 1] (``POLARITY_FEATURES``); inverting it negates each.
+
+    In display polarity (air dark, bone and soft tissue bright): the central column strip (mediastinum,
+    spine) is brighter than the lung strips either side; the corners (air outside the body) are darker
+    than the centre; the histogram is skewed left (a tail of dark lung and air); the base of the film
+    (diaphragm, abdomen) is brighter than the lung rows; and the column profile of the lung rows has a
+    bright peak near the middle between dark valleys, wherever the film was centred. Inverting the film
+    negates every one. The image is read on a strided ~64×64 grid (only the grid is copied; no
+    averaging), so one call costs tens of µs whatever the film's size.
     """
     h, w = pixels.shape
-    rows = slice(int(0.3 * h), int(0.7 * h))
-    centre = float(np.mean(pixels[rows, int(0.45 * w): int(0.55 * w)]))
-    right = float(np.mean(pixels[rows, int(0.18 * w): int(0.35 * w)]))
-    left = float(np.mean(pixels[rows, int(0.65 * w): int(0.82 * w)]))
-    return centre + 0.08 < min(right, left)
+    sy, sx = max(h // _GRID, 1), max(w // _GRID, 1)
+    g = np.asarray(pixels[sy // 2::sy, sx // 2::sx], dtype=np.float64)
+    gh, gw = g.shape
+    mid = _band(0.3, 0.7, gh)
+    lung_rows = g[_band(0.25, 0.6, gh)].mean()
+    strip = g[mid, _band(0.45, 0.55, gw)].mean()
+    lungs = (g[mid, _band(0.18, 0.35, gw)].mean() + g[mid, _band(0.65, 0.82, gw)].mean()) / 2
+    k, j = max(gh // 10, 1), max(gw // 10, 1)
+    corners = (g[:k, :j].mean() + g[:k, -j:].mean() + g[-k:, :j].mean() + g[-k:, -j:].mean()) / 4
+    centre = g[_band(0.25, 0.75, gh), _band(0.25, 0.75, gw)].mean()
+    d = g - g.mean()  # skewness from numpy moments: scipy.stats.skew alone costs more than this whole check
+    var = float(np.mean(d * d))
+    skew = float(np.mean(d * d * d)) / var**1.5 if var > 1e-12 else 0.0
+    base = g[_band(0.8, 1.0, gh)].mean()
+    profile = g[_band(0.25, 0.65, gh)].mean(axis=0)
+    left, right, middle = profile[_band(0.0, 0.5, gw)], profile[_band(0.5, 1.0, gw)], profile[_band(0.3, 0.7, gw)]
+    peak = middle.max() - (left.min() + right.min()) / 2  # bright mediastinum above dark lungs
+    trough = (left.max() + right.max()) / 2 - middle.min()  # the same of the inverted film
+    return np.array([strip - lungs, corners - centre, skew, base - lung_rows, peak - trough])
+
+
+def polarity_score(pixels: np.ndarray) -> float:
+    """Evidence (a logit) that a display image is inverted: > 0 looks inverted, < 0 looks right."""
+    return float(np.dot(POLARITY_WEIGHTS, polarity_features(pixels)))
+
+
+def polarity_suspect(pixels: np.ndarray) -> bool:
+    """True when a frontal film looks inverted (e.g. a MONOCHROME1 header on non-inverted pixels)."""
+    return polarity_score(pixels) > POLARITY_THRESHOLD
 
 
 def _token(text: str) -> str:

@@ -78,12 +78,16 @@ def blob_manifest(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def blob_model_dir(tmp_path_factory, blob_manifest) -> Path:
-    """A ResNet50 trained here (from scratch, 96 px, a few epochs) to detect the bright blob."""
+    """A ResNet50 trained here (from scratch, 96 px, a few epochs) to detect the bright blob.
+
+    Precision is pinned to fp32 so every CPU trains the same way (precision "auto" would pick bf16 on
+    AVX-512 BF16/AMX CPUs and fp32 on AVX2 ones); tests on it assert margins, never exact values.
+    """
     from cxrscreen.training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("blob_model")
     cfg = TrainConfig(manifest=str(blob_manifest), out=str(out), init="none", epochs=4, batch_size=16,
-                      lr=2e-3, input_size=96, augment=False, seed=0, name="blob-test")
+                      lr=2e-3, input_size=96, augment=False, seed=0, name="blob-test", precision="fp32")
     train(cfg)
     return out
 
@@ -94,6 +98,7 @@ def blob_cam_model_dir(tmp_path_factory, blob_manifest) -> Path:
 
     From scratch at 96 px (``blob_model_dir``) layer4 is 3×3 and its CAM leans to the centre column;
     a pretrained start at 128 px localises the blob and trains in a few minutes on 2 busy cores.
+    fp32 on every CPU (see ``blob_model_dir``).
     """
     from cxrscreen.model.architecture import imgsim_weights_path
     from cxrscreen.training.train import TrainConfig, train
@@ -104,6 +109,7 @@ def blob_cam_model_dir(tmp_path_factory, blob_manifest) -> Path:
         pytest.skip(f"Grad-CAM orientation test: {exc}")
     out = tmp_path_factory.mktemp("blob_cam_model")
     cfg = TrainConfig(manifest=str(blob_manifest), out=str(out), init="imgsim", epochs=2, batch_size=16,
-                      lr=1e-3, input_size=128, augment=False, seed=0, limit=160, name="blob-cam-test")
+                      lr=1e-3, input_size=128, augment=False, seed=0, limit=160, name="blob-cam-test",
+                      precision="fp32")
     train(cfg)
     return out

@@ -1,10 +1,19 @@
-"""Scoring runtime: the folded bf16 copy used for scoring matches the model it came from."""
+"""Scoring runtime: the folded fp32 and bf16 copies used for scoring match the model they came from."""
 
 import copy
 
 import torch
 
-from cxrscreen.model.inference import Runtime, fold_batchnorm, inference_net, predict_batch, prepare
+from cxrscreen.model.inference import (
+    Runtime,
+    choose_runtime,
+    cpu_supports_bf16,
+    fold_batchnorm,
+    inference_net,
+    predict_batch,
+    prepare,
+    to_device,
+)
 
 
 def _with_bn_statistics(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -47,8 +56,44 @@ def test_inference_net_is_a_copy_and_scores_like_the_model(random_model):
     assert float((got - ref).abs().max()) < 0.03  # bf16 rounding only
 
 
-def test_inference_net_fp32_is_unfolded(random_model):
-    rt = Runtime(torch.device("cpu"), None, False)
-    scorer = inference_net(random_model.net, rt)
-    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in scorer.modules())
-    assert scorer is not random_model.net
+def test_fp32_runtime_is_channels_last_on_cpu():
+    rt = choose_runtime("cpu", "fp32")
+    assert rt.autocast_dtype is None and rt.channels_last
+    assert rt.describe() == "cpu float32 channels_last"
+
+
+def _centred_head(net: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
+    """Rescale the last layer so the logits on ``x`` have mean 0 and sd 1 (random weights give ≈ +100)."""
+    with torch.no_grad():
+        logits = net.eval()(x).reshape(-1)
+        net.fc.weight /= logits.std()
+        net.fc.bias.sub_(logits.mean()).div_(logits.std())
+    return net
+
+
+def test_inference_net_fp32_is_folded_channels_last_and_scores_like_the_model(random_model):
+    x = torch.randn(6, 1, 64, 64, generator=torch.Generator().manual_seed(5))
+    net = _centred_head(_with_bn_statistics(copy.deepcopy(random_model.net), seed=4), x)
+    rt = choose_runtime("cpu", "fp32")
+    scorer = inference_net(net, rt)
+    assert scorer is not net and any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in scorer.modules())
+    conv = next(m for m in scorer.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.dtype == torch.float32
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        ref = net(x).reshape(-1)  # the unfolded NCHW network
+        got = scorer(to_device(x, rt)).reshape(-1)
+    probs = torch.sigmoid(ref)
+    assert probs.min() < 0.4 and probs.max() > 0.6  # spread scores, not saturated ones
+    # fp32 re-association only (folding, another kernel layout): about 1e-5 here, on any x86 ISA
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-3)
+    torch.testing.assert_close(predict_batch(scorer, x, rt), probs, rtol=0, atol=1e-3)
+
+
+def test_bf16_can_be_disabled_from_the_environment(monkeypatch):
+    """CXRSCREEN_DISABLE_BF16=1 (``make test-fp32``): precision "auto" takes the fp32 path of AVX2-only CPUs."""
+    monkeypatch.setenv("CXRSCREEN_DISABLE_BF16", "1")
+    assert not cpu_supports_bf16()
+    assert choose_runtime("cpu", "auto").autocast_dtype is None
+    assert choose_runtime("cpu", "bf16").autocast_dtype == torch.bfloat16  # an explicit choice still holds

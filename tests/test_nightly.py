@@ -1,7 +1,9 @@
-"""Acceptance tests for nightly runs (issue #5): real ``cxrscreen scan`` subprocesses on small synthetic folders.
+"""Acceptance tests for nightly runs (issues #5, #10): real ``cxrscreen scan`` subprocesses on small synthetic folders.
 
-Incremental skipping, kill -9 and resume, the lock (exit 75, nothing touched), stale locks, patient data
-kept out of logs, owner/group-only permissions, run.json. The 64 px random model keeps them fast.
+Incremental skipping, kill -9 and resume (at a fault-injection point, not a timed one), the lock (exit 75,
+nothing touched), stale locks, patient data kept out of logs, owner/group-only permissions, run.json, and
+files that crash or hang a decoder (or kill a DataLoader worker) without ending the night. The 64 px random
+model keeps them fast.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -23,9 +24,12 @@ import pydicom
 import pytest
 from pydicom.uid import CTImageStorage
 
+from cxrscreen import faults
+from cxrscreen.ingest.isolation import TIMEOUT_ENV
 from cxrscreen.outputs.worklist import read_csv
 from cxrscreen.pipeline import instance_hash
 from cxrscreen.state.lock import folder_lock
+from tests.crashers import jpegls_hang_file, rle_panic_file
 from tests.factory import chest_phantom, make_dicom, truncate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -190,14 +194,12 @@ def test_outputs_have_no_world_permissions(ward_scan) -> None:
 def test_unchanged_folder_scores_nothing(ward, random_model_path) -> None:
     folder, out = ward
     before = (out / "worklist_images.csv").read_text(), (out / "worklist_studies.csv").read_text()
-    t0 = time.monotonic()
     s = scan_json(folder, out, random_model_path)
     counts = s["files_found"], s["files_skipped_already_scored"], s["files_processed"], s["images_scored"]
     assert counts == (6, 6, 0, 0)
     assert s["exit_code"] == 0 and s["decisions"] == {}
     assert ((out / "worklist_images.csv").read_text(), (out / "worklist_studies.csv").read_text()) == before
     assert len(read_csv(out / "runs" / s["run_id"] / "new_images.csv")) == 0
-    assert time.monotonic() - t0 < 120
 
 
 def test_changed_file_is_rescored_touched_file_is_not(ward, ward_scan, random_model_path) -> None:
@@ -240,22 +242,19 @@ def test_concurrent_run_exits_75_and_touches_nothing(ward, random_model_path) ->
     folder, out = ward
     with folder_lock(out / ".cxrscreen"):
         before = snapshot(out)
-        t0 = time.monotonic()
         res = cxr(*scan_args(folder, out, random_model_path))
-        elapsed = time.monotonic() - t0
         assert res.returncode == 75
         assert res.stdout == ""
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("cxrscreen: error: another cxrscreen run holds")
         assert snapshot(out) == before
-    print(f"locked-out run exited in {elapsed:.1f} s")
     assert cxr(*scan_args(folder, out, random_model_path)).returncode == 0  # lock released: runs again
 
 
 def test_lock_of_a_killed_process_does_not_block(ward, random_model_path) -> None:
     folder, out = ward
-    code = ("import sys, time\nfrom pathlib import Path\nfrom cxrscreen.state.lock import folder_lock\n"
-            "with folder_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(120)\n")
+    code = ("import sys, threading\nfrom pathlib import Path\nfrom cxrscreen.state.lock import folder_lock\n"
+            "with folder_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    threading.Event().wait()\n")
     holder = subprocess.Popen([sys.executable, "-c", code, out / ".cxrscreen"], stdout=subprocess.PIPE, text=True,
                               cwd=REPO)
     assert holder.stdout.readline().strip() == "held"
@@ -281,31 +280,16 @@ def big(tmp_path_factory, random_model_path) -> tuple[Path, Path]:
 
 
 def test_kill9_midway_then_rerun_equals_uninterrupted(big, tmp_path, random_model_path) -> None:
+    """SIGKILL right after the 3rd batch was committed (fault-injection point), with a decode worker running."""
     folder, ref = big
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "cxrscreen",
-                             *map(str, scan_args(folder, out, random_model_path, workers=1))],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    n = 0
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-            try:
-                n = ledger_rows(out)[0][0]
-            except sqlite3.Error:
-                continue
-            if n > 0:
-                proc.send_signal(signal.SIGKILL)
-                break
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the scan ended before it could be killed"
+    env = dict(os.environ, **{faults.KILL_AFTER_BATCH: "3"})
+    res = cxr(*scan_args(folder, out, random_model_path, workers=1), env=env)
+    assert res.returncode == -signal.SIGKILL, res.stderr
     (killed_run,) = ledger_rows(out, "SELECT run_id FROM runs WHERE finished IS NULL")
     n = ledger_rows(out)[0][0]
-    assert 0 < n < N_BIG and n % BATCH == 0  # whole batches only: each one is a transaction
+    assert n == 3 * BATCH  # whole batches only: each one is a transaction
+    assert not (out / "worklist_images.csv").exists() and not list((out / "runs").glob("*/run.json"))
 
     s = scan_json(folder, out, random_model_path)  # at once: the dead run's lock is gone
     assert s["files_skipped_already_scored"] == n and s["resumed_runs"] == [killed_run[0]]
@@ -343,13 +327,84 @@ def test_crash_after_scoring_is_delivered_by_the_next_run(tmp_path, random_model
                 pipeline.scan(folder, out, **kw)
         assert ledger_rows(out) == [(6,)] and not (out / "worklist_images.csv").exists()
         (crashed,) = ledger_rows(out, "SELECT run_id FROM runs WHERE finished IS NULL")
-        time.sleep(1.0)  # run ids are per second
-        res = pipeline.scan(folder, out, **kw)
+        res = pipeline.scan(folder, out, **kw)  # at once: same second or not, a new run id
     finally:
         os.umask(umask)
     s = res.summary
     assert s["files_skipped_already_scored"] == 6 and s["images_scored"] == 4 and s["files_processed"] == 6
     assert s["resumed_runs"] == [crashed[0]] and s["exit_code"] == 1
+    assert res.run_id != crashed[0] and res.run_id > crashed[0]  # unique, and sorts after the crashed run
     new = read_csv(res.run_dir / "new_images.csv")
     pd.testing.assert_frame_equal(new, read_csv(out / "worklist_images.csv"))
 
+
+
+# --------------------------------------------------------------------------- files that crash a decoder
+@pytest.fixture(scope="module")
+def crash_folder(tmp_path_factory) -> dict[str, Path]:
+    """8 good films (uncompressed, RLE, JPEG-LS, JPEG 2000), an RLE file that makes pylibjpeg-rle panic,
+    a JPEG-LS file on which CharLS never returns, and one whose decode is made to abort (SIGABRT)."""
+    from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
+
+    folder = tmp_path_factory.mktemp("crash") / "in"
+    files = {}
+    for i, ts in enumerate([None, RLELossless, JPEGLSLossless, JPEG2000Lossless] * 2):
+        kw = {"transfer_syntax": ts} if ts else {}
+        files[f"good{i}"] = make_dicom(folder / f"s{i % 3}" / f"good{i}.dcm", chest_phantom(288, 256, seed=200 + i),
+                                       accession=f"G{i % 3}", **kw)
+    files["panic"] = rle_panic_file(folder / "s0" / "rle_panic.dcm", accession="G0")
+    files["hang"] = jpegls_hang_file(folder / "s1" / "jls_hang.dcm", accession="G1")
+    files["abort"] = make_dicom(folder / "s2" / "abort.dcm", chest_phantom(288, 256, seed=300),
+                                transfer_syntax=JPEGLSLossless, accession="G2")
+    return files
+
+
+def uid_of(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_corrupt_files_never_end_the_night(crash_folder, tmp_path, random_model_path, workers: int) -> None:
+    folder = crash_folder["good0"].parents[1]
+    out = tmp_path / "out"
+    env = dict(os.environ, **{faults.DECODE: f"abort@{uid_of(crash_folder['abort'])}", TIMEOUT_ENV: "5"})
+    res = cxr(*scan_args(folder, out, random_model_path, "--json", workers=workers), env=env)
+    assert res.returncode == 1, res.stderr  # some files unreadable: the documented code, not a crash
+    s = json.loads(res.stdout)
+    assert s["files_processed"] == 11 and s["images_scored"] == 8 and s["exit_code"] == 1
+    assert (out / "runs" / s["run_id"] / "run.json").is_file()
+    images = read_csv(out / "worklist_images.csv").set_index("path")
+    rel = {k: p.relative_to(folder).as_posix() for k, p in crash_folder.items()}
+    assert images.loc[rel["panic"], "status"] == "error:decoder_crash"
+    assert images.loc[rel["abort"], "status"] == "error:decoder_crash"
+    assert images.loc[rel["hang"], "status"] == "error:decoder_timeout"
+    assert (images.loc[[rel[f"good{i}"] for i in range(8)], "status"] == "ok").all()
+    assert set(images.loc[[rel["panic"], rel["abort"], rel["hang"]], "decision"]) == {"review"}
+    assert "Traceback" not in res.stderr
+
+    again = scan_json(folder, out, random_model_path)  # recorded: not retried the next night
+    assert again["files_skipped_already_scored"] == 11 and again["files_processed"] == 0
+    assert again["exit_code"] == 0
+
+
+def test_a_dead_dataloader_worker_is_replaced(crash_folder, tmp_path, random_model_path) -> None:
+    """An uncompressed file is decoded in the DataLoader worker itself: its abort kills the worker.
+
+    The files that worker may have held are prepared again, each decode in a helper process, so the
+    culprit becomes error:decoder_crash and every other file its usual row.
+    """
+    folder = tmp_path / "in"
+    for i in range(3 * BATCH + 2):
+        make_dicom(folder / f"f{i:02d}.dcm", chest_phantom(288, 256, seed=400 + i), accession=f"D{i}")
+    culprit = folder / f"f{BATCH + 1:02d}.dcm"
+    out = tmp_path / "out"
+    env = dict(os.environ, **{faults.DECODE: f"abort@{uid_of(culprit)}"})
+    res = cxr(*scan_args(folder, out, random_model_path, "--json", workers=1), env=env)
+    assert res.returncode == 1, res.stderr
+    s = json.loads(res.stdout)
+    assert s["durations_s"]["worker_deaths"] >= 1 and s["schedule"]["workers"] == 1
+    images = read_csv(out / "worklist_images.csv").set_index("path")
+    assert len(images) == 3 * BATCH + 2
+    assert images.loc[culprit.name, "status"] == "error:decoder_crash"
+    assert (images.drop(index=culprit.name)["status"] == "ok").all()
+    assert ledger_rows(out) == [(3 * BATCH + 2,)]

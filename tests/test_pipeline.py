@@ -298,3 +298,18 @@ def test_file_that_cannot_be_read_is_an_error_row(tmp_path: Path, monkeypatch):
     got = prepare_file(p, spec, build_transform(spec))
     assert got.status == "error:unreadable_file" and got.image is None
     assert got.size == p.stat().st_size and got.sha256 == ""
+
+
+def test_run_ids_are_unique_and_sortable_without_waiting():
+    """Runs started in the same second get ``-001``, ``-002``…: distinct, in start order as text, no sleep."""
+    from cxrscreen.pipeline import new_run_id
+
+    now = 1795572900.0  # 2026-11-25 02:15:00 UTC, frozen: every id below is made in the same second
+    taken: set[str] = set()
+    ids = []
+    for _ in range(12):
+        ids.append(new_run_id(taken.__contains__, now))
+        taken.add(ids[-1])
+    assert ids[:3] == ["20261125T021500Z", "20261125T021500Z-001", "20261125T021500Z-002"]
+    assert len(set(ids)) == 12 and ids == sorted(ids)
+    assert new_run_id(taken.__contains__, now + 1) == "20261125T021501Z" > max(ids)

@@ -1,7 +1,21 @@
 import numpy as np
+import pandas as pd
 import pytest
 
-from cxrscreen.qc import OK, check_header, check_pixels, polarity_suspect
+from cxrscreen.ingest.decode import decode_file
+from cxrscreen.ingest.images import load_raster
+from cxrscreen.preprocess import PreprocessSpec
+from cxrscreen.qc import (
+    OK,
+    POLARITY_THRESHOLD,
+    POLARITY_WEIGHTS,
+    check_header,
+    check_pixels,
+    is_supplementary_view,
+    polarity_features,
+    polarity_score,
+    polarity_suspect,
+)
 from tests.factory import chest_phantom
 
 BASE = {"HasPixelData": "1", "Modality": "DX", "BodyPartExamined": "CHEST", "ViewPosition": "PA",
@@ -27,6 +41,13 @@ BASE = {"HasPixelData": "1", "Modality": "DX", "BodyPartExamined": "CHEST", "Vie
         ({"BodyPartExamined": "LOWER LEG"}, "not_assessable:body_part_lower_leg"),
         ({"ViewPosition": "LL"}, "not_assessable:lateral_view"),
         ({"ViewPosition": "RL"}, "not_assessable:lateral_view"),
+        ({"ViewPosition": " left  lateral "}, "not_assessable:lateral_view"),
+        ({"ViewPosition": "LLO"}, "not_assessable:oblique_view"),
+        ({"ViewPosition": "RAO"}, "not_assessable:oblique_view"),
+        ({"ViewPosition": "LLD"}, "not_assessable:decubitus_view"),
+        ({"ViewPosition": "RLD"}, "not_assessable:decubitus_view"),
+        ({"ViewPosition": ""}, OK),  # unknown view: taken as frontal (most exports that omit it are)
+        ({"ViewPosition": "LL", "BodyPartExamined": "KNEE"}, "not_assessable:body_part_knee"),
         ({"PresentationIntentType": "FOR PROCESSING"}, "not_assessable:for_processing"),
         ({"NumberOfFrames": "3"}, "not_assessable:multi_frame"),
         ({"SamplesPerPixel": "3", "PhotometricInterpretation": "RGB"}, "not_assessable:colour"),
@@ -38,6 +59,12 @@ def test_header_rules(change, expected):
     assert check_header({**BASE, **change}) == expected
 
 
+def test_supplementary_views_are_not_doubts():
+    assert all(is_supplementary_view(f"not_assessable:{r}") for r in ("lateral_view", "oblique_view", "decubitus_view"))
+    for status in ("ok", "not_assessable:body_part_knee", "not_assessable:blank_image", "error:truncated"):
+        assert not is_supplementary_view(status)
+
+
 def test_blank_image_not_assessable():
     assert check_pixels(np.zeros((300, 300), np.float32)) == "not_assessable:blank_image"
     assert check_pixels(chest_phantom()) == OK
@@ -47,3 +74,40 @@ def test_polarity_heuristic():
     img = chest_phantom()
     assert not polarity_suspect(img)
     assert polarity_suspect(1.0 - img)
+
+
+@pytest.mark.parametrize("shape", [(512, 448), (224, 224), (2048, 1700), (37, 23)])
+def test_polarity_features_change_sign_on_inversion(shape):
+    """The property the fit relies on (no intercept, one weight vector for both polarities)."""
+    for img in (chest_phantom(*shape, seed=4), np.random.default_rng(5).random(shape, dtype=np.float32)):
+        f = polarity_features(img)
+        assert f.shape == (len(POLARITY_WEIGHTS),) and np.isfinite(f).all()
+        np.testing.assert_allclose(polarity_features(1.0 - img), -f, atol=1e-9)
+
+
+def test_polarity_flat_image_is_not_suspect():
+    assert polarity_score(np.full((300, 300), 0.5, np.float32)) == 0.0
+    assert not polarity_suspect(np.full((300, 300), 0.5, np.float32))
+
+
+def test_polarity_on_real_films_with_margin(shared_data):
+    """25 test films per data set (224 px, correct polarity) and their inverted copies, far from the threshold.
+
+    On these films the score lies below −5.3 (correct) and above +5.3 (inverted); full figures over every
+    source: docs/polarity.md (benchmarks/polarity.py).
+    """
+    manifest = pd.read_csv(shared_data / "cxr224" / "manifest.csv")
+    films = manifest[manifest["split"] == "test"].groupby("dataset").head(25)
+    scores = np.array([polarity_score(load_raster(shared_data / "cxr224" / p)) for p in films["path"]])
+    inverted = np.array([polarity_score(1.0 - load_raster(shared_data / "cxr224" / p)) for p in films["path"]])
+    assert len(scores) == 50
+    assert scores.max() < POLARITY_THRESHOLD - 3 and inverted.min() > POLARITY_THRESHOLD + 3
+
+
+def test_polarity_catches_the_lying_header(shared_data):
+    """A MONOCHROME1 header on pixels that are not inverted: decoded as the scan does, it is flagged."""
+    spec = PreprocessSpec()
+    lying = decode_file(shared_data / "dicom" / "SIIM_header_says_MONOCHROME1_pixels_not_inverted.dcm",
+                        target=spec.decode_target)
+    honest = decode_file(shared_data / "dicom" / "SIIM_CR_PA_jpeg_baseline.dcm", target=spec.decode_target)
+    assert polarity_suspect(lying.pixels) and not polarity_suspect(honest.pixels)

@@ -171,7 +171,7 @@ def _rec(path: str, uid: str, decision: str, prob: float | None = 0.5, status: s
 
 def test_grouping_decision_rule_and_selection() -> None:
     recs = [_rec("a1", "1.2.3", NORMAL, 0.1), _rec("a2", "1.2.3", ABNORMAL, 0.9),
-            _rec("b1", "1.2.4", NORMAL, 0.2), _rec("b2", "1.2.4", REVIEW, None, "not_assessable:lateral_view"),
+            _rec("b1", "1.2.4", NORMAL, 0.2), _rec("b2", "1.2.4", REVIEW, None, "not_assessable:body_part_knee"),
             _rec("c1", "1.2.5", NORMAL, 0.1), _rec("d1", "", REVIEW, None, "error:truncated"),
             _rec("d2", "", REVIEW, None, "error:truncated")]
     studies = {s.key: s for s in R.group_studies(recs)}

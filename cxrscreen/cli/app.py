@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from cxrscreen import __version__
+from cxrscreen.cli.adapt import adapt_command
 from cxrscreen.cli.calibrate import calibrate_command
 from cxrscreen.cli.evaluate import evaluate_command
 from cxrscreen.cli.export import export_command
@@ -24,6 +25,7 @@ app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
 app.command("calibrate")(calibrate_command)
 app.command("export")(export_command)
+app.command("adapt")(adapt_command)
 
 
 def _version(value: bool) -> None:

@@ -17,6 +17,7 @@ class ExitCode(IntEnum):
     FILE_ERRORS = 1  # the run finished, but some files could not be read/decoded
     USAGE = 2  # bad arguments, missing input, unusable model or manifest
     INTERNAL = 3  # unexpected failure (bug); details in the log
+    GATE_REFUSED = 4  # adapt: the adapted model failed its acceptance gate; no model written
     LOCKED = 75  # another run holds the output folder's lock (EX_TEMPFAIL)
 
 

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cxrscreen.cli.common import ExitCode, fail, is_tty
-from cxrscreen.logs import setup_logging
+from cxrscreen.logs import native_stderr_to_log, setup_logging
 
 
 def scan_command(
@@ -60,7 +60,7 @@ def scan_command(
         fail("--threshold must be strictly between 0 and 1")
     if out.exists() and not out.is_dir():
         fail(f"--out {out}: exists and is not a folder")
-    setup_logging(quiet=quiet or as_json, log_file=log_file)
+    setup_logging(quiet=quiet or as_json, log_file=log_file, root=folder)
     console = Console(stderr=True, quiet=quiet or as_json)
     progress = Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                         TimeElapsedColumn(), console=console, disable=quiet or as_json or not is_tty(), transient=True)
@@ -76,14 +76,16 @@ def scan_command(
             progress.update(task, description="reports")
 
     try:
-        with progress:
+        with native_stderr_to_log(folder), progress:  # decoders' own stderr lines → the log, scrubbed
             result = scan(folder, out=out, model=model, threshold=threshold, device=device, precision=precision,
                           batch_size=batch_size, workers=workers, reports=reports, rescan=rescan, progress=on_event)
     except LockedError as exc:
         fail(f"{exc}; not starting a second run", ExitCode.LOCKED)
     except (ScanInputError, FileNotFoundError, ModelIntegrityError) as exc:
         fail(str(exc))
-    except Exception as exc:  # a bug, not a bad file: say so, log it, distinct exit code
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # a bug, not a bad file (a codec's panic too): say so, log it, distinct exit code
         if isinstance(exc, RuntimeError) and "CUDA" in str(exc):
             fail(str(exc))
         logging.getLogger("cxrscreen").exception("internal error")

@@ -26,6 +26,8 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.pixels.decoders import JPEGLSLosslessDecoder
 from pydicom.uid import JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSLossless, JPEGLSNearLossless
 
+from cxrscreen.ingest.tags import INVALID_KEY, validated
+
 #: Tags carried from the header into records, worklists and reports.
 TAG_KEYWORDS: tuple[str, ...] = (
     "PatientName",
@@ -92,22 +94,16 @@ def read_dataset(path: Path | str | BinaryIO, header_only: bool = False) -> Data
 
 
 def extract_tags(ds: Dataset) -> dict[str, str]:
-    """Tags of interest as plain strings ('' when absent); multi-values joined with '\\'."""
-    out: dict[str, str] = {}
-    for kw in TAG_KEYWORDS:
-        try:
-            value = ds.get(kw, "")
-        except Exception:  # a malformed element must not stop the run
-            value = ""
-        if value is None:
-            value = ""
-        if isinstance(value, pydicom.multival.MultiValue | list | tuple):
-            value = "\\".join(str(v) for v in value)
-        out[kw] = str(value).strip()
-    try:
-        out["TransferSyntaxUID"] = str(ds.file_meta.TransferSyntaxUID)
-    except AttributeError:
-        out["TransferSyntaxUID"] = ""
+    """Tags of interest as plain strings, validated by VR (:mod:`cxrscreen.ingest.tags`).
+
+    '' when absent or invalid; multi-values joined with '\\'; the keywords of invalid values are
+    listed under ``tags.INVALID_KEY`` (``tags.tag_notes`` makes them ``invalid_tag:<keyword>`` notes).
+    """
+    out = validated(ds, TAG_KEYWORDS)
+    meta = validated(getattr(ds, "file_meta", None) or Dataset(), ("TransferSyntaxUID",))
+    out["TransferSyntaxUID"] = meta["TransferSyntaxUID"]
+    if INVALID_KEY in meta:
+        out[INVALID_KEY] = ";".join(filter(None, (out.get(INVALID_KEY), meta[INVALID_KEY])))
     out["HasPixelData"] = "1" if any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")) else ""
     return out
 

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable, Iterator
 from copy import deepcopy
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from cxrscreen.model.files import LoadedModel
+    from cxrscreen.model.quantize import Int8Calibration
 
 
 @dataclass(frozen=True)
@@ -15,10 +21,13 @@ class Runtime:
     """Where and how the network runs."""
 
     device: torch.device
-    autocast_dtype: torch.dtype | None  # None → plain fp32
+    autocast_dtype: torch.dtype | None  # None → plain fp32 (or int8)
     channels_last: bool
+    int8: bool = False  # CPU only: the statically quantized network (cxrscreen.model.quantize)
 
     def describe(self) -> str:
+        if self.int8:
+            return f"{self.device.type} int8"
         dt = str(self.autocast_dtype).removeprefix("torch.") if self.autocast_dtype else "float32"
         return f"{self.device.type} {dt}{' channels_last' if self.channels_last else ''}"
 
@@ -29,7 +38,13 @@ class Runtime:
 
 
 def cpu_supports_bf16() -> bool:
-    """True when oneDNN reports native bf16 (AVX-512 BF16 / AMX) on this CPU."""
+    """True when oneDNN reports native bf16 (AVX-512 BF16 / AMX) on this CPU.
+
+    ``CXRSCREEN_DISABLE_BF16=1`` answers False, so precision "auto" takes the fp32 path that
+    AVX2-only CPUs take (``make test-fp32`` runs the suite that way).
+    """
+    if os.environ.get("CXRSCREEN_DISABLE_BF16", "") == "1":
+        return False
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -37,9 +52,13 @@ def cpu_supports_bf16() -> bool:
 
 
 def choose_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
-    """``device``: auto|cpu|cuda; ``precision``: auto|fp32|bf16|fp16."""
+    """``device``: auto|cpu|cuda; ``precision``: auto|fp32|bf16|fp16|int8 (int8: CPU only)."""
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"unknown device {device!r} (auto, cpu or cuda)")
+    if precision == "int8":
+        if device == "cuda":
+            raise ValueError("--precision int8 runs on the CPU only")
+        return Runtime(device=torch.device("cpu"), autocast_dtype=None, channels_last=False, int8=True)
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda requested but no CUDA device is available")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
@@ -57,7 +76,9 @@ def choose_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
             dtype = torch.bfloat16 if cpu_supports_bf16() else None
     else:
         raise ValueError(f"unknown precision {precision!r}")
-    return Runtime(device=dev, autocast_dtype=dtype, channels_last=use_cuda or dtype is not None)
+    # channels_last everywhere: on a CPU it is what oneDNN's convolutions run natively, fp32 included
+    # (folded fp32 forward 1.5–2× faster than in NCHW here; see inference_net).
+    return Runtime(device=dev, autocast_dtype=dtype, channels_last=True)
 
 
 def prepare(net: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
@@ -86,18 +107,42 @@ def fold_batchnorm(net: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
-def inference_net(net: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
+def inference_net(net: torch.nn.Module, rt: Runtime, int8: Int8Calibration | None = None) -> torch.nn.Module:
     """A copy of ``net`` for scoring only (no gradients, no Grad-CAM hooks); ``net`` is left as it was.
 
-    On a CPU running bf16, batch-norm is folded into the convolutions and the weights are stored in
-    bf16, so autocast no longer re-casts them on every batch: 78–81 vs 57 img/s here (batch 16), scores within
-    bf16 rounding of the unfolded model (on the 1,418 test images of the pool: mean |Δp| 0.0004,
-    max 0.011). Elsewhere :func:`prepare`.
+    int8 (``rt.int8``): the quantized network built with the model's calibration ``int8``
+    (:func:`scoring_net` finds it); its convolutions take NCHW input.
+
+    On a CPU, batch-norm is folded into the convolutions (one oneDNN convolution per layer instead
+    of a convolution and a separate batch-norm pass) and, with ``channels_last``, run in the layout
+    oneDNN computes in. fp32: the same function to float rounding (``tests/test_inference.py``),
+    folded + channels_last about 2.5× the unfolded NCHW network (``benchmarks/int8.py``). bf16: the
+    weights are also stored in bf16, so autocast no longer re-casts them on every batch (78–81 vs
+    57 img/s, batch 16, on an AMX CPU); scores within bf16 rounding of the unfolded model (on the
+    1,418 test images of the pool: mean |Δp| 0.0004, max 0.011). On CUDA :func:`prepare` only.
     """
+    if rt.int8:
+        from cxrscreen.model.quantize import Int8Unavailable, int8_net
+
+        if int8 is None:
+            raise Int8Unavailable("int8 scoring needs the model's int8 calibration (use scoring_net)")
+        return int8_net(net, int8)
     copy = deepcopy(net).eval()
-    if rt.device.type == "cpu" and rt.autocast_dtype == torch.bfloat16:
-        copy = fold_batchnorm(copy).to(torch.bfloat16)
+    if rt.device.type == "cpu":
+        copy = fold_batchnorm(copy)
+        if rt.autocast_dtype == torch.bfloat16:
+            copy = copy.to(torch.bfloat16)
     return prepare(copy, rt)
+
+
+def scoring_net(lm: LoadedModel, rt: Runtime) -> torch.nn.Module:
+    """:func:`inference_net` of a loaded model, with its int8 calibration when ``rt`` is int8."""
+    int8 = None
+    if rt.int8:
+        from cxrscreen.model.quantize import load_calibration
+
+        int8 = load_calibration(lm.path, lm.sha256)
+    return inference_net(lm.net, rt, int8)
 
 
 def to_device(x: torch.Tensor, rt: Runtime) -> torch.Tensor:

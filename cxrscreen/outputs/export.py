@@ -19,6 +19,7 @@ import pandas as pd
 
 from cxrscreen.outputs.worklist import images_frame, studies_frame, study_keys, write_csv
 from cxrscreen.records import DECISION_ORDER
+from cxrscreen.safetext import escape_forbidden
 from cxrscreen.state.atomic import atomic_write_text
 from cxrscreen.state.ledger import Ledger
 
@@ -128,15 +129,21 @@ def export_frame(
 
 
 def write_export(df: pd.DataFrame, to: Path | str, fmt: str = "csv") -> Path:
-    """Atomic write (mode 0640) as CSV (like the worklists) or JSON (a list of row objects, nulls for blanks)."""
+    """Atomic write (mode 0640) as CSV (like the worklists: formula-guarded, see ``worklist.write_csv``) or
+    JSON (a list of row objects, nulls for blanks, control characters escaped)."""
     to = Path(to)
     if fmt == "csv":
         return write_csv(df, to)
     if fmt != "json":
         raise ExportError(f"--format: {fmt!r} is not {' or '.join(FORMATS)}")
-    rows = df.astype(object).where(df.notna(), None).to_dict(orient="records")
+    rows = df.astype(object).where(df.notna(), None).map(_one_line).to_dict(orient="records")
     atomic_write_text(to, json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
     return to
+
+
+def _one_line(value: object) -> object:
+    """Strings with control and bidi characters escaped (old ledger rows, file names); JSON needs no formula guard."""
+    return escape_forbidden(value) if isinstance(value, str) else value
 
 
 def export(

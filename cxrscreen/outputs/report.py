@@ -41,7 +41,8 @@ from reportlab.pdfgen.canvas import Canvas
 
 from cxrscreen import __version__
 from cxrscreen.explain import compute_cams, content_box, resize_map
-from cxrscreen.ingest.decode import decode_dataset, read_dataset, reduction_factor
+from cxrscreen.ingest.decode import read_dataset, reduction_factor
+from cxrscreen.ingest.isolation import decode_pixels
 from cxrscreen.model.files import LoadedModel
 from cxrscreen.model.inference import Runtime, prepare, to_device
 from cxrscreen.outputs.worklist import images_frame, studies_frame
@@ -63,7 +64,7 @@ DISCLAIMER = "Research use only — not a diagnostic device"
 _NAME_RE = re.compile(r"^(?P<stem>[A-Za-z0-9_-]+_[0-9a-f]{12})_(?P<key>[0-9a-f]{10})\.pdf$")
 
 NOTE_TEXT = {
-    "polarity_suspect": "polarity looks inverted (centre darker than lungs): check the film",
+    "polarity_suspect": "polarity looks inverted (bone dark, air bright): check the film",
     "percentile_window": "no window in the header (percentile window)",
 }
 DECISION_COLOUR = {ABNORMAL: colors.HexColor("#b71c1c"), REVIEW: colors.HexColor("#e65100"),
@@ -196,8 +197,8 @@ def shrink(img: np.ndarray, longest: int = DISPLAY_MAX) -> np.ndarray:
 
 
 def _decode_display(path: Path) -> np.ndarray | None:
-    try:
-        return decode_dataset(read_dataset(path), target=DISPLAY_TARGET).pixels
+    try:  # crash-isolated like the scan's decode: a file QC rejected unread may still crash a codec
+        return decode_pixels(read_dataset(path), path, DISPLAY_TARGET).pixels
     except Exception:  # the page then says the image cannot be shown
         return None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -9,7 +10,10 @@ import numpy as np
 import pandas as pd
 
 from cxrscreen import __version__
+from cxrscreen.ingest.tags import tag_notes
+from cxrscreen.qc import OK, SUPPLEMENTARY_VIEW_STATUSES
 from cxrscreen.records import ABNORMAL, DECISION_ORDER, NORMAL, REVIEW, ImageRecord
+from cxrscreen.safetext import FORBIDDEN, FORMULA_TRIGGERS, MAX_CELL_CHARS, neutralise_cell, unneutralise
 from cxrscreen.state.atomic import atomic_open
 
 IMAGE_COLUMNS = [
@@ -20,7 +24,7 @@ IMAGE_COLUMNS = [
 ]
 STUDY_COLUMNS = [
     "rank", "decision", "probability", "threshold", "n_images", "n_assessable", "n_abnormal",
-    "n_not_assessable", "n_error", "statuses", "PatientID", "AccessionNumber", "StudyInstanceUID",
+    "n_not_assessable", "n_error", "statuses", "not_analysed", "PatientID", "AccessionNumber", "StudyInstanceUID",
     "StudyDate", "Modality", "paths", "report", "model", "model_sha256", "software_version",
 ]
 
@@ -46,7 +50,7 @@ def images_frame(records: Iterable[ImageRecord], model_name: str) -> pd.DataFram
             "probability": None if r.probability is None else round(float(r.probability), 6),
             "threshold": round(float(r.tags.get("_threshold", "nan")), 6),
             "status": r.status,
-            "qc_notes": ";".join(r.qc_notes),
+            "qc_notes": ";".join(dict.fromkeys((*r.qc_notes, *tag_notes(r.tags)))),
             **{k: r.tag(k) for k in ("PatientID", "AccessionNumber", "StudyInstanceUID", "SeriesInstanceUID",
                                      "SOPInstanceUID", "StudyDate", "Modality", "ViewPosition",
                                      "BodyPartExamined")},
@@ -68,11 +72,23 @@ def study_keys(images: pd.DataFrame) -> pd.Series:
 
 
 def studies_frame(images: pd.DataFrame) -> pd.DataFrame:
-    """One row per StudyInstanceUID: max probability over assessable images; review rules."""
+    """One row per study, decided by its assessable frontal images (the rules, in order):
+
+    1. ``abnormal`` if any image is abnormal;
+    2. ``review`` if any image casts a doubt: an ``error:*``, a ``not_assessable:*`` other than a
+       supplementary view (wrong body part or modality, blank, raw data…), or a scored image whose
+       own decision is ``review`` (a QC note such as ``polarity_suspect``);
+    3. ``review`` if no image was scored (no assessable frontal image);
+    4. ``normal`` otherwise. Lateral, oblique and decubitus views (``qc.is_supplementary_view``)
+       are listed in ``not_analysed`` but do not make a study with a scored frontal image ``review``.
+
+    ``probability`` is the maximum over the scored images.
+    """
     if images.empty:
         return pd.DataFrame(columns=STUDY_COLUMNS)
     key = study_keys(images)
     df = images.assign(_study=key)
+    status = df["status"].fillna("")
 
     def joined(col: str, unique: bool) -> pd.Series:  # ";".join(sorted(...)) per study, blanks dropped
         part = df[["_study", col]]
@@ -82,9 +98,13 @@ def studies_frame(images: pd.DataFrame) -> pd.DataFrame:
         part = part.sort_values(["_study", col], kind="mergesort")
         return part.groupby("_study", sort=True)[col].agg(";".join)
 
-    ok = df["status"] == "ok"
+    ok = status == OK
+    supplementary = status.isin(SUPPLEMENTARY_VIEW_STATUSES)
+    doubt = (~ok & ~supplementary) | (ok & (df["decision"] == REVIEW))
+    df["_not_analysed"] = (df["path"] + " (" + status + ")").where(~ok, "")
     n_abn = (df["decision"] == ABNORMAL).groupby(key).sum()
-    review = (df["decision"] == REVIEW).groupby(key).any()
+    n_ok = ok.groupby(key).sum()
+    any_doubt = doubt.groupby(key).any()
     prob = df["probability"].astype(float).where(ok).groupby(key).max()
     first = df.drop_duplicates("_study", keep="first").set_index("_study")
     reports = df[df["report"].fillna("") != ""].drop_duplicates("_study", keep="first").set_index("_study")["report"]
@@ -93,11 +113,12 @@ def studies_frame(images: pd.DataFrame) -> pd.DataFrame:
         "probability": prob,
         "threshold": first["threshold"].astype(float),
         "n_images": df.groupby("_study", sort=True).size(),
-        "n_assessable": ok.groupby(key).sum(),
+        "n_assessable": n_ok,
         "n_abnormal": n_abn,
-        "n_not_assessable": df["status"].str.startswith("not_assessable").groupby(key).sum(),
-        "n_error": df["status"].str.startswith("error").groupby(key).sum(),
+        "n_not_assessable": status.str.startswith("not_assessable").groupby(key).sum(),
+        "n_error": status.str.startswith("error").groupby(key).sum(),
         "statuses": joined("status", unique=True),
+        "not_analysed": joined("_not_analysed", unique=False),
         "PatientID": first["PatientID"],
         "AccessionNumber": first["AccessionNumber"],
         "StudyInstanceUID": first["StudyInstanceUID"].where(~first.index.str.startswith("file:"), ""),
@@ -109,19 +130,51 @@ def studies_frame(images: pd.DataFrame) -> pd.DataFrame:
         "model_sha256": first["model_sha256"],
         "software_version": first["software_version"],
     })
-    out[["statuses", "Modality", "report"]] = out[["statuses", "Modality", "report"]].fillna("")
-    out.loc[review | prob.isna(), "decision"] = REVIEW
+    text = ["statuses", "not_analysed", "Modality", "report"]
+    out[text] = out[text].fillna("")
+    out.loc[any_doubt | (n_ok == 0) | prob.isna(), "decision"] = REVIEW
     out.loc[n_abn > 0, "decision"] = ABNORMAL
     out = out.reset_index(drop=True)[[c for c in STUDY_COLUMNS if c != "rank"]]
     return _sort(out, ["StudyInstanceUID", "paths"])[STUDY_COLUMNS]
 
 
+_STARTS_LIKE_FORMULA = re.compile("^[" + re.escape("".join(FORMULA_TRIGGERS)) + "]", re.MULTILINE)
+
+
+def neutralised(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with every text cell made safe for a spreadsheet (:func:`cxrscreen.safetext.neutralise_cell`).
+
+    Control characters escaped, cells bounded, cells that start like a formula prefixed with ``'``;
+    numeric columns (probabilities, thresholds, ranks, counts) untouched. Columns with nothing to
+    change (nearly all) are checked in one pass over their joined text and left as they are.
+    """
+    out = df.copy()
+    for col in out.columns:
+        s = out[col]
+        if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+            continue
+        cells = [v for v in s.tolist() if isinstance(v, str)]
+        if not cells:
+            continue
+        if (FORBIDDEN.search("".join(cells)) is None and max(map(len, cells)) <= MAX_CELL_CHARS
+                and _STARTS_LIKE_FORMULA.search("\n".join(cells)) is None):
+            continue
+        out[col] = s.map(neutralise_cell)
+    return out
+
+
 def write_csv(df: pd.DataFrame, path: Path) -> Path:
-    """Atomic UTF-8 CSV write (mode 0640)."""
+    """Atomic UTF-8 CSV write (mode 0640), every text cell :func:`neutralised` (README, "Worklists")."""
     with atomic_open(path, "w") as fh:
-        df.to_csv(fh, index=False, lineterminator="\n")
+        neutralised(df).to_csv(fh, index=False, lineterminator="\n")
     return path
 
 
 def read_csv(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    """A CSV written by :func:`write_csv`, all columns as text, with the formula guard (``'``) removed."""
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for col in df.columns:
+        guarded = df[col].str.startswith("'")
+        if guarded.any():
+            df.loc[guarded, col] = df.loc[guarded, col].map(unneutralise)
+    return df

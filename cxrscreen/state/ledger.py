@@ -145,10 +145,13 @@ class Ledger:
             self.db.execute("INSERT OR REPLACE INTO runs (run_id, started) VALUES (?, ?)",
                             (run_id, time.strftime("%Y-%m-%dT%H:%M:%S")))
 
+    def has_run(self, run_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM runs WHERE run_id=?", (run_id,)).fetchone() is not None
+
     def unfinished_runs(self, exclude: str) -> list[str]:
         """Runs that started but never finished (killed): the next run delivers their rows."""
-        rows = self.db.execute("SELECT run_id FROM runs WHERE finished IS NULL AND run_id != ? ORDER BY started",
-                               (exclude,))
+        rows = self.db.execute("SELECT run_id FROM runs WHERE finished IS NULL AND run_id != ? "
+                               "ORDER BY started, run_id", (exclude,))
         return [r[0] for r in rows]
 
     def finish_run(self, run_id: str, summary: dict, resumed: Iterable[str] = ()) -> None:
@@ -161,7 +164,8 @@ class Ledger:
 
     def previous_summaries(self, limit: int = 7, exclude: str | None = None) -> list[dict]:
         rows = self.db.execute(
-            "SELECT summary FROM runs WHERE summary IS NOT NULL AND run_id != ? ORDER BY started DESC LIMIT ?",
+            "SELECT summary FROM runs WHERE summary IS NOT NULL AND run_id != ? ORDER BY started DESC, run_id DESC "
+            "LIMIT ?",
             (exclude or "", limit),
         )
         return [json.loads(r[0]) for r in rows]

@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 
 from cxrscreen import __version__
 from cxrscreen.model.files import LoadedModel
-from cxrscreen.model.inference import Runtime, inference_net, predict_batch
+from cxrscreen.model.inference import Runtime, predict_batch, scoring_net
+from cxrscreen.outputs.worklist import write_csv
 from cxrscreen.state.atomic import atomic_open, atomic_write_text
 from cxrscreen.training.data import make_dataset
 from cxrscreen.training.metrics import roc_curve, summarize
@@ -31,7 +32,7 @@ def score_frame(
     """P(abnormal) for every row of a manifest frame, through the shared preprocessing chain."""
     ds = make_dataset(df, lm.spec, augment=False, cache=False)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
-    net = inference_net(lm.net, rt)
+    net = scoring_net(lm, rt)  # the scan's scorer (int8: with the model's calibration)
     out: list[np.ndarray] = []
     done = 0
     for batch in loader:
@@ -159,8 +160,7 @@ def evaluate(
     atomic_write_text(out / "metrics.json", json.dumps({"meta": meta, "metrics": metrics}, indent=2) + "\n")
     atomic_write_text(out / "report.md", markdown_report(metrics, meta))
     cols = [c for c in ("path", "label", "dataset", "split") if c in df.columns]
-    with atomic_open(out / "scores.csv", "w") as fh:
-        df[cols].assign(probability=np.round(scores, 6)).to_csv(fh, index=False, lineterminator="\n")
+    write_csv(df[cols].assign(probability=np.round(scores, 6)), out / "scores.csv")  # formula-safe, like worklists
     plot_roc(df, scores, thr, out / "roc.png")
     plot_hist(df, scores, thr, out / "scores.png")
     return {"meta": meta, "metrics": metrics}

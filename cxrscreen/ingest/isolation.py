@@ -1,0 +1,382 @@
+"""Crash-isolated, bounded pixel decoding.
+
+Compressed pixel data is decoded by native codecs (OpenJPEG, libjpeg, CharLS, pylibjpeg-rle) that a
+malformed file can take down with the whole process: a Rust panic surfaces as pyo3's
+``PanicException`` (a ``BaseException``), CharLS can abort (SIGABRT) or loop forever on a truncated
+stream. So compressed files are decoded in small helper processes — one per thread that decodes,
+started on first use, replaced when one dies — and a file whose decode kills its helper becomes
+``error:decoder_crash``, one that takes longer than ``decode_timeout()`` ``error:decoder_timeout``;
+every other file goes on. Uncompressed pixel data (numpy on the file's own bytes) is decoded in
+process: it runs no codec, and it is the fast path. ``$CXRSCREEN_DECODE_ISOLATION`` changes that:
+``compressed`` (default), ``all`` or ``none`` (everything in process; for measurements only).
+
+Before anything is decoded, :func:`check_pixel_budget` rejects a header whose Rows × Columns ×
+frames × samples × BitsAllocated cannot come from its pixel data (uncompressed: more than the
+bytes present; RLE: more than 64× the bytes present; any codec: more than ``MAX_DECODED_BYTES``, or
+a JPEG/JPEG-LS frame header larger than the DICOM header), so a lying header sizes no allocation.
+Each helper also runs under an address-space limit (``$CXRSCREEN_DECODE_MEMORY_MB``, default 4096).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import io
+import math
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_fragments
+from pydicom.pixels.utils import _get_jpg_parameters, get_expected_length
+from pydicom.uid import JPEG2000TransferSyntaxes, RLELossless
+
+from cxrscreen import faults
+from cxrscreen.ingest.decode import Decoded, DecodeError, decode_dataset, read_dataset
+
+ISOLATION_ENV = "CXRSCREEN_DECODE_ISOLATION"
+TIMEOUT_ENV = "CXRSCREEN_DECODE_TIMEOUT_S"
+MEMORY_ENV = "CXRSCREEN_DECODE_MEMORY_MB"
+MODES = ("compressed", "all", "none")
+DEFAULT_TIMEOUT_S = 60.0  # a 2500×3000 JPEG-LS film decodes in 0.13 s here
+START_TIMEOUT_S = 300.0  # a fresh helper imports pydicom and the codecs (≈ 0.5 s; more on a busy machine)
+DEFAULT_MEMORY_MB = 4096
+#: Largest decoded frame accepted (256 MiB: a 11 585² 16-bit image); chest films are 10–40 MiB.
+MAX_DECODED_BYTES = 1 << 28
+#: RLE (PS3.5 G.3.1): a 2-byte replicate run decodes to at most 128 bytes.
+RLE_MAX_EXPANSION = 64
+
+
+def isolation_mode() -> str:
+    """``$CXRSCREEN_DECODE_ISOLATION`` (``compressed`` when unset or unknown)."""
+    mode = os.environ.get(ISOLATION_ENV, "compressed").strip().lower()
+    return mode if mode in MODES else "compressed"
+
+
+def decode_timeout() -> float:
+    """Seconds one file may take in a helper (``$CXRSCREEN_DECODE_TIMEOUT_S``, default 60)."""
+    try:
+        value = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
+    except ValueError:
+        return DEFAULT_TIMEOUT_S
+    return value if value > 0 else DEFAULT_TIMEOUT_S
+
+
+def is_compressed(ds: Dataset) -> bool:
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        return bool(ts is not None and ts.is_encapsulated)
+    except (AttributeError, ValueError):
+        return True  # an unknown syntax: treat as the risky kind
+
+
+# --------------------------------------------------------------------------- bounds
+def check_pixel_budget(ds: Dataset) -> None:
+    """Raise ``DecodeError`` when the header's image cannot come from the pixel data present."""
+    if "PixelData" not in ds:
+        return  # float pixel data, or none: pydicom and QC report it
+    try:
+        expected = get_expected_length(ds, "bytes")
+        data = ds.PixelData
+        present = len(data)
+    except Exception as exc:  # a missing or non-numeric Rows/Columns/BitsAllocated…
+        raise DecodeError("invalid_image_header", _short(exc)) from exc
+    if expected <= 0:
+        raise DecodeError("invalid_image_header", "the header describes no pixels")
+    if not is_compressed(ds):
+        if expected > present:
+            raise DecodeError("truncated", f"header needs {expected} bytes of pixel data, file holds {present}")
+        return
+    if expected > MAX_DECODED_BYTES:
+        raise DecodeError("image_too_large", f"{expected} bytes decoded > {MAX_DECODED_BYTES}")
+    ts = ds.file_meta.TransferSyntaxUID
+    if ts == RLELossless and expected > RLE_MAX_EXPANSION * present:
+        raise DecodeError("size_mismatch", f"RLE data of {present} bytes cannot hold {expected}")
+    if ts not in JPEG2000TransferSyntaxes:  # the JPEG family's frame header sizes the codec's buffer
+        try:
+            fragments = generate_fragments(data)
+            next(fragments)  # the basic offset table
+            params = _get_jpg_parameters(next(fragments))
+        except Exception:
+            params = {}  # not JPEG, or unparsable: the codec says so
+        if params:
+            size = params["height"] * params["width"] * max(1, params["components"])
+            size *= math.ceil(max(1, params["precision"]) / 8)
+            if size > MAX_DECODED_BYTES:
+                raise DecodeError("image_too_large", f"codestream frame of {size} bytes > {MAX_DECODED_BYTES}")
+
+
+def _short(exc: BaseException, limit: int = 160) -> str:
+    return (" ".join(str(exc).split()) or type(exc).__name__)[:limit]
+
+
+# --------------------------------------------------------------------------- decoding
+def decode_here(ds: Dataset, target: int | None) -> Decoded:
+    """Decode in this process (the fault-injection point of ``faults.DECODE``)."""
+    if os.environ.get(faults.DECODE):
+        uid = ""
+        with contextlib.suppress(Exception):
+            uid = str(ds.get("SOPInstanceUID", ""))
+        faults.maybe_fail_decode(uid)
+    return decode_dataset(ds, target=target)
+
+
+def decode_pixels(ds: Dataset, source: bytes | Path, target: int | None, mode: str | None = None) -> Decoded:
+    """The first frame of ``ds`` (parsed from ``source``) in display polarity, decoded where ``mode`` says.
+
+    Raises ``DecodeError``; ``decoder_crash`` / ``decoder_timeout`` when a helper died or hung on it.
+    """
+    check_pixel_budget(ds)
+    mode = mode or isolation_mode()
+    if mode == "all" or (mode == "compressed" and is_compressed(ds)):
+        return pool().decode(source, target)
+    return decode_here(ds, target)
+
+
+# --------------------------------------------------------------------------- helper processes
+class IsolationError(RuntimeError):
+    """A decode helper could not be started: an internal failure, not a bad file (``prepare_file`` re-raises it)."""
+
+
+class _Helper:
+    """One decode helper process and its two pipes (requests in, answers out)."""
+
+    def __init__(self) -> None:
+        req_r, req_w = os.pipe()
+        resp_r, resp_w = os.pipe()
+        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        try:
+            # stderr to /dev/null: a dying codec's message may quote the file; the parent logs the outcome
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cxrscreen.ingest.isolation", str(req_r), str(resp_w)],
+                pass_fds=(req_r, resp_w), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, env=env)
+        except BaseException:
+            os.close(req_w)
+            os.close(resp_r)
+            raise
+        finally:
+            os.close(req_r)
+            os.close(resp_w)
+        self.requests = Connection(req_w, readable=False)
+        self.answers = Connection(resp_r, writable=False)
+        self.ready = False
+
+    def call(self, request: tuple, timeout: float) -> tuple:
+        """Send one request; its answer, or ``DecodeError`` (crash, timeout) after killing the helper."""
+        if not self.ready:
+            try:
+                ok = self.answers.poll(START_TIMEOUT_S) and self.answers.recv() == ("ready",)
+            except (EOFError, OSError):
+                ok = False
+            if not ok:
+                code = self.kill()
+                raise IsolationError(f"decode helper process did not start ({_exit_text(code)})")
+            self.ready = True
+        try:
+            self.requests.send(request)
+            if not self.answers.poll(timeout):
+                self.kill()
+                raise DecodeError("decoder_timeout", f"no answer within {timeout:g} s")
+            answer = self.answers.recv()
+        except (EOFError, OSError) as exc:
+            code = self.kill()
+            raise DecodeError("decoder_crash", _exit_text(code)) from exc
+        if answer[0] == "crash":  # a BaseException (a codec's panic): the helper exits after saying so
+            self.kill()
+            raise DecodeError("decoder_crash", answer[1])
+        return answer
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None and not self.requests.closed
+
+    def kill(self) -> int | None:
+        """Stop the helper now; its exit code (negative: the signal that ended it)."""
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+        code = self.proc.wait()
+        self.close()
+        return code
+
+    def close(self) -> None:
+        for conn in (self.requests, self.answers):
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def stop(self) -> None:
+        """Close the pipes (the helper exits at end of input) and reap it."""
+        self.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def _exit_text(code: int | None) -> str:
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"helper killed by {signal.Signals(-code).name}"
+    return f"helper exited with code {code}"
+
+
+class DecoderPool:
+    """Helpers shared by the threads of one process: each call borrows an idle one or starts one."""
+
+    def __init__(self) -> None:
+        self._idle: list[_Helper] = []
+        self._lock = threading.Lock()
+        self.started = 0  # helpers started, replacements included
+        self.crashes = 0  # calls that ended in decoder_crash / decoder_timeout
+
+    def decode(self, source: bytes | Path, target: int | None) -> Decoded:
+        global _HELPER_CPU_S
+        helper = self._take()
+        try:
+            answer = helper.call((bytes(source) if not isinstance(source, Path) else str(source), target),
+                                 decode_timeout())
+        except DecodeError:
+            with self._lock:
+                self.crashes += 1
+            raise
+        finally:
+            if helper.alive():
+                with self._lock:
+                    self._idle.append(helper)
+        with _POOL_LOCK:
+            _HELPER_CPU_S += answer[-1]
+        if answer[0] == "ok":
+            return answer[1]
+        raise DecodeError(answer[1], answer[2])
+
+    def _take(self) -> _Helper:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+            self.started += 1
+        try:
+            return _Helper()
+        except OSError as exc:  # no processes or file descriptors left
+            raise IsolationError(f"cannot start a decode helper process: {exc}") from exc
+
+    def shutdown(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for helper in idle:
+            helper.stop()
+
+    def forget(self) -> None:
+        """In a forked child: drop the parent's helpers without touching them (only our copies of the pipes)."""
+        for helper in self._idle:
+            helper.close()
+        self._idle = []
+
+
+_POOL: DecoderPool | None = None
+_POOL_LOCK = threading.Lock()
+_HELPER_CPU_S = 0.0  # CPU seconds helpers reported for this process's answered requests
+
+
+def helper_cpu_seconds() -> float:
+    """CPU time this process's decode helpers spent on the requests they answered (cumulative)."""
+    return _HELPER_CPU_S
+
+
+def pool() -> DecoderPool:
+    """This process's helpers (a forked child, e.g. a DataLoader worker, starts its own)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = DecoderPool()
+        return _POOL
+
+
+def shutdown() -> None:
+    """Stop this process's idle helpers (a later decode starts new ones)."""
+    global _POOL
+    with _POOL_LOCK:
+        p, _POOL = _POOL, None
+    if p is not None:
+        p.shutdown()
+
+
+@contextlib.contextmanager
+def helpers() -> Iterator[None]:
+    """A block after which this process's idle helpers are stopped (a scan: no process outlives it)."""
+    try:
+        yield
+    finally:
+        shutdown()
+
+
+def _after_fork_in_child() -> None:
+    global _POOL, _POOL_LOCK, _HELPER_CPU_S
+    _POOL_LOCK = threading.Lock()
+    _HELPER_CPU_S = 0.0
+    if _POOL is not None:
+        _POOL.forget()
+    _POOL = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(shutdown)
+
+
+# --------------------------------------------------------------------------- the helper's side
+def _limit_memory() -> None:
+    try:
+        mb = int(os.environ.get(MEMORY_ENV, DEFAULT_MEMORY_MB))
+    except ValueError:
+        mb = DEFAULT_MEMORY_MB
+    if mb > 0:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_AS, (mb << 20, mb << 20))
+
+
+def _answer(request: tuple) -> tuple:
+    source, target = request
+    try:
+        ds = read_dataset(io.BytesIO(source) if isinstance(source, bytes) else source)
+        return ("ok", decode_here(ds, target))
+    except DecodeError as exc:
+        return ("error", exc.reason, exc.detail)
+    except MemoryError:
+        return ("error", "out_of_memory", "")
+    except Exception as exc:
+        return ("error", f"unexpected_{type(exc).__name__}", _short(exc))
+
+
+def serve(req_fd: int, resp_fd: int) -> None:
+    """The helper's loop: decode requests until the parent closes the pipe."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _limit_memory()
+    requests, answers = Connection(req_fd, writable=False), Connection(resp_fd, readable=False)
+    answers.send(("ready",))
+    backstop = math.ceil(decode_timeout()) + 30  # an orphaned, hung helper still ends
+    while True:
+        try:
+            request = requests.recv()
+        except EOFError:
+            return
+        signal.alarm(backstop)
+        cpu = time.process_time()
+        try:
+            answer = _answer(request)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 (a Rust panic through pyo3): report, then exit
+            answers.send(("crash", f"{type(exc).__name__}: {_short(exc)}"))
+            os._exit(70)
+        signal.alarm(0)
+        answers.send((*answer, time.process_time() - cpu))
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]), int(sys.argv[2]))

@@ -1,0 +1,137 @@
+"""int8 scoring on x86 CPUs: post-training static quantization, calibrated once on a validation split.
+
+PyTorch FX graph mode (``torch.ao.quantization.quantize_fx``) with the ``x86`` backend: int8
+per-channel weights, uint8 activations. The activations' ranges come from a calibration run
+(histogram observers) over a validation split; only their quantization parameters (scale, zero
+point per activation) are kept, in a small JSON file beside the model (``<model>.int8.json``), tied
+to the model's weights by their sha256. Building the int8 network from the float one and that file
+needs no data and gives the same network as the calibration run did. Speed and what it does to
+decisions: ``benchmarks/int8.py``, docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ENGINE = "x86"
+SUFFIX = ".int8.json"
+FORMAT = "cxrscreen-int8/1"
+
+
+class Int8Unavailable(RuntimeError):
+    """int8 cannot run here (no calibration for this model, or no x86 quantized engine)."""
+
+
+@dataclass(frozen=True)
+class Int8Calibration:
+    """Quantization parameters of every activation of one model, and where they came from."""
+
+    model_sha256: str
+    engine: str
+    source: str  # what it was calibrated on, e.g. "manifest.csv:val (1397 images)"
+    torch_version: str
+    qparams: dict[str, tuple[float, int, int, int]]  # observer name → (scale, zero_point, quant_min, quant_max)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, **asdict(self), "qparams": {k: list(v) for k, v in self.qparams.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Int8Calibration:
+        if data.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} file")
+        q = {str(k): (float(v[0]), int(v[1]), int(v[2]), int(v[3])) for k, v in data["qparams"].items()}
+        return cls(str(data["model_sha256"]), str(data["engine"]), str(data["source"]), str(data["torch_version"]), q)
+
+
+def calibration_path(model_json: Path) -> Path:
+    """Where the int8 calibration of the model described by ``model_json`` lives."""
+    return model_json.with_name(model_json.stem + SUFFIX)
+
+
+def _prepared(net: torch.nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import prepare_fx
+
+    if ENGINE not in torch.backends.quantized.supported_engines:
+        raise Int8Unavailable(f"this torch build has no {ENGINE!r} quantized engine")
+    torch.backends.quantized.engine = ENGINE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation and observer notices
+        return prepare_fx(copy.deepcopy(net).float().eval(), get_default_qconfig_mapping(ENGINE),
+                          example_inputs=(example,))
+
+
+def _observers(gm: torch.nn.Module) -> dict[str, Any]:
+    from torch.ao.quantization.observer import ObserverBase
+
+    return {n: m for n, m in gm.named_modules() if isinstance(m, ObserverBase)}
+
+
+def calibrate_int8(net: torch.nn.Module, batches: Iterable[torch.Tensor], model_sha256: str,
+                   source: str) -> Int8Calibration:
+    """Run ``batches`` (model inputs, as scoring sees them) through an observed copy of ``net``."""
+    prepared: torch.fx.GraphModule | None = None
+    n = 0
+    with torch.inference_mode(False), torch.no_grad():
+        for x in batches:
+            if prepared is None:
+                prepared = _prepared(net, x[:1])
+            prepared(x)
+            n += len(x)
+    if prepared is None or n == 0:
+        raise ValueError("no calibration images")
+    qparams = {}
+    for name, obs in _observers(prepared).items():
+        scale, zero_point = obs.calculate_qparams()
+        qparams[name] = (float(scale), int(zero_point), int(obs.quant_min), int(obs.quant_max))
+    return Int8Calibration(model_sha256, ENGINE, source, torch.__version__, qparams)
+
+
+def int8_net(net: torch.nn.Module, calib: Int8Calibration) -> torch.fx.GraphModule:
+    """The int8 network of ``net`` with the activation quantization parameters of ``calib``."""
+    from torch.ao.quantization.observer import FixedQParamsObserver
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    gm = _prepared(net, torch.zeros(1, 1, 64, 64))  # traced symbolically: any input size scores
+    observers = _observers(gm)
+    if set(observers) != set(calib.qparams):
+        raise Int8Unavailable("the int8 calibration does not fit this network (another architecture or torch "
+                              "version); recalibrate it (tools/int8_calibration.py)")
+    for name, (scale, zero_point, qmin, qmax) in calib.qparams.items():
+        old = observers[name]
+        setattr(gm, name, FixedQParamsObserver(scale, zero_point, dtype=old.dtype, qscheme=old.qscheme,
+                                               quant_min=qmin, quant_max=qmax))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return convert_fx(gm).eval()
+
+
+def save_calibration(calib: Int8Calibration, path: Path) -> None:
+    from cxrscreen.state.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(calib.to_dict(), indent=1) + "\n")
+
+
+def load_calibration(model_json: Path, model_sha256: str) -> Int8Calibration:
+    """The calibration beside ``model_json``; :class:`Int8Unavailable` with the reason when there is none."""
+    path = calibration_path(model_json)
+    if not path.is_file():
+        raise Int8Unavailable(f"--precision int8: the model has no int8 calibration ({path.name}); "
+                              "make one with tools/int8_calibration.py")
+    try:
+        calib = Int8Calibration.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise Int8Unavailable(f"--precision int8: {path.name} is not a valid int8 calibration ({exc})") from exc
+    if calib.model_sha256 != model_sha256:
+        raise Int8Unavailable(f"--precision int8: {path.name} was calibrated for other weights "
+                              f"(sha256 {calib.model_sha256[:12]}, model {model_sha256[:12]}); recalibrate it "
+                              "(tools/int8_calibration.py)")
+    return calib

@@ -1,0 +1,92 @@
+"""int8 scoring: calibration, its file beside the model, and the network rebuilt from it."""
+
+import copy
+import json
+import shutil
+
+import pytest
+import torch
+
+from cxrscreen.model.files import load_model
+from cxrscreen.model.inference import choose_runtime, inference_net, predict_batch, scoring_net
+from cxrscreen.model.quantize import (
+    Int8Unavailable,
+    calibrate_int8,
+    calibration_path,
+    int8_net,
+    load_calibration,
+    save_calibration,
+)
+
+
+def _inputs(n: int, seed: int) -> torch.Tensor:
+    """Smooth, image-like inputs (a random network's scores spread on these, unlike on white noise)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.avg_pool2d(torch.randn(n, 1, 72, 72, generator=g), 9, stride=1)
+    return (x - x.mean()) / x.std()
+
+
+@pytest.fixture(scope="module")
+def calibrated(random_model):
+    batches = [_inputs(8, seed) for seed in range(4)]
+    return calibrate_int8(random_model.net, batches, random_model.sha256, "four synthetic batches")
+
+
+def test_runtime_int8_is_cpu_only():
+    rt = choose_runtime("cpu", "int8")
+    assert rt.int8 and rt.device.type == "cpu" and rt.describe() == "cpu int8"
+    with pytest.raises(ValueError, match="CPU only"):
+        choose_runtime("cuda", "int8")
+
+
+def test_int8_net_is_quantized_and_tracks_the_float_network(random_model, calibrated):
+    q = int8_net(random_model.net, calibrated)
+    assert any("Quantized" in type(m).__name__ or type(m).__module__.startswith("torch.ao.nn.quantized")
+               for m in q.modules())
+    x = _inputs(16, seed=9)
+    rt = choose_runtime("cpu", "fp32")
+    with torch.inference_mode():
+        ref = inference_net(random_model.net, rt)(x).reshape(-1)
+        got = q(x).reshape(-1)
+    assert ref.std() > 0.05  # distinct scores to track
+    # int8 rounding moves logits a little, never the ordering as a whole
+    assert torch.corrcoef(torch.stack([ref, got]))[0, 1] > 0.9
+
+
+def test_calibration_round_trip_rebuilds_the_same_network(random_model, calibrated, tmp_path):
+    assert calibration_path(tmp_path / "m.json") == tmp_path / "m.int8.json"
+    save_calibration(calibrated, calibration_path(tmp_path / "m.json"))
+    again = load_calibration(tmp_path / "m.json", random_model.sha256)
+    assert again == calibrated
+    x = _inputs(4, seed=11)
+    with torch.inference_mode():
+        assert torch.equal(int8_net(random_model.net, calibrated)(x), int8_net(random_model.net, again)(x))
+
+
+def test_scoring_net_finds_the_calibration_beside_the_model(random_model_path, calibrated, tmp_path):
+    for f in random_model_path.parent.glob(random_model_path.stem + ".*"):
+        shutil.copy(f, tmp_path / f.name)
+    lm = load_model(tmp_path / random_model_path.name)
+    rt = choose_runtime("cpu", "int8")
+    with pytest.raises(Int8Unavailable, match="no int8 calibration"):
+        scoring_net(lm, rt)
+    save_calibration(calibrated, calibration_path(lm.path))
+    p = predict_batch(scoring_net(lm, rt), _inputs(3, seed=12), rt)
+    assert p.shape == (3,) and p.dtype == torch.float32 and bool(((p >= 0) & (p <= 1)).all())
+
+
+def test_calibration_of_other_weights_or_a_broken_file_is_refused(random_model, calibrated, tmp_path):
+    model_json = tmp_path / "m.json"
+    save_calibration(calibrated, calibration_path(model_json))
+    with pytest.raises(Int8Unavailable, match="other weights"):
+        load_calibration(model_json, "0" * 64)
+    data = json.loads(calibration_path(model_json).read_text())
+    del data["qparams"]
+    calibration_path(model_json).write_text(json.dumps(data))
+    with pytest.raises(Int8Unavailable, match="not a valid int8 calibration"):
+        load_calibration(model_json, random_model.sha256)
+
+
+def test_int8_runtime_without_calibration_is_refused(random_model):
+    with pytest.raises(Int8Unavailable):
+        inference_net(copy.deepcopy(random_model.net), choose_runtime("cpu", "int8"))
