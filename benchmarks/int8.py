@@ -5,12 +5,14 @@
 
 Accuracy (in this process): the validation and test splits of ``../shared/data/cxr224`` go through
 cxrscreen's own preprocessing chain (``training.data.make_dataset``, as ``evaluate`` and
-``calibrate`` use it) once; the tensors are cached in ``$TMPDIR/cxrscreen-int8/``. The model is
-quantized with PyTorch's FX graph mode (``torch.ao.quantization.quantize_fx``, the ``x86`` backend:
-per-channel int8 weights, uint8 activations with histogram-calibrated ranges), calibrated on the
-validation split (``--calib-n`` images, 0 = all), and scored on the test split (``--test-n``,
-0 = all) beside the shipped fp32 scorer (folded + channels_last) and the unfolded NCHW network.
-Reported per dataset: AUROC of each, |Δp|, and decisions changed at the model's threshold.
+``calibrate`` use it) once; the tensors are cached in ``$TMPDIR/cxrscreen-int8/``. The int8 network
+is :mod:`cxrscreen.model.quantize`'s (PyTorch FX graph mode, ``x86`` backend: per-channel int8
+weights, uint8 activations with histogram-calibrated ranges) with the model's shipped calibration
+(``<model>.int8.json``, made by ``tools/int8_calibration.py`` on the validation split) when it has
+one, else one made here on ``--calib-n`` validation images (0 = all). It is scored on the test split
+(``--test-n``, 0 = all) beside the shipped fp32 scorer (folded + channels_last), the unfolded NCHW
+network and bf16 (when the CPU has it). Reported per dataset: AUROC of each, |Δp|, and decisions
+changed at the model's threshold.
 
 Speed (each in a fresh process, forms interleaved round by round, batch 16): the unfolded NCHW
 fp32 network, folded fp32 (NCHW and channels_last), bf16 (when the CPU has it) and int8 on
@@ -86,8 +88,25 @@ def quantize_fx(net: Any, calib: Any, engine: str = "x86") -> tuple[Any, float]:
     return q, time.perf_counter() - t
 
 
-def forms(lm: Any, calib: Any, engine: str) -> dict[str, tuple[Any, Any, bool]]:
-    """name → (module, Runtime, channels_last input): the scoring forms compared."""
+def int8_form(lm: Any, calib: Any, engine: str) -> tuple[str, Any, float]:
+    """(name, int8 network, seconds to build it from the float network and the calibration)."""
+    from cxrscreen.model.quantize import Int8Unavailable, calibrate_int8, int8_net, load_calibration
+
+    if engine != "x86":  # the AVX2 stand-in: speed only, its own (tiny) calibration
+        q, dt = quantize_fx(lm.net, calib, engine)
+        return f"int8 ({engine} engine)", q, dt
+    try:
+        c = load_calibration(lm.path, lm.sha256)
+    except Int8Unavailable:
+        c = calibrate_int8(lm.net, (calib[i:i + 64] for i in range(0, len(calib), 64)), lm.sha256,
+                           f"{len(calib)} validation images (made by benchmarks/int8.py)")
+    t = time.perf_counter()
+    q = int8_net(lm.net, c)
+    return f"int8 (x86; calibration: {c.source})", q, time.perf_counter() - t
+
+
+def forms(lm: Any, calib: Any, engine: str) -> dict[str, tuple[Any, Any]]:
+    """name → (module, Runtime): the scoring forms compared."""
     import torch
 
     from cxrscreen.model.inference import Runtime, choose_runtime, cpu_supports_bf16, inference_net, prepare
@@ -102,9 +121,13 @@ def forms(lm: Any, calib: Any, engine: str) -> dict[str, tuple[Any, Any, bool]]:
     if cpu_supports_bf16():
         bf16 = choose_runtime("cpu", "bf16")
         out["bf16 folded, channels_last (shipped)"] = (inference_net(lm.net, bf16), bf16)
-    q, _ = quantize_fx(lm.net, calib, engine)
-    out[f"int8 FX ({engine})"] = (q, nchw)
+    name, q, dt = int8_form(lm, calib, engine)
+    FORM_BUILD_S[name] = dt
+    out[name] = (q, choose_runtime("cpu", "int8"))
     return out
+
+
+FORM_BUILD_S: dict[str, float] = {}
 
 
 def scores(net: Any, rt: Any, x: Any) -> Any:
@@ -142,7 +165,7 @@ def speed_child(cfg: dict[str, Any]) -> dict[str, Any]:
                 dt = (time.process_time() - c) if key == "cpu1" else (time.perf_counter() - t)
                 res[name][key].append(cfg["batches"] * BATCH / dt)
     return {"rates": res, "cores": cores, "isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "native"),
-            "engine": cfg["engine"]}
+            "engine": cfg["engine"], "build_s": FORM_BUILD_S}
 
 
 def run_speed(model: str, isa: str | None, engine: str, rounds: int, batches: int) -> dict[str, Any]:
@@ -195,7 +218,7 @@ def accuracy(lm: Any, calib_n: int, test_n: int) -> dict[str, Any]:
 def render(res: dict[str, Any]) -> str:
     lines = [f"Machine: {res['machine']}.  ", f"Date: {res['date']}. Command: `{res['command']}`.  ",
              f"Model: {res['model_note']}; threshold {res['accuracy']['threshold']:.4f}.  ",
-             f"torch.ao.quantization warnings on import/use: {res['warnings'] or 'none'}.", ""]
+             f"torch.ao.quantization warnings on use: {res['warnings'] or 'none'}.", ""]
     acc = res["accuracy"]
     lines += [f"#### Decisions and AUROC (test split, {acc['n_test']} images; int8 calibrated on "
               f"{acc['n_calib']} validation images)", "",
@@ -217,6 +240,9 @@ def render(res: dict[str, Any]) -> str:
         for name, r in sp["rates"].items():
             c1, w = median(r["cpu1"]), median(r["wall"])
             lines.append(f"| {name} | {c1:.1f} | {c1 / b1:.2f}× | {w:.1f} | {w / bw:.2f}× |")
+        lines += ["", "Building the int8 network (in this speed process; the native one from the calibration file: "
+                      "``prepare_fx`` + ``convert_fx``, the scan's start-up cost): "
+                      + "; ".join(f"{k}: {v:.1f} s" for k, v in sp.get("build_s", {}).items()) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -253,9 +279,14 @@ def main(argv: list[str] | None = None) -> None:
 
     model = args.model or str(DEFAULT_MODEL)
     lm = load_model(model)
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught:  # what torch says about the int8 path
         warnings.simplefilter("always")
-        import torch.ao.quantization.quantize_fx  # noqa: F401
+        import torch
+        from torch.ao.quantization import get_default_qconfig_mapping
+        from torch.ao.quantization.quantize_fx import prepare_fx
+
+        prepare_fx(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3)).eval(), get_default_qconfig_mapping("x86"),
+                   example_inputs=(torch.zeros(1, 1, 8, 8),))
     res: dict[str, Any] = {
         "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": " ".join([".venv/bin/python", "benchmarks/int8.py", *(argv or sys.argv[1:])]),

@@ -17,9 +17,10 @@ Every configuration runs in a fresh subprocess (``--_child``) that reports its o
 the whole process tree (sum of RSS and of PSS) every 0.1 s. Configurations, in one run:
 
 1. model only: the scoring network (``inference_net``) at the model's input size, batch 16, for each
-   of ``--precisions`` (default ``auto,fp32``: bf16 when the CPU has it, and fp32, which stands in
-   for an AVX2-only server; a CPU without bf16 runs fp32 once), at the start and at the end of the
-   run; the best of each precision is that precision's ceiling;
+   of ``--precisions`` (default ``auto,fp32,int8``: bf16 when the CPU has it, fp32, which stands in
+   for an AVX2-only server (a CPU without bf16 runs it once), and int8 when the model has an int8
+   calibration), at the start and at the end of the run; the best of each precision is that
+   precision's ceiling;
 2. ``cxrscreen.pipeline.scan`` end to end (what ``cxrscreen scan`` runs; model load, discovery,
    hashing, decoding, scoring, ledger, worklists, summary PDF), ``reports="none"``, once per
    precision, then (first precision only) ``reports="flagged"`` with a threshold at the 90th
@@ -32,7 +33,7 @@ Also a ``--workers`` × ``--batch-size`` sweep (1024² raw, ``--sweep-n`` files)
 check (1024² raw at N and at 10×N files, hard links to the N files: every path is still read,
 decoded and scored), both at the first precision. Targets per precision: 1024² uncompressed end to
 end ≥ 3× the naive loop and ≥ 50 % of that precision's model-only ceiling. ``--quick`` runs only
-those (96 files, no reports, sweep or flat check, shorter timings, no retries for a busy machine).
+those (200 files, no reports, sweep or flat check, shorter timings, no retries for a busy machine).
 Without ``--model`` the embedded default model is used when it exists, else a random-weight
 224 px ResNet50 is built (weights do not change speed). Prints Markdown on stdout.
 """
@@ -311,11 +312,11 @@ def child_model(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from cxrscreen.model.files import load_model
-    from cxrscreen.model.inference import choose_runtime, inference_net, predict_batch
+    from cxrscreen.model.inference import choose_runtime, predict_batch, scoring_net
 
     lm = load_model(cfg["model"])
     rt = choose_runtime("cpu", cfg["precision"])
-    net = inference_net(lm.net, rt)
+    net = scoring_net(lm, rt)
     size = lm.spec.input_size
     x = torch.randn(cfg["batch"], 1, size, size)
     for _ in range(3):
@@ -333,8 +334,13 @@ def child_scan(cfg: dict[str, Any]) -> dict[str, Any]:
     """``pipeline.scan`` on a folder, with batch timestamps for the steady-state rate."""
     import csv
 
+    from cxrscreen import pipeline
     from cxrscreen.pipeline import scan
 
+    if cfg.get("precision") == "int8":
+        # cxrscreen.pipeline builds its scorer with inference_net(lm.net, rt), which has no way to find the
+        # model's int8 calibration; until it calls scoring_net(lm, rt) (issue #14), the benchmark hands it over.
+        pipeline.inference_net = int8_aware_inference_net(Path(cfg["model"]))
     marks: list[tuple[float, int]] = []
 
     started: list[float] = []
@@ -369,6 +375,21 @@ def child_scan(cfg: dict[str, Any]) -> dict[str, Any]:
             "first_batch_s": (marks[0][0] - t0) if marks else None, "runtime": s["runtime"],
             "start_s": (started[0] - t0) if started else None, "schedule": s.get("schedule"),
             "probs": probs, "notes": notes, "reports": reports}
+
+
+def int8_aware_inference_net(model: Path) -> Any:
+    """``inference_net`` as the scan calls it, but with ``model``'s int8 calibration (see child_scan)."""
+    from cxrscreen.model.files import load_model
+    from cxrscreen.model.inference import inference_net
+    from cxrscreen.model.quantize import load_calibration
+
+    lm = load_model(model)
+    calib = load_calibration(lm.path, lm.sha256)
+
+    def scorer(net: Any, rt: Any) -> Any:
+        return inference_net(net, rt, calib if rt.int8 else None)
+
+    return scorer
 
 
 def child_naive(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -800,12 +821,22 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def resolve_precisions(names: list[str]) -> list[str]:
-    """``names`` less those that run the same as an earlier one on this CPU (``auto`` is ``fp32`` without bf16)."""
+def resolve_precisions(names: list[str], model: Path | None) -> list[str]:
+    """``names`` less those that run the same as an earlier one on this CPU (``auto`` is ``fp32`` without bf16),
+    and less int8 when the model has no int8 calibration."""
+    from cxrscreen.model.files import load_model
     from cxrscreen.model.inference import choose_runtime
+    from cxrscreen.model.quantize import Int8Unavailable, load_calibration
 
     seen: dict[str, str] = {}
     for name in names:
+        if name == "int8":
+            try:
+                lm = load_model(model)
+                load_calibration(lm.path, lm.sha256)
+            except (Int8Unavailable, FileNotFoundError, ValueError) as exc:
+                print(f"int8 skipped: {exc}", file=sys.stderr)
+                continue
         seen.setdefault(choose_runtime("cpu", name).describe(), name)
     return list(seen.values())
 
@@ -826,11 +857,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sweep-n", type=int, default=96, help="files for the workers × batch sweep (0: skip)")
     ap.add_argument("--flat-factor", type=int, default=10, help="flat-memory check at N and factor×N (0: skip)")
     ap.add_argument("--no-reports", action="store_true", help="skip the reports-on scans")
-    ap.add_argument("--precisions", default="auto,fp32",
-                    help="comma-separated scoring precisions (cxrscreen scan --precision); the first is the default")
+    ap.add_argument("--precisions", default="auto,fp32,int8",
+                    help="comma-separated scoring precisions (cxrscreen scan --precision); the first is the default; "
+                         "int8 only for a model with an int8 calibration")
     ap.add_argument("--retries", type=int, default=2, help="reruns of a configuration other processes disturbed")
     ap.add_argument("--quick", action="store_true",
-                    help="a reduced run of a few minutes: --n 96 --sizes 1024 --syntaxes raw --no-reports "
+                    help="a reduced run of a few minutes: --n 200 --sizes 1024 --syntaxes raw --no-reports "
                          "--sweep-n 0 --flat-factor 0 --naive-seconds 10 --model-seconds 5 --retries 0")
     ap.add_argument("--prepare", action="store_true", help="only generate (cache) the inputs, then exit")
     ap.add_argument("--keep", action="store_true", help="keep scan outputs and child logs (inputs are always cached)")
@@ -842,13 +874,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     sys.path.insert(0, str(REPO))
     if args.quick:
-        args.n, args.sizes, args.syntaxes, args.no_reports = 96, "1024", "raw", True
+        args.n, args.sizes, args.syntaxes, args.no_reports = 200, "1024", "raw", True
         args.sweep_n, args.flat_factor, args.naive_seconds, args.model_seconds, args.retries = 0, 0, 10.0, 5.0, 0
     SETTINGS["retries"] = max(0, args.retries)
 
     t_start = time.perf_counter()
     syntaxes = _csv(args.syntaxes)
-    precisions = resolve_precisions(_csv(args.precisions))
+    precisions = resolve_precisions(_csv(args.precisions), args.model)
     if bad := [s for s in syntaxes if s not in SYNTAXES]:
         sys.exit(f"unknown syntax {bad}; choose from {list(SYNTAXES)}")
     kinds = []

@@ -35,8 +35,9 @@ from cxrscreen import __version__, faults
 from cxrscreen.ingest import isolation
 from cxrscreen.ingest.decode import DecodeError, extract_tags, read_dataset
 from cxrscreen.ingest.discover import DICOMDIR_SOP_CLASS, discover, looks_like_dicom
+from cxrscreen.ingest.tags import tag_notes
 from cxrscreen.model.files import LoadedModel, load_model
-from cxrscreen.model.inference import Runtime, choose_runtime, inference_net, predict_batch
+from cxrscreen.model.inference import Runtime, choose_runtime, predict_batch, scoring_net
 from cxrscreen.outputs.worklist import images_frame, studies_frame, write_csv
 from cxrscreen.preprocess import PreprocessSpec, build_transform
 from cxrscreen.qc import OK, check_header, check_pixels, error, not_assessable, polarity_suspect
@@ -120,7 +121,7 @@ def prepare_file(path: Path, spec: PreprocessSpec, transform: Callable, index: i
 
     def done(status: str, notes: tuple[str, ...] = (), image: torch.Tensor | None = None,
              t_decode: float = 0.0, t_preprocess: float = 0.0) -> Prepared:
-        return Prepared(index, status, tags, notes, image, t_decode, t_preprocess, sha, *stat)
+        return Prepared(index, status, tags, (*tag_notes(tags), *notes), image, t_decode, t_preprocess, sha, *stat)
 
     try:
         st = path.stat()
@@ -397,7 +398,7 @@ def _score(todo, root, lm: LoadedModel, rt: Runtime, thr: float, batch_size: int
     if not todo:
         return []
     info = {} if info is None else info
-    net = inference_net(lm.net, rt)
+    net = scoring_net(lm, rt)
     paths = [p for p, _ in todo]
     cores, gpu = usable_cores(), rt.device.type == "cuda"
     threads_before = torch.get_num_threads()

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from cxrscreen.ingest.tags import INVALID_KEY
+
 OK = "ok"
 ACCEPTED_MODALITIES = {"CR", "DX"}
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
@@ -20,6 +22,10 @@ OBLIQUE_VIEWS = {"LLO", "RLO", "LAO", "RAO", "LPO", "RPO", "OBL", "OBLIQUE"}
 DECUBITUS_VIEWS = {"LLD", "RLD", "DECUBITUS"}
 SUPPLEMENTARY_VIEW_REASONS = ("lateral_view", "oblique_view", "decubitus_view")
 MIN_SIDE = 256
+#: Header values the rules below read: when one was invalid (emptied by ``ingest.tags``) the film is
+#: not assessed, rather than judged as if the value were absent.
+QC_KEYWORDS = frozenset({"Modality", "BodyPartExamined", "ViewPosition", "PresentationIntentType", "NumberOfFrames",
+                         "SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "SOPClassUID"})
 
 
 def not_assessable(reason: str) -> str:
@@ -62,6 +68,9 @@ def check_header(tags: Mapping[str, str]) -> str:
     """Rules that need only the header; returns ``ok`` or ``not_assessable:<reason>``."""
     if not tags.get("HasPixelData"):
         return not_assessable("no_pixel_data")
+    invalid = [kw for kw in tags.get(INVALID_KEY, "").split(";") if kw in QC_KEYWORDS]
+    if invalid:  # an emptied value must not read as "absent": an invalid body part is no chest
+        return not_assessable(f"invalid_{_token(invalid[0])}")
     modality = tags.get("Modality", "").upper()
     body = tags.get("BodyPartExamined", "").strip()
     is_sc = tags.get("SOPClassUID", "").startswith(SECONDARY_CAPTURE_PREFIX)

@@ -111,3 +111,10 @@ def test_polarity_catches_the_lying_header(shared_data):
                         target=spec.decode_target)
     honest = decode_file(shared_data / "dicom" / "SIIM_CR_PA_jpeg_baseline.dcm", target=spec.decode_target)
     assert polarity_suspect(lying.pixels) and not polarity_suspect(honest.pixels)
+
+
+def test_an_invalid_qc_value_is_not_read_as_absent() -> None:
+    """ingest.tags empties an invalid value (e.g. CS 'ABDOMEN-PELVIS'); QC must not then score the film."""
+    tags = {**BASE, "BodyPartExamined": "", "_invalid_tags": "PatientName;BodyPartExamined"}
+    assert check_header(tags) == "not_assessable:invalid_bodypartexamined"
+    assert check_header({**BASE, "PatientName": "", "_invalid_tags": "PatientName"}) == OK

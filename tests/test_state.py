@@ -166,26 +166,26 @@ def test_stale_lock_file_does_not_block(tmp_path: Path) -> None:
 
 
 HOLDER = textwrap.dedent("""
-    import os, sys, time
+    import os, sys, threading
     from pathlib import Path
     from cxrscreen.state.lock import folder_lock
     with folder_lock(Path(sys.argv[1])):
         child = os.fork()
-        if child == 0:  # like a DataLoader worker: outlives a SIGKILLed parent for a while
+        if child == 0:  # like a DataLoader worker: outlives a SIGKILLed parent (the test kills it)
             print("child-running", flush=True)  # the at-fork hook has run by now
-            time.sleep(60)
-            os._exit(0)
+            threading.Event().wait()
         print(child, flush=True)
-        time.sleep(60)
+        threading.Event().wait()  # until the test's SIGKILL: no sleep to outlast
 """)
 
 
 def test_lock_dies_with_its_process_not_with_forked_children(tmp_path: Path) -> None:
     state = tmp_path / ".cxrscreen"
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(state)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(state)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
     lines = {proc.stdout.readline().strip(), proc.stdout.readline().strip()}  # pid and "child-running"
     lines.discard("child-running")
-    child = int(lines.pop())
+    child = int(lines.pop()) if "" not in lines else pytest.fail(proc.stderr.read())
     try:
         with pytest.raises(LockedError), folder_lock(state):
             pass

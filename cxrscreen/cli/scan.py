@@ -23,7 +23,7 @@ def scan_command(
     model: Annotated[Path | None, typer.Option(help="Model metadata (.json) or weights (.safetensors); default: the embedded model.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Decision threshold in (0, 1); default: the model's own.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16 (auto: bf16 on CPUs that support it, AMP on CUDA).")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16 | int8 (auto: bf16 on CPUs that support it, AMP on CUDA; int8: CPU, needs the model's .int8.json calibration).")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=1024)] = 16,
     workers: Annotated[int | None, typer.Option(min=0, max=64, help="Decode worker processes; 0 decodes in the main process (default: chosen after timing the first batch).")] = None,
     reports: Annotated[str, typer.Option(help="PDF reports for: flagged (abnormal + review) | all | none.")] = "flagged",

@@ -258,8 +258,11 @@ class DecoderPool:
 
     def _take(self) -> _Helper:
         with self._lock:
-            if self._idle:
-                return self._idle.pop()
+            while self._idle:
+                helper = self._idle.pop()
+                if helper.alive():
+                    return helper
+                helper.kill()  # died idle (killed from outside): reap it, not blamed on the next file
             self.started += 1
         try:
             return _Helper()
