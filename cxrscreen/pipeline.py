@@ -327,6 +327,13 @@ def scan(
     lm = model if isinstance(model, LoadedModel) else load_model(model)
     thr = float(lm.threshold if threshold is None else threshold)
     rt = choose_runtime(device, precision)
+    if rt.int8:  # refuse before anything is scanned, with the reason (a usage problem, exit 2)
+        from cxrscreen.model.quantize import Int8Unavailable, load_calibration
+
+        try:
+            load_calibration(lm.path, lm.sha256)
+        except Int8Unavailable as exc:
+            raise ScanInputError(str(exc)) from exc
     emit = progress or (lambda _e: None)
     out.mkdir(parents=True, exist_ok=True)
     state = out / STATE_DIR

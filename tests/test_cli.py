@@ -75,3 +75,10 @@ def test_internal_error_is_exit_3_without_traceback(tmp_path: Path, random_model
     (tmp_path / "in").mkdir()
     res = runner.invoke(app, scan_args(tmp_path / "in", tmp_path / "o", random_model_path))
     assert res.exit_code == 3 and "internal error (KeyError)" in res.output and "Traceback" not in res.output
+
+
+def test_int8_without_a_calibration_is_exit_2(tmp_path: Path, random_model_path: Path):
+    make_dicom(tmp_path / "in" / "a.dcm")
+    res = runner.invoke(app, scan_args(tmp_path / "in", tmp_path / "o", random_model_path, "--precision", "int8"))
+    assert res.exit_code == 2, res.output
+    assert "int8 calibration" in res.output and "Traceback" not in res.output

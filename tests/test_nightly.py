@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pydicom
 import pytest
@@ -298,7 +299,13 @@ def test_kill9_midway_then_rerun_equals_uninterrupted(big, tmp_path, random_mode
     assert sum(s["durations_s"].get(k, 0) for k in ("decode", "preprocess")) > 0
 
     for got, want in zip(worklists(out), worklists(ref), strict=True):
-        pd.testing.assert_frame_equal(got, want)
+        # The killed run scored with 1 torch thread (a decode worker took the other core), the reference
+        # with 2: oneDNN may then differ in the last bits (seen with AVX2 kernels), so scores are
+        # compared as numbers, everything else as text.
+        num = [c for c in ("probability",) if c in got.columns]
+        pd.testing.assert_frame_equal(got.drop(columns=num), want.drop(columns=num))
+        for c in num:
+            np.testing.assert_allclose(pd.to_numeric(got[c]), pd.to_numeric(want[c]), atol=1e-5)
     delivered = pd.concat([read_csv(p) for p in (out / "runs").glob("*/new_images.csv")])
     assert len(delivered) == N_BIG and delivered["path"].is_unique  # every image once, in some night's delta
     rows = ledger_rows(out, "SELECT COUNT(*), COUNT(DISTINCT path), COUNT(DISTINCT sop_uid) FROM images")

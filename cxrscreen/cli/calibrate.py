@@ -20,7 +20,7 @@ def calibrate_command(
     require_lower_bound: Annotated[bool, typer.Option("--require-lower-bound", help="Demand the 95% Wilson lower bound reach the target.")] = False,
     per_dataset: Annotated[bool, typer.Option("--per-dataset", help="Meet the target in every 'dataset' group (lowest threshold wins).")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16 | int8")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     workers: Annotated[int, typer.Option(min=0)] = 0,
     name: Annotated[str | None, typer.Option(help="Name of the new model (default: keep the old name).")] = None,

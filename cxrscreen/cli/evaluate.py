@@ -19,7 +19,7 @@ def evaluate_command(
     threshold: Annotated[float | None, typer.Option(help="Override the model's threshold.")] = None,
     bootstrap: Annotated[int, typer.Option(min=100, help="Bootstrap resamples for the AUROC CI.")] = 1000,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16 | int8")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     workers: Annotated[int, typer.Option(min=0)] = 0,
     record: Annotated[bool, typer.Option("--record", help="Also store the metrics summary in the model's metadata (weights untouched).")] = False,

@@ -52,8 +52,8 @@ def scan_command(
         fail(f"{folder}: not a folder")
     if device not in ("auto", "cpu", "cuda"):
         fail(f"--device: {device!r} is not auto, cpu or cuda")
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        fail(f"--precision: {precision!r} is not auto, fp32, bf16 or fp16")
+    if precision not in ("auto", "fp32", "bf16", "fp16", "int8"):
+        fail(f"--precision: {precision!r} is not auto, fp32, bf16, fp16 or int8")
     if reports not in ("flagged", "all", "none"):
         fail(f"--reports: {reports!r} is not flagged, all or none")
     if threshold is not None and not 0.0 < threshold < 1.0:
