@@ -1,4 +1,6 @@
-"""Build the embedded default model v2: v1's backbone, a new head fitted on cxr224 + site_nih.
+"""Build a candidate default model v2: v1 backbone, new head on cxr224 + site_nih (not shipped).
+
+See docs/adult_films.md for its figures and why the embedded default is still v1.
 
 Why a new head and not a new backbone: a linear model on v1's own 2048-d penultimate features
 separates adult NIH pneumonia from normal films (AUROC ≈ 0.87–0.90 within that hospital), while v1's
