@@ -26,6 +26,20 @@ sysdeps:
 		(apt-get install -y -qq libopenjp2-7 >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq libopenjp2-7 >/dev/null)) \
 		|| echo "note: could not install libopenjp2-7; JPEG 2000 will be decoded at full resolution"; \
 	else echo "note: libopenjp2 not found; JPEG 2000 will be decoded at full resolution (apt-get install libopenjp2-7)"; fi
+# dicom3tools' dciodvfy checks the DICOM result objects in the tests (optional: skipped without it).
+	@if command -v dciodvfy >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -qq dicom3tools >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq dicom3tools >/dev/null)) \
+		|| echo "note: could not install dicom3tools; the dciodvfy checks of DICOM results will be skipped"; \
+	else echo "note: dciodvfy not found; its checks of DICOM results will be skipped (apt-get install dicom3tools)"; fi
+# Orthanc, the PACS the pull/send tests run (optional: skipped without it). Its system service,
+# which the package enables, is disabled again: the tests start their own on free ports.
+	@if command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		( (apt-get install -y -qq orthanc >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq orthanc >/dev/null)) \
+		 && (systemctl disable --now orthanc >/dev/null 2>&1 || true)) \
+		|| echo "note: could not install orthanc; the PACS tests of pull/send will be skipped"; \
+	else echo "note: Orthanc not found; the PACS tests of pull/send will be skipped (apt-get install orthanc)"; fi
 
 setup: $(STAMP) sysdeps
 

@@ -6,7 +6,8 @@
 Every film is turned into the display array the scan hands to the check ([0, 1], display polarity):
 
 - ``cxr224`` (../shared/data/cxr224): 224 px JPEGs read with ``ingest.images.load_raster``; the
-  ``test`` split is reported per data set, ``train`` and ``val`` are used only by ``--fit``;
+  ``test`` split is reported per data set and as two kinds of crops, ``train`` and ``val`` are used
+  only by ``--fit``;
 - ``site_nih``, ``sample_dicoms``, ``dicom`` (the 8 shared files): DICOM read, header QC, decoded by
   ``ingest.decode.decode_dataset`` at the scan's decode target, pixel QC, exactly as
   ``pipeline.prepare_file`` does; files the scan would not score (lateral view, leg, CT scout, the
@@ -19,10 +20,12 @@ A correctly encoded film that is flagged is a *false alarm*. Films whose header 
 ``SIIM_header_says_MONOCHROME1_pixels_not_inverted.dcm`` (as decoded) and the inverted copy ``1 − x``
 of every correct film of every source; flagging one is a *hit*.
 
-``--fit``: features of the cxr224 ``train`` films, of a random crop of each, and of their inverted
-copies → logistic regression without intercept (scikit-learn; the features are antisymmetric under
-inversion, so no intercept is needed); then false alarms and hits on ``val`` (films and crops) for a
-range of thresholds. Paste the printed weights into ``cxrscreen/qc.py``; test films are never used.
+``--fit``: features of the cxr224 ``train`` films, of a random crop and a narrow crop of each, and of
+their inverted copies → logistic regression without intercept (scikit-learn; the features are
+antisymmetric under inversion, so no intercept is needed); then false alarms and hits on ``val``
+(films, crops, narrow crops) for a range of thresholds. The cxr224 copies of the 24 full-resolution
+originals the benchmark films are cut from are left out of both. Paste the printed weights into
+``cxrscreen/qc.py``; test films are never used.
 """
 
 from __future__ import annotations
@@ -79,16 +82,25 @@ class Tally:
 
 
 # --------------------------------------------------------------------------- sources
-def cxr224(split: str, dataset: str | None = None, crops: bool = False) -> Iterator[tuple[str, np.ndarray]]:
-    """The films of a split; ``crops``: a random 85–100 % crop of each, mirrored half of the time (seeded)."""
+def cxr224(split: str, dataset: str | None = None, crops: str = "",
+           exclude: frozenset[str] = frozenset()) -> Iterator[tuple[str, np.ndarray]]:
+    """The films of a split, or (``crops`` "crop" / "narrow") a seeded crop of each; ``exclude``: file names."""
     manifest = pd.read_csv(SHARED / "cxr224" / "manifest.csv")
     rows = manifest[manifest["split"] == split]
     if dataset is not None:
         rows = rows[rows["dataset"] == dataset]
-    rng = np.random.default_rng([10, len(rows)])
+    rows = rows[~rows["path"].map(lambda rel: Path(rel).name in exclude)]
+    rng = np.random.default_rng([10, len(rows)] if crops != "narrow" else [11, len(rows)])
+    cut = {"": None, "crop": random_crop, "narrow": narrow_crop}[crops]
     for rel in rows["path"]:
         img = load_raster(SHARED / "cxr224" / rel)
-        yield (f"{rel} crop", random_crop(img, rng)) if crops else (rel, img)
+        yield (f"{rel} {crops}", cut(img, rng)) if cut else (rel, img)
+
+
+def fullres_names() -> frozenset[str]:
+    """File names of the full-resolution originals the benchmark films are cut from (also in cxr224)."""
+    path = SHARED / "fullres" / "manifest.csv"
+    return frozenset(Path(p).name for p in pd.read_csv(path)["path"]) if path.is_file() else frozenset()
 
 
 def random_crop(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -96,6 +108,17 @@ def random_crop(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     h, w = img.shape
     frac = rng.uniform(0.85, 1.0)
     ch, cw = int(h * frac), int(w * frac)
+    y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    out = img[y0:y0 + ch, x0:x0 + cw]
+    return out[:, ::-1] if rng.random() < 0.5 else out
+
+
+def narrow_crop(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """45–85 % of the width, 85–100 % of the height, mirrored half of the time: what a square or portrait
+    detector (the 1024² and 2500×3000 benchmark films) keeps of a landscape film — often one lung and
+    the spine near an edge."""
+    h, w = img.shape
+    ch, cw = int(h * rng.uniform(0.85, 1.0)), int(w * rng.uniform(0.45, 0.85))
     y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
     out = img[y0:y0 + ch, x0:x0 + cw]
     return out[:, ::-1] if rng.random() < 0.5 else out
@@ -135,7 +158,8 @@ def benchmark_films(n: int, cols: int, rows: int) -> Iterator[tuple[str, np.ndar
 def report_sources(n_bench: int, n_large: int) -> Iterator[tuple[str, Iterator[tuple[str, np.ndarray]]]]:
     yield "cxr224 test: kermany (224 px JPEG)", cxr224("test", "kermany")
     yield "cxr224 test: covid_db (224 px JPEG)", cxr224("test", "covid_db")
-    yield "cxr224 test, random 85–100 % crops (both sets)", cxr224("test", crops=True)
+    yield "cxr224 test, random 85–100 % crops (both sets)", cxr224("test", crops="crop")
+    yield "cxr224 test, narrow crops: 45–85 % of the width (both sets)", cxr224("test", crops="narrow")
     yield "site_nih (DICOM, 512 px)", dicom_folder(SHARED / "site_nih" / "dicom")
     yield "sample_dicoms (DICOM)", dicom_folder(REPO / "sample_dicoms")
     yield "shared dicom/ (DICOM)", dicom_folder(SHARED / "dicom")
@@ -204,26 +228,36 @@ def evaluate(n_bench: int, n_large: int, list_names: bool) -> int:
 
 
 # --------------------------------------------------------------------------- fit
-def features(split: str) -> np.ndarray:
-    """Features of every film of a split and of a random crop of each."""
-    films = [*cxr224(split), *cxr224(split, crops=True)]
-    return np.array([qc.polarity_features(x) for _, x in films])
+KINDS = ("", "crop", "narrow")  # whole films, 85–100 % crops, narrow crops
+
+
+def features(split: str) -> dict[str, np.ndarray]:
+    """Features of every film of a split and of each kind of crop, without the benchmark's originals."""
+    skip = fullres_names()
+    return {kind: np.array([qc.polarity_features(x) for _, x in cxr224(split, crops=kind, exclude=skip)])
+            for kind in KINDS}
 
 
 def fit() -> None:
     from sklearn.linear_model import LogisticRegression
 
     train, val = features("train"), features("val")
-    x = np.concatenate([train, -train])  # features of 1 − x are −features(x) (tests/test_qc.py checks it)
-    y = np.r_[np.zeros(len(train)), np.ones(len(train))]
+    xs = np.concatenate(list(train.values()))
+    x = np.concatenate([xs, -xs])  # features of 1 − x are −features(x) (tests/test_qc.py checks it)
+    y = np.r_[np.zeros(len(xs)), np.ones(len(xs))]
     model = LogisticRegression(fit_intercept=False, C=10.0, max_iter=1000).fit(x, y)
     w = np.round(model.coef_[0], 1)
-    score = val @ w  # correct val films (and crops); their inverted copies score −score
     print(f"features {qc.POLARITY_FEATURES}\nweights {tuple(float(v) for v in w)} "
-          f"(fitted on {len(train)} train films and crops + their inverted copies)\n")
-    print(f"| threshold | val false alarms (of {len(val)}) | val hits (of {len(val)}) |\n|---|---|---|")
+          f"(fitted on {len(xs)} train films, crops and narrow crops + their inverted copies)\n")
+    names = {"": "films", "crop": "crops", "narrow": "narrow crops"}
+    print("| threshold | " + " | ".join(f"val {names[k]} ({len(val[k])}): false alarms, misses" for k in KINDS)
+          + " |\n" + "|---" * (len(KINDS) + 1) + "|")
     for t in np.round(np.arange(0.0, 3.01, 0.5), 2):
-        print(f"| {t} | {int(np.sum(score > t))} | {int(np.sum(-score > t))} |")
+        cells = []
+        for kind in KINDS:
+            score = val[kind] @ w  # correct val films; their inverted copies score −score
+            cells.append(f"{int(np.sum(score > t))}, {int(np.sum(-score <= t))}")
+        print(f"| {t} | " + " | ".join(cells) + " |")
 
 
 def main() -> int:

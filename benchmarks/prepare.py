@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/prepare.py [--folder DIR] [--repeats 3]
 
-Runs the steps ``pipeline.prepare_file`` runs for an uncompressed file, one after the other on one
+Runs the steps ``prepare.prepare_file`` runs for an uncompressed file, one after the other on one
 thread, and reports each step's *thread CPU time* per image (robust to other processes on a
 shared machine), then the preprocessing chain transform by transform. Default input: the 1024²
 uncompressed files ``benchmarks/throughput.py --quick`` generates (run ``benchmarks/throughput.py

@@ -28,10 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
+from cxrscreen.testing import dicom
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -39,22 +38,10 @@ def tiny_dicoms(folder: Path, n: int, side: int = 8) -> None:
     """``n`` small DX files, distinct UIDs, 100 per sub-folder."""
     rng = np.random.default_rng(0)
     for i in range(n):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = DX_STORAGE
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID = DX_STORAGE
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-        ds.PatientName, ds.PatientID, ds.AccessionNumber = f"BENCH^{i}", f"B{i:06d}", f"A{i:06d}"
-        ds.StudyDate, ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "20260101", "DX", "CHEST", "PA"
-        ds.Rows = ds.Columns = side
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.PixelData = rng.integers(0, 4096, (side, side), dtype=np.uint16).tobytes()
-        path = folder / f"d{i // 100:03d}" / f"img{i:06d}.dcm"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ds.save_as(path, enforce_file_format=True)
+        ds = dicom.dataset(patient_name=f"BENCH^{i}", patient_id=f"B{i:06d}", accession=f"A{i:06d}",
+                           study_date="20260101")
+        dicom.set_pixels(ds, rng.integers(0, 4096, (side, side), dtype=np.uint16), bits=12)
+        dicom.write(ds, folder / f"d{i // 100:03d}" / f"img{i:06d}.dcm")
 
 
 def random_model(path: Path) -> Path:

@@ -8,8 +8,8 @@ Inputs: N synthetic-patient DICOM files per size (``1024`` = 1024×1024, ``2500x
 3000 rows; the large kind uses ``--n-large``), made from the 24 full-resolution pediatric JPEGs in
 ``../shared/data/fullres`` (random crop, flip, resize, 12 bits stored in 16 allocated, detector-like
 noise, a VOI window in the header; synthetic anatomy when that folder is absent). Each image is made
-once and written uncompressed (``raw``), then ``ds.compress(JPEG2000Lossless)`` (``j2k``) and
-``ds.compress(JPEGLSLossless)`` (``jls``). Files are cached in ``$TMPDIR/cxrscreen-throughput/``
+once and written uncompressed (``raw``), then JPEG 2000 lossless (``j2k``) and JPEG-LS lossless (``jls``)
+through ``cxrscreen.testing.dicom.encode`` (pydicom's encoders). Files are cached in ``$TMPDIR/cxrscreen-throughput/``
 keyed by size, bits and N, so reruns skip generation.
 
 Every configuration runs in a fresh subprocess (``--_child``) that reports its own peak RSS
@@ -58,8 +58,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 FULLRES = REPO.parent / "shared" / "data" / "fullres"
 CACHE = Path(tempfile.gettempdir()) / "cxrscreen-throughput"
-GEN_VERSION = 1  # bump when the generated images change
-DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
+GEN_VERSION = 2  # bump when the generated files change (2: cxrscreen.testing.dicom, integer window)
 SYNTAXES = {"raw": "ExplicitVRLittleEndian", "j2k": "JPEG2000Lossless", "jls": "JPEGLSLossless"}
 SYNTAX_NAMES = {"raw": "uncompressed", "j2k": "JPEG 2000 lossless", "jls": "JPEG-LS lossless"}
 MODEL_BATCH = 16
@@ -155,40 +154,25 @@ def make_pixels(index: int, cols: int, rows: int, bits: int) -> Any:
 
 def make_dataset(pixels: Any, bits: int, index: int) -> Any:
     """A DX chest PA dataset (one study per file) holding ``pixels`` uncompressed."""
-    import numpy as np
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from cxrscreen.testing import dicom
 
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = DX_STORAGE
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = DX_STORAGE
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientName, ds.PatientID, ds.AccessionNumber = f"BENCH^{index}", f"B{index:06d}", f"A{index:06d}"
-    ds.StudyDate, ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "20260101", "DX", "CHEST", "PA"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
-    lo, hi = np.percentile(pixels[::4, ::4], (0.5, 99.5))
-    ds.WindowCenter, ds.WindowWidth = round(float(lo + hi) / 2, 1), round(float(max(hi - lo, 1.0)), 1)
-    ds.PixelData = pixels.tobytes()
-    return ds
+    ds = dicom.dataset(patient_name=f"BENCH^{index}", patient_id=f"B{index:06d}", accession=f"A{index:06d}",
+                       study_date="20260101")
+    window = tuple(map(str, dicom.auto_window(pixels[::4, ::4])))
+    return dicom.set_pixels(ds, pixels, bits=bits, window=window)
 
 
 def _generate_one(job: tuple[int, int, int, int, list[tuple[str, str]]]) -> None:
     """Make image ``index`` once and write it in every requested transfer syntax."""
     import pydicom.uid
 
+    from cxrscreen.testing import dicom
+
     index, cols, rows, bits, targets = job
     pixels = make_pixels(index, cols, rows, bits)
     for syntax, path in targets:
-        ds = make_dataset(pixels, bits, index)
-        if syntax != "raw":
-            ds.compress(getattr(pydicom.uid, SYNTAXES[syntax]))
-        tmp = Path(path).with_suffix(".tmp")
-        ds.save_as(tmp, enforce_file_format=True)
+        ds = dicom.encode(make_dataset(pixels, bits, index), getattr(pydicom.uid, SYNTAXES[syntax]))
+        tmp = dicom.write(ds, Path(path).with_suffix(".tmp"))
         tmp.replace(path)
 
 
@@ -255,7 +239,7 @@ def calibrate_head(net: Any, folder: Path, n: int = 16) -> None:
     """
     import torch
 
-    from cxrscreen.pipeline import prepare_file
+    from cxrscreen.prepare import prepare_file
     from cxrscreen.preprocess import PreprocessSpec, build_transform
 
     spec = PreprocessSpec(input_size=224)
@@ -334,13 +318,8 @@ def child_scan(cfg: dict[str, Any]) -> dict[str, Any]:
     """``pipeline.scan`` on a folder, with batch timestamps for the steady-state rate."""
     import csv
 
-    from cxrscreen import pipeline
     from cxrscreen.pipeline import scan
 
-    if cfg.get("precision") == "int8":
-        # cxrscreen.pipeline builds its scorer with inference_net(lm.net, rt), which has no way to find the
-        # model's int8 calibration; until it calls scoring_net(lm, rt) (issue #14), the benchmark hands it over.
-        pipeline.inference_net = int8_aware_inference_net(Path(cfg["model"]))
     marks: list[tuple[float, int]] = []
 
     started: list[float] = []
@@ -375,21 +354,6 @@ def child_scan(cfg: dict[str, Any]) -> dict[str, Any]:
             "first_batch_s": (marks[0][0] - t0) if marks else None, "runtime": s["runtime"],
             "start_s": (started[0] - t0) if started else None, "schedule": s.get("schedule"),
             "probs": probs, "notes": notes, "reports": reports}
-
-
-def int8_aware_inference_net(model: Path) -> Any:
-    """``inference_net`` as the scan calls it, but with ``model``'s int8 calibration (see child_scan)."""
-    from cxrscreen.model.files import load_model
-    from cxrscreen.model.inference import inference_net
-    from cxrscreen.model.quantize import load_calibration
-
-    lm = load_model(model)
-    calib = load_calibration(lm.path, lm.sha256)
-
-    def scorer(net: Any, rt: Any) -> Any:
-        return inference_net(net, rt, calib if rt.int8 else None)
-
-    return scorer
 
 
 def child_naive(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -30,8 +30,8 @@ from pathlib import Path
 from cxrscreen.safetext import bounded, escape_forbidden
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-#: Loggers of the libraries that read and decode DICOM files.
-THIRD_PARTY_LOGGERS = ("pydicom", "pylibjpeg", "openjpeg", "libjpeg", "jpeg_ls", "rle", "glymur", "PIL")
+#: Loggers of the libraries that read, decode and write DICOM files.
+THIRD_PARTY_LOGGERS = ("pydicom", "highdicom", "pylibjpeg", "openjpeg", "libjpeg", "jpeg_ls", "rle", "glymur", "PIL")
 MAX_MESSAGE = 300  # characters of a third-party message kept (a pydicom warning can quote megabytes)
 
 _QUOTED = re.compile(r"""b?'(?:[^'\\]|\\.)*'?|b?"(?:[^"\\]|\\.)*"?""", re.DOTALL)

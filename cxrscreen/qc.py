@@ -10,8 +10,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from cxrscreen.ingest.tags import INVALID_KEY
+from cxrscreen.records import OK, SUPPLEMENTARY_VIEW_REASONS, Status
 
-OK = "ok"
 ACCEPTED_MODALITIES = {"CR", "DX"}
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 CHEST_TERMS = ("CHEST", "THORAX", "LUNG", "PULMON", "CXR", "TORSO", "BREAST_CHEST", "THORACIC")
@@ -20,7 +20,6 @@ CHEST_TERMS = ("CHEST", "THORAX", "LUNG", "PULMON", "CXR", "TORSO", "BREAST_CHES
 LATERAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "LEFT LATERAL", "RIGHT LATERAL"}
 OBLIQUE_VIEWS = {"LLO", "RLO", "LAO", "RAO", "LPO", "RPO", "OBL", "OBLIQUE"}
 DECUBITUS_VIEWS = {"LLD", "RLD", "DECUBITUS"}
-SUPPLEMENTARY_VIEW_REASONS = ("lateral_view", "oblique_view", "decubitus_view")
 MIN_SIDE = 256
 #: Header values the rules below read: when one was invalid (emptied by ``ingest.tags``) the film is
 #: not assessed, rather than judged as if the value were absent.
@@ -28,19 +27,15 @@ QC_KEYWORDS = frozenset({"Modality", "BodyPartExamined", "ViewPosition", "Presen
                          "SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "SOPClassUID"})
 
 
-def not_assessable(reason: str) -> str:
-    return f"not_assessable:{reason}"
-
-
-def error(reason: str) -> str:
-    return f"error:{reason}"
+not_assessable = Status.not_assessable
+error = Status.error
 
 
 SUPPLEMENTARY_VIEW_STATUSES = frozenset(not_assessable(r) for r in SUPPLEMENTARY_VIEW_REASONS)
 
 
 def is_ok(status: str) -> bool:
-    return status == OK
+    return Status(status).is_ok
 
 
 def is_supplementary_view(status: str) -> bool:
@@ -49,7 +44,7 @@ def is_supplementary_view(status: str) -> bool:
     Such an image is not analysed, but unlike every other ``not_assessable``/``error`` status it casts
     no doubt on its study (see ``outputs.worklist.studies_frame``).
     """
-    return status in SUPPLEMENTARY_VIEW_STATUSES
+    return Status(status).is_supplementary_view
 
 
 def _says_chest(*texts: str) -> bool:
@@ -64,7 +59,7 @@ def _int(value: str, default: int = 0) -> int:
         return default
 
 
-def check_header(tags: Mapping[str, str]) -> str:
+def check_header(tags: Mapping[str, str]) -> Status:
     """Rules that need only the header; returns ``ok`` or ``not_assessable:<reason>``."""
     if not tags.get("HasPixelData"):
         return not_assessable("no_pixel_data")
@@ -100,7 +95,7 @@ def check_header(tags: Mapping[str, str]) -> str:
     return OK
 
 
-def check_pixels(pixels: np.ndarray) -> str:
+def check_pixels(pixels: np.ndarray) -> Status:
     """Rules on the decoded display image (e.g. a blank frame)."""
     if pixels.ndim != 2:
         return not_assessable("not_2d")
@@ -112,11 +107,12 @@ def check_pixels(pixels: np.ndarray) -> str:
 # Polarity check: a linear score on five antisymmetric features (each changes sign when the film is
 # inverted, f(1 − x) = −f(x)), so one weight vector serves both polarities and no intercept is needed.
 # Weights fitted by ``benchmarks/polarity.py --fit`` (logistic regression on cxr224 train films, random
-# crops of them, and their inverted copies); threshold checked on cxr224 val. Figures: docs/polarity.md.
-POLARITY_FEATURES = ("mediastinum_minus_lungs", "corners_minus_centre", "skewness", "base_minus_lungs",
-                     "mediastinal_peak")
-POLARITY_WEIGHTS = (-13.3, 14.7, 2.3, -15.5, -3.4)
-POLARITY_THRESHOLD = 1.0  # score above it (odds of an inverted film above e:1) → polarity_suspect
+# crops of them, narrow crops like a portrait detector's view of a landscape film, and their inverted
+# copies); threshold checked on cxr224 val. Figures: docs/polarity.md.
+POLARITY_FEATURES = ("corners_minus_centre", "skewness", "base_minus_lungs", "mediastinal_peak",
+                     "brightness_texture_corr")
+POLARITY_WEIGHTS = (19.0, 1.5, -16.3, -1.3, 6.5)
+POLARITY_THRESHOLD = 0.5  # score above it (odds of an inverted film above 1.6:1) → polarity_suspect
 _GRID = 64  # features are computed on a ~64×64 strided sample of the film
 
 
@@ -126,25 +122,33 @@ def _band(a: float, b: float, n: int) -> slice:
     return slice(lo, max(int(b * n), lo + 1))
 
 
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two equally shaped arrays; 0 when either is flat."""
+    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
+    den = float(np.sqrt(np.dot(a, a) * np.dot(b, b)))
+    return float(np.dot(a, b)) / den if den > 1e-12 else 0.0
+
+
 def polarity_features(pixels: np.ndarray) -> np.ndarray:
     """Five statistics of a display image in [0, 1] (``POLARITY_FEATURES``); inverting it negates each.
 
-    In display polarity (air dark, bone and soft tissue bright): the central column strip (mediastinum,
-    spine) is brighter than the lung strips either side; the corners (air outside the body) are darker
-    than the centre; the histogram is skewed left (a tail of dark lung and air); the base of the film
-    (diaphragm, abdomen) is brighter than the lung rows; and the column profile of the lung rows has a
-    bright peak near the middle between dark valleys, wherever the film was centred. Inverting the film
-    negates every one. The image is read on a strided ~64×64 grid (only the grid is copied; no
-    averaging), so one call costs tens of µs whatever the film's size.
+    In display polarity (air dark, bone and soft tissue bright): the corners (air outside the body) are
+    darker than the centre; the histogram is skewed left (a tail of dark lung and air); the base of the
+    film (diaphragm, abdomen) is brighter than the lung rows; the column profile of the lung rows has a
+    bright peak near the middle between dark valleys, wherever the film was centred; and brightness is
+    anti-correlated with local texture (the fine structure — vessels, rib edges — lies in the dark lungs,
+    while mediastinum and abdomen are bright and smooth), which holds on any crop of the chest. Inverting
+    the film negates every one (texture, a local RMS deviation, does not change). The image is read on a
+    strided ~64×64 grid (only the grid is copied; no averaging), so one call costs well under a
+    millisecond whatever the film's size.
     """
+    from scipy.ndimage import uniform_filter
+
     h, w = pixels.shape
     sy, sx = max(h // _GRID, 1), max(w // _GRID, 1)
     g = np.asarray(pixels[sy // 2::sy, sx // 2::sx], dtype=np.float64)
     gh, gw = g.shape
-    mid = _band(0.3, 0.7, gh)
     lung_rows = g[_band(0.25, 0.6, gh)].mean()
-    strip = g[mid, _band(0.45, 0.55, gw)].mean()
-    lungs = (g[mid, _band(0.18, 0.35, gw)].mean() + g[mid, _band(0.65, 0.82, gw)].mean()) / 2
     k, j = max(gh // 10, 1), max(gw // 10, 1)
     corners = (g[:k, :j].mean() + g[:k, -j:].mean() + g[-k:, :j].mean() + g[-k:, -j:].mean()) / 4
     centre = g[_band(0.25, 0.75, gh), _band(0.25, 0.75, gw)].mean()
@@ -156,7 +160,10 @@ def polarity_features(pixels: np.ndarray) -> np.ndarray:
     left, right, middle = profile[_band(0.0, 0.5, gw)], profile[_band(0.5, 1.0, gw)], profile[_band(0.3, 0.7, gw)]
     peak = middle.max() - (left.min() + right.min()) / 2  # bright mediastinum above dark lungs
     trough = (left.max() + right.max()) / 2 - middle.min()  # the same of the inverted film
-    return np.array([strip - lungs, corners - centre, skew, base - lung_rows, peak - trough])
+    detail = g - uniform_filter(g, 3, mode="nearest")  # negated exactly by inversion, so its RMS is not
+    energy = np.maximum(uniform_filter(detail * detail, 3, mode="nearest"), 0.0)  # the filter can round below 0
+    texture = uniform_filter(np.sqrt(energy), 5, mode="nearest")
+    return np.array([corners - centre, skew, base - lung_rows, peak - trough, _corr(g, texture)])
 
 
 def polarity_score(pixels: np.ndarray) -> float:

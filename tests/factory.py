@@ -1,4 +1,4 @@
-"""Test fixtures built in code: synthetic chest-like images and DICOM files."""
+"""Test fixtures built in code: synthetic chest-like images and DICOM files (via cxrscreen.testing.dicom)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
-DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
-SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
-SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.11"
+from cxrscreen.testing import dicom
+from cxrscreen.testing.dicom import DX_STORAGE, SR_STORAGE
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -46,25 +44,9 @@ def base_dataset(
     body_part: str | None = "CHEST",
     view: str | None = "PA",
 ) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = sop_class
-    ds.StudyInstanceUID = study_uid or generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientName = patient_name
-    ds.PatientID = patient_id
-    ds.PatientBirthDate = "19700101"
-    ds.AccessionNumber = accession
-    ds.StudyDate = "20261124"
-    ds.Modality = modality
-    if body_part is not None:
-        ds.BodyPartExamined = body_part
-    if view is not None:
-        ds.ViewPosition = view
+    """A test patient's dataset declaring ``rows`` × ``cols`` but holding no pixel data."""
+    ds = dicom.dataset(sop_class=sop_class, modality=modality, study_uid=study_uid, patient_id=patient_id,
+                       patient_name=patient_name, accession=accession, body_part=body_part, view=view)
     ds.Rows, ds.Columns = rows, cols
     return ds
 
@@ -85,49 +67,33 @@ def make_dicom(
 ) -> Path:
     """Write a DICOM file whose display image is ``pixels`` (display polarity, [0, 1])."""
     pixels = chest_phantom() if pixels is None else pixels
-    h, w = pixels.shape
-    ds = base_dataset(h, w, **kw)
-    hi = 2**bits - 1
-    stored = np.rint(pixels * hi).astype(np.uint16)
-    if photometric == "MONOCHROME1":
-        stored = (hi - stored).astype(np.uint16)
+    ds = base_dataset(*pixels.shape, **kw)
     if with_pixels:
         if rgb:
-            arr = np.repeat((pixels * 255).astype(np.uint8)[..., None], 3, axis=2)
-            ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
-            ds.BitsAllocated = ds.BitsStored = 8
-            ds.HighBit = 7
+            arr, photometric, bits = np.repeat((pixels * 255).astype(np.uint8)[..., None], 3, axis=2), "RGB", 8
         else:
-            arr = stored
-            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits, bits - 1
-        ds.PixelRepresentation = 0
+            hi = 2**bits - 1
+            arr = np.rint(pixels * hi).astype(np.uint16)
+            if photometric == "MONOCHROME1":
+                arr = (hi - arr).astype(np.uint16)
         if frames > 1:
             arr = np.stack([arr] * frames)
-            ds.NumberOfFrames = frames
-        ds.PixelData = arr.tobytes()
+        dicom.set_pixels(ds, arr, bits=bits, photometric=photometric)
     if window is not None:
         ds.WindowCenter, ds.WindowWidth = window
     if rescale is not None:
         ds.RescaleSlope, ds.RescaleIntercept = rescale
-    if transfer_syntax != ExplicitVRLittleEndian:
-        ds.compress(transfer_syntax)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return dicom.write(dicom.encode(ds, transfer_syntax), path)
 
 
 def make_sr(path: Path) -> Path:
     """A Structured Report: DICOM without pixel data."""
-    ds = base_dataset(0, 0, modality="SR", sop_class=SR_STORAGE, body_part=None, view=None)
-    del ds.Rows, ds.Columns
-    ds.ValueType = "CONTAINER"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    ds = dicom.dataset(modality="SR", sop_class=SR_STORAGE, body_part=None, view=None, ValueType="CONTAINER")
+    return dicom.write(ds, path)
 
 
 def make_dicomdir(path: Path) -> Path:
+    """A DICOMDIR (media directory, no image)."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
@@ -135,9 +101,7 @@ def make_dicomdir(path: Path) -> Path:
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.FileSetID = "TEST"
     ds.DirectoryRecordSequence = []
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return dicom.write(ds, path)
 
 
 def make_ct(path: Path) -> Path:

@@ -123,3 +123,11 @@ def test_adapt_layer4_fine_tuning(site, tmp_path: Path, random_model_path: Path)
     start, adapted = load_model(random_model_path).net, load_model(res.model_path).net
     assert not torch.equal(start.layer4[0].conv1.weight, adapted.layer4[0].conv1.weight)
     assert torch.equal(start.layer3[0].conv1.weight, adapted.layer3[0].conv1.weight)
+
+
+def test_adapt_refuses_bad_choices_before_writing(tmp_path: Path) -> None:
+    for kw, message in (({"train_layers": "layer3"}, "--train-layers: 'layer3' is not one of head, layer4, all"),
+                        ({"precision": "int8"}, "--precision: 'int8' is not one of auto, fp32, bf16, fp16")):
+        with pytest.raises(ValueError, match=message):
+            adapt(AdaptConfig(dicom_dir=str(tmp_path), labels=str(tmp_path / "l.csv"), out=str(tmp_path / "o"), **kw))
+    assert not (tmp_path / "o").exists()

@@ -1,15 +1,39 @@
 """CLI behaviour with Typer's CliRunner: exit codes and one-line messages."""
 
 import json
+import re
+from enum import Enum
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from cxrscreen import __version__
 from cxrscreen.cli.app import app
+from cxrscreen.options import (
+    Device,
+    ExportFormat,
+    ExportLevel,
+    Optimizer,
+    Precision,
+    ReportPolicy,
+    TrainLayers,
+    TrainPrecision,
+)
 from tests.factory import make_dicom
 
 runner = CliRunner()
+WIDE = {"COLUMNS": "250"}  # Typer's rich boxes wrap at the terminal width
+
+# every command's choice options and the Enum that lists their values
+CHOICES = [
+    ("scan", "--device", Device), ("scan", "--precision", Precision), ("scan", "--reports", ReportPolicy),
+    ("train", "--device", Device), ("train", "--precision", TrainPrecision), ("train", "--optimizer", Optimizer),
+    ("evaluate", "--device", Device), ("evaluate", "--precision", Precision),
+    ("calibrate", "--device", Device), ("calibrate", "--precision", Precision),
+    ("adapt", "--device", Device), ("adapt", "--precision", TrainPrecision), ("adapt", "--train-layers", TrainLayers),
+    ("export", "--level", ExportLevel), ("export", "--format", ExportFormat),
+]
 
 
 def scan_args(folder: Path, out: Path, model: Path, *extra: str) -> list[str]:
@@ -31,8 +55,63 @@ def test_missing_folder_is_exit_2(tmp_path: Path, random_model_path: Path):
     assert "no such folder" in res.output and "Traceback" not in res.output
 
 
+def flat(text: str) -> str:
+    """Typer's message without colours, box drawing and line wrapping."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+
+def command_args(cmd: str, tmp: Path) -> list[str]:
+    """``cmd`` with valid required arguments (existing files where Typer checks them)."""
+    csv = tmp / "m.csv"
+    csv.write_text("path,label,split\n")
+    out = str(tmp / "o")
+    return {
+        "scan": ["scan", str(tmp), "--out", out],
+        "train": ["train", str(csv), "--out", out],
+        "evaluate": ["evaluate", "default", str(csv), "--out", out],
+        "calibrate": ["calibrate", "default", str(csv), "--out", str(tmp / "o.json")],
+        "adapt": ["adapt", str(tmp), "--labels", str(csv), "--out", out],
+        "export": ["export", str(tmp), "--to", str(tmp / "o.csv")],
+    }[cmd]
+
+
+@pytest.mark.parametrize(("cmd", "option", "enum"), CHOICES, ids=[f"{c}{o}" for c, o, _ in CHOICES])
+def test_a_bad_choice_is_exit_2_naming_the_choices(tmp_path: Path, cmd: str, option: str, enum: type[Enum]):
+    res = runner.invoke(app, [*command_args(cmd, tmp_path), option, "bogus"], env=WIDE)
+    assert res.exit_code == 2, res.output
+    choices = ", ".join(f"'{m.value}'" for m in enum)
+    message = flat(res.output)
+    assert f"Invalid value for '{option}'" in message and f"'bogus' is not one of {choices}" in message
+    assert "Traceback" not in res.output
+    assert [p.name for p in tmp_path.iterdir()] == ["m.csv"]  # refused before anything ran: nothing written
+
+
+@pytest.mark.parametrize(("cmd", "option", "enum"), CHOICES, ids=[f"{c}{o}" for c, o, _ in CHOICES])
+def test_help_lists_the_choices(cmd: str, option: str, enum: type[Enum]):
+    res = runner.invoke(app, [cmd, "--help"], env=WIDE)
+    assert res.exit_code == 0
+    line = next(ln for ln in res.output.splitlines() if f" {option} " in ln)
+    assert "|".join(m.value for m in enum) in line
+
+
+@pytest.mark.parametrize("cmd", ["train", "adapt"])
+def test_training_refuses_int8(tmp_path: Path, cmd: str):
+    res = runner.invoke(app, [*command_args(cmd, tmp_path), "--precision", "int8"], env=WIDE)
+    assert res.exit_code == 2 and "'int8' is not one of 'auto', 'fp32', 'bf16', 'fp16'." in flat(res.output)
+
+
+def test_a_bad_scan_choice_is_refused_before_the_command_runs(tmp_path: Path):
+    """The command itself would say "no such folder" (then "model metadata not found"): Typer answers first."""
+    res = runner.invoke(app, ["scan", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
+                              "--model", str(tmp_path / "m.json"), "--precision", "int4"], env=WIDE)
+    assert res.exit_code == 2 and "'int4' is not one of" in flat(res.output)
+    assert "no such folder" not in res.output and "model metadata" not in res.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_bad_options_are_exit_2(tmp_path: Path, random_model_path: Path):
-    for extra in (["--threshold", "2"], ["--device", "tpu"], ["--reports", "some"], ["--batch-size", "0"]):
+    for extra in (["--threshold", "2"], ["--batch-size", "0"]):
         res = runner.invoke(app, scan_args(tmp_path, tmp_path / "o", random_model_path, *extra))
         assert res.exit_code == 2, (extra, res.output)
 

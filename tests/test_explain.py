@@ -13,14 +13,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from monai.transforms import CenterScaleCrop, Compose, EnsureChannelFirst, Resize
 from monai.visualize import GradCAM as MonaiGradCAM
 from monai.visualize.class_activation_maps import default_normalizer
 from torch import nn
 
 from cxrscreen.explain import GradCAM, compute_cams, content_box, normalise
 from cxrscreen.model.files import load_model
-from cxrscreen.preprocess import PreprocessSpec, build_transform
+from cxrscreen.preprocess import PreprocessSpec, build_transform, placement
 from tests.factory import chest_phantom
 
 
@@ -200,9 +199,7 @@ def blob_image(size: int, side: str, seed: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def to_model_space(mask: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    geo = Compose([EnsureChannelFirst(channel_dim="no_channel"), CenterScaleCrop(roi_scale=1 - 2 * spec.border_crop),
-                   Resize(spatial_size=spec.input_size, size_mode="longest", mode="nearest")])
-    return np.asarray(geo(mask.astype(np.float32)))[0] > 0.5
+    return placement(mask.shape, spec).to_model(mask.astype(np.float32)) > 0.5
 
 
 def test_trained_model_cam_points_at_the_blob_on_average(blob_cam_model_dir) -> None:

@@ -15,7 +15,9 @@ from pypdf import PdfReader
 
 from cxrscreen.logs import file_handle
 from cxrscreen.outputs.export import export
-from cxrscreen.outputs.report import _NAME_RE, REPORT_DIR, Study, clean, report_relpath
+from cxrscreen.outputs.layout import clean
+from cxrscreen.outputs.pages import Study
+from cxrscreen.outputs.report import _NAME_RE, REPORT_DIR, report_relpath
 from cxrscreen.outputs.worklist import read_csv
 from cxrscreen.pipeline import scan
 from cxrscreen.records import ImageRecord
@@ -166,16 +168,15 @@ def test_report_name_from_any_accession_is_a_plain_file_name(value: str):
 
 
 def test_cli_quiet_log_and_stderr_hold_no_name_or_path(tmp_path: Path, random_model_path: Path):
-    """A folder named like a patient, an invalid PN and UI naming her, a file read again by path
-    (its report), and a damaged JPEG that libjpeg complains about on fd 2 when decoded in process
-    (test_logs checks that capture itself): nothing identifying reaches stderr (which cron mails)
-    or the log file."""
+    """A folder named like a patient, an invalid PN and UI naming her, a truncated file, and a damaged
+    JPEG that libjpeg complains about on fd 2 when decoded in process (test_logs checks that capture
+    itself): nothing identifying reaches stderr (which cron mails) or the log file."""
     scanned = tmp_path / "pacs export"
     folder = scanned / PATIENT
     hostile_file(folder / "bad_pn.dcm", {"PatientName": ("PN", f"{PATIENT}=X=Y=Z".encode()),
                                         "SeriesInstanceUID": ("UI", PATIENT.encode())}, patient_name=PATIENT)
     data = SAMPLE_JPEG.read_bytes()
-    (folder / "truncated.dcm").write_bytes(data[: len(data) * 3 // 5])  # encapsulated, cut: re-read for its report
+    (folder / "truncated.dcm").write_bytes(data[: len(data) * 3 // 5])  # encapsulated, cut
     corrupt_jpeg(folder / "corrupt.dcm")
     log = tmp_path / "logs" / "scan.log"
     proc = subprocess.run([sys.executable, "-m", "cxrscreen", "scan", str(scanned), "--out", str(tmp_path / "out"),
@@ -187,4 +188,5 @@ def test_cli_quiet_log_and_stderr_hold_no_name_or_path(tmp_path: Path, random_mo
         assert leak not in proc.stderr and leak not in text, leak
     assert proc.stderr == "" and proc.stdout == ""
     assert "Invalid value for VR UI: '…'" in text  # pydicom's warning, routed and scrubbed
-    assert f"<file {file_handle(PATIENT + '/truncated.dcm')}>" in text  # a path became the file's handle
+    names = ("bad_pn.dcm", "truncated.dcm", "corrupt.dcm")
+    assert any(f"file {file_handle(f'{PATIENT}/{n}')}: error:" in text for n in names)  # named by its handle only

@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 
 from cxrscreen.model.inference import (
@@ -14,6 +15,7 @@ from cxrscreen.model.inference import (
     prepare,
     to_device,
 )
+from cxrscreen.options import Device, Precision, TrainPrecision
 
 
 def _with_bn_statistics(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -97,3 +99,22 @@ def test_bf16_can_be_disabled_from_the_environment(monkeypatch):
     assert not cpu_supports_bf16()
     assert choose_runtime("cpu", "auto").autocast_dtype is None
     assert choose_runtime("cpu", "bf16").autocast_dtype == torch.bfloat16  # an explicit choice still holds
+
+
+def test_choose_runtime_refuses_unknown_choices_naming_the_option():
+    with pytest.raises(ValueError, match=r"^--device: 'tpu' is not one of auto, cpu, cuda$"):
+        choose_runtime("tpu", "fp32")
+    with pytest.raises(ValueError, match=r"^--precision: 'int4' is not one of auto, fp32, bf16, fp16, int8$"):
+        choose_runtime("cpu", "int4")
+    with pytest.raises(ValueError, match="int8 runs on the CPU only"):
+        choose_runtime(Device.cuda, Precision.int8)
+
+
+def test_choose_runtime_takes_members_and_strings():
+    for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        by_value = choose_runtime("cpu", precision)
+        assert by_value == choose_runtime(Device.cpu, Precision(precision))
+        assert by_value == choose_runtime("cpu", TrainPrecision(precision))
+        assert by_value.device.type == "cpu" and by_value.autocast_dtype == dtype and not by_value.int8
+    assert choose_runtime(Device.cpu, Precision.int8) == choose_runtime("auto", "int8")
+    assert choose_runtime("auto", "int8").int8

@@ -13,7 +13,7 @@ from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 from cxrscreen import faults
 from cxrscreen.ingest import isolation
 from cxrscreen.ingest.decode import DecodeError, decode_dataset
-from cxrscreen.pipeline import prepare_file
+from cxrscreen.prepare import prepare_file
 from cxrscreen.preprocess import PreprocessSpec, build_transform
 from tests.crashers import jpegls_hang_file, rle_panic_file
 from tests.factory import chest_phantom, make_dicom

@@ -27,8 +27,8 @@ from pydicom.uid import CTImageStorage
 
 from cxrscreen import faults
 from cxrscreen.ingest.isolation import TIMEOUT_ENV
+from cxrscreen.logs import file_handle as instance_hash
 from cxrscreen.outputs.worklist import read_csv
-from cxrscreen.pipeline import instance_hash
 from cxrscreen.state.lock import folder_lock
 from tests.crashers import jpegls_hang_file, rle_panic_file
 from tests.factory import chest_phantom, make_dicom, truncate
@@ -151,7 +151,7 @@ def test_first_run_writes_worklists_and_run_json(ward_scan) -> None:
     assert sum(s["decisions"].values()) == 6
     assert s["statuses"]["ok"] == 4 and s["statuses"]["not_assessable:modality_ct"] == 1
     assert sum(v for k, v in s["statuses"].items() if k.startswith("error")) == 1
-    stages = {"discover", "plan", "decode", "preprocess", "infer", "reports", "report_reread", "cam", "pdf",
+    stages = {"discover", "plan", "decode", "preprocess", "infer", "pages", "reports", "report_pages", "pdf",
               "worklists"}
     assert stages <= set(s["durations_s"]) and all(s["durations_s"][k] > 0 for k in stages - {"discover", "plan"})
     assert s["schedule"]["workers"] >= 0 and s["schedule"]["torch_threads"] >= 1 and s["schedule"]["reason"]
@@ -319,6 +319,7 @@ def test_kill9_midway_then_rerun_equals_uninterrupted(big, tmp_path, random_mode
 def test_crash_after_scoring_is_delivered_by_the_next_run(tmp_path, random_model, ward_scan, monkeypatch) -> None:
     """A run that dies after committing every row but before writing outputs: the next one writes them."""
     import cxrscreen.pipeline as pipeline
+    from cxrscreen.pipeline import run
 
     folder = tmp_path / "in"
     shutil.copytree(ward_scan["folder"], folder)
@@ -329,7 +330,7 @@ def test_crash_after_scoring_is_delivered_by_the_next_run(tmp_path, random_model
           "reports": "none"}
     try:
         with monkeypatch.context() as m:
-            m.setattr(pipeline, "write_csv", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+            m.setattr(run, "write_csv", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
             with pytest.raises(KeyboardInterrupt):
                 pipeline.scan(folder, out, **kw)
         assert ledger_rows(out) == [(6,)] and not (out / "worklist_images.csv").exists()

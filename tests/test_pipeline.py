@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrscreen.pipeline import ScanInputError, prepare_file, scan
+from cxrscreen.pipeline import ScanInputError, scan
+from cxrscreen.prepare import prepare_file
 from cxrscreen.preprocess import PreprocessSpec, build_transform
 from tests.factory import chest_phantom, make_dicom, make_dicomdir, make_sr, truncate
 
@@ -137,7 +138,7 @@ def test_worker_processes_give_the_same_result(tmp_path: Path, random_model_path
 
 
 def test_choose_schedule_follows_the_measured_costs():
-    from cxrscreen.pipeline import choose_schedule
+    from cxrscreen.pipeline.schedule import choose_schedule
 
     # 2 cores, 1024² uncompressed as measured here: in process (threads), both cores for the forward
     s = choose_schedule(0.0126, 0.0074, 0.017, cores=2, gpu=False)
@@ -160,7 +161,8 @@ def test_auto_schedule_switches_to_workers_without_losing_a_file(tmp_path: Path,
     """Probe batch in process, then workers for the rest: same rows as all in process, each file once."""
     import json
 
-    import cxrscreen.pipeline as pipeline
+    from cxrscreen.pipeline import scoring
+    from cxrscreen.pipeline.schedule import Schedule
 
     d = tmp_path / "in"
     (d / "a_broken.dcm").parent.mkdir(parents=True)
@@ -172,9 +174,9 @@ def test_auto_schedule_switches_to_workers_without_losing_a_file(tmp_path: Path,
 
     def forced(prep_s, prep_wall_s, forward_s, cores, gpu):
         probed.append((prep_s, forward_s))
-        return pipeline.Schedule(1, 1, "forced by the test")
+        return Schedule(1, 1, "forced by the test")
 
-    monkeypatch.setattr(pipeline, "choose_schedule", forced)
+    monkeypatch.setattr(scoring, "choose_schedule", forced)
     res = scan(d, out=tmp_path / "oa", model=random_model_path, workers=None, batch_size=1, reports="none")
     assert len(probed) == 1 and probed[0][0] > 0 and probed[0][1] > 0  # decided once, after a scored batch
     run = json.loads((res.run_dir / "run.json").read_text())
@@ -286,14 +288,14 @@ def test_j2k_twins_score_like_their_uncompressed_originals(tmp_path: Path):
 
 def test_file_that_cannot_be_read_is_an_error_row(tmp_path: Path, monkeypatch):
     """A permission error (or a file vanishing) between discovery and reading: one clear status."""
-    import cxrscreen.pipeline as pipeline
+    import cxrscreen.prepare as prepare
 
     p = make_dicom(tmp_path / "a.dcm")
 
     def denied(path: Path, size: int):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(pipeline, "_read", denied)
+    monkeypatch.setattr(prepare, "_read", denied)
     spec = PreprocessSpec(input_size=64)
     got = prepare_file(p, spec, build_transform(spec))
     assert got.status == "error:unreadable_file" and got.image is None
@@ -302,7 +304,7 @@ def test_file_that_cannot_be_read_is_an_error_row(tmp_path: Path, monkeypatch):
 
 def test_run_ids_are_unique_and_sortable_without_waiting():
     """Runs started in the same second get ``-001``, ``-002``…: distinct, in start order as text, no sleep."""
-    from cxrscreen.pipeline import new_run_id
+    from cxrscreen.pipeline.run import new_run_id
 
     now = 1795572900.0  # 2026-11-25 02:15:00 UTC, frozen: every id below is made in the same second
     taken: set[str] = set()

@@ -1,6 +1,16 @@
+import numpy as np
+import pytest
 import torch
+from monai.transforms import Compose
 
-from cxrscreen.preprocess import PreprocessSpec, build_transform, to_display
+from cxrscreen.preprocess import (
+    PercentileWindow,
+    PreprocessSpec,
+    base_transforms,
+    build_transform,
+    placement,
+    to_display,
+)
 from tests.factory import chest_phantom
 
 
@@ -63,3 +73,24 @@ def test_percentile_window_matches_monai():
         got = PercentileWindow(lower=1, upper=99, b_min=0.0, b_max=1.0, clip=True)(x)
         assert torch.allclose(torch.as_tensor(got), torch.as_tensor(ref), atol=1e-5)
         assert float(got.min()) == 0.0 and float(got.max()) == 1.0
+
+
+@pytest.mark.parametrize("shape", [(520, 300), (300, 520), (448, 448), (257, 1031)])
+def test_placement_is_the_chains_own_geometry(shape):
+    """The film's box in model space is where the chain's geometry puts the film, a mark on the film lands
+    where the chain puts it, and to_film undoes to_model."""
+    spec = PreprocessSpec(input_size=64, border_crop=0.05)
+    pl = placement(shape, spec)
+    geometry = Compose([t for t in base_transforms(spec) if not isinstance(t, PercentileWindow)])
+    ones = np.asarray(geometry(np.ones(shape, dtype=np.float32)))[0]
+    np.testing.assert_array_equal(ones > 0.5, pl.valid)  # padding exactly where the chain pads
+    film = np.zeros(shape, dtype=np.float32)
+    y, x = shape[0] // 3, shape[1] // 4
+    film[y - 30:y + 30, x - 30:x + 30] = 1.0  # a mark, off-centre
+    by_chain = np.asarray(geometry(film))[0] > 0.5
+    by_placement = pl.to_model(film) > 0.5
+    iou = (by_chain & by_placement).sum() / (by_chain | by_placement).sum()
+    assert by_chain.any() and iou > 0.8, iou
+    back = pl.to_film(pl.to_model(film), pl.crop_film(film).shape)
+    assert back.shape == pl.crop_film(film).shape
+    assert np.abs(back - pl.crop_film(film)).mean() < 0.05

@@ -13,10 +13,13 @@ from pydicom.uid import generate_uid
 from pypdf import PdfReader
 
 from cxrscreen.model.files import load_model
+from cxrscreen.outputs import layout as LY
+from cxrscreen.outputs import pages as PG
 from cxrscreen.outputs import report as R
 from cxrscreen.outputs.worklist import read_csv
 from cxrscreen.pipeline import scan
-from cxrscreen.preprocess import build_transform, to_display
+from cxrscreen.prepare import prepare_file
+from cxrscreen.preprocess import build_transform, placement, to_display
 from cxrscreen.records import ABNORMAL, NORMAL, REVIEW, ImageRecord
 from cxrscreen.state.ledger import Ledger
 from tests.conftest import _random_model
@@ -154,7 +157,7 @@ def test_policies_flagged_all(folder: Path, tmp_path: Path, random_model) -> Non
     out = tmp_path / "out"
     run(folder, out, random_model, threshold=0.999999, reports="flagged")
     with Ledger(out / ".cxrscreen" / "ledger.sqlite") as ledger:
-        studies = R.group_studies(ledger.records())
+        studies = PG.group_studies(ledger.records())
     flagged = {s.first("AccessionNumber") for s in studies if s.decision != NORMAL}
     linked = {acc for acc, rel in study_reports(out).items() if rel}
     assert linked == flagged
@@ -165,8 +168,8 @@ def test_policies_flagged_all(folder: Path, tmp_path: Path, random_model) -> Non
 # --------------------------------------------------------------------------- pure helpers
 def _rec(path: str, uid: str, decision: str, prob: float | None = 0.5, status: str = "ok") -> ImageRecord:
     return ImageRecord(path=path, status=status, probability=prob, decision=decision,
-                       tags={"StudyInstanceUID": uid, "AccessionNumber": "A1", "_threshold": "0.5",
-                             "_model_sha256": "f" * 64})
+                       tags={"StudyInstanceUID": uid, "AccessionNumber": "A1"}, threshold=0.5,
+                       model_sha256="f" * 64)
 
 
 def test_grouping_decision_rule_and_selection() -> None:
@@ -174,13 +177,13 @@ def test_grouping_decision_rule_and_selection() -> None:
             _rec("b1", "1.2.4", NORMAL, 0.2), _rec("b2", "1.2.4", REVIEW, None, "not_assessable:body_part_knee"),
             _rec("c1", "1.2.5", NORMAL, 0.1), _rec("d1", "", REVIEW, None, "error:truncated"),
             _rec("d2", "", REVIEW, None, "error:truncated")]
-    studies = {s.key: s for s in R.group_studies(recs)}
+    studies = {s.key: s for s in PG.group_studies(recs)}
     assert studies["1.2.3"].decision == ABNORMAL and [r.path for r in studies["1.2.3"].records] == ["a2", "a1"]
     assert studies["1.2.4"].decision == REVIEW and studies["1.2.5"].decision == NORMAL
     assert {"file:d1", "file:d2"} <= set(studies)  # no StudyInstanceUID: each file is its own study
-    assert [R.wanted(s, "flagged") for s in studies.values()].count(True) == 4
-    assert all(R.wanted(s, "all") for s in studies.values())
-    assert not any(R.wanted(s, "none") for s in studies.values())
+    assert [PG.wanted(s, "flagged") for s in studies.values()].count(True) == 4
+    assert all(PG.wanted(s, "all") for s in studies.values())
+    assert not any(PG.wanted(s, "none") for s in studies.values())
 
 
 def test_names_are_sanitised_hashed_and_keyed() -> None:
@@ -189,48 +192,115 @@ def test_names_are_sanitised_hashed_and_keyed() -> None:
     assert R.sanitize("-rf ACC/7\x00") == "rf_ACC_7"
     assert R.sanitize("Ñandú-42") == "Nandu-42"
     assert len(R.sanitize("A" * 200)) == 24
-    study = R.Study("1.2.3", [_rec("a1", "1.2.3", ABNORMAL, 0.9)], ABNORMAL)
+    study = PG.Study("1.2.3", [_rec("a1", "1.2.3", ABNORMAL, 0.9)], ABNORMAL)
     rel = R.report_relpath(study)
     assert NAME_RE.match(rel) and rel.startswith("reports/A1_")
-    moved = R.Study("1.2.3", [_rec("a1", "1.2.3", ABNORMAL, 0.91)], ABNORMAL)
+    moved = PG.Study("1.2.3", [_rec("a1", "1.2.3", ABNORMAL, 0.91)], ABNORMAL)
     assert R.report_stem(moved) == R.report_stem(study) and R.report_relpath(moved) != rel
 
 
 def test_text_helpers() -> None:
-    assert R.person_name("DOE^JANE^Q") == "DOE, JANE Q"
-    assert R.person_name("") == "—"
-    assert R.dicom_date("20261124") == "2026-11-24"
-    assert R.describe_status("not_assessable:lateral_view") == "Not assessable: lateral view"
-    assert R.clean("a\x00b\nc") == "a b c"
+    assert LY.person_name("DOE^JANE^Q") == "DOE, JANE Q"
+    assert LY.person_name("") == "—"
+    assert LY.dicom_date("20261124") == "2026-11-24"
+    assert LY.describe_status("not_assessable:lateral_view") == "Not assessable: lateral view"
+    assert LY.clean("a\x00b\nc") == "a b c"
 
 
 def test_overlay_aligns_with_the_displayed_image(tmp_path: Path, random_model) -> None:
-    """Feed the model input itself as the 'CAM': after padding removal and resizing it must match the display."""
+    """Feed the model input itself as the 'CAM': mapped back through the film's placement it must match the display."""
     img = chest_phantom(520, 300, seed=5)  # tall and narrow: wide padding left and right
     img[60:120, 40:90] = 1.0  # an off-centre landmark
     path = make_dicom(tmp_path / "in" / "tall.dcm", img)
-    rec = ImageRecord(path="tall.dcm", status="ok", probability=0.5, decision=ABNORMAL,
-                      tags={"Rows": "520", "Columns": "300", "_model_sha256": random_model.sha256})
-    page = R.load_page(path.parent, rec, random_model, build_transform(random_model.spec))
-    assert page.tensor is not None and page.display is not None and page.valid is not None
-    assert not page.valid[:, :5].any() and page.valid[:, 32].all()  # padding found on both sides
-    page.cam = to_display(page.tensor, random_model.spec)
-    moved = R.cam_on_display(page)
-    assert moved.shape == page.display.shape
+    spec = random_model.spec
+    prep = prepare_file(path, spec, build_transform(spec), keep_film=True)
+    assert prep.film is not None and prep.image is not None
+    pl = placement(prep.film.shape, spec)
+    assert not pl.valid[:, :5].any() and pl.valid[:, spec.input_size // 2].all()  # padding found on both sides
+    rec = ImageRecord(path="tall.dcm", status="ok", probability=0.5, decision=ABNORMAL)
+    (page,) = PG.make_pages([(rec, prep.film, None)], spec, None, None)
+    assert page.display is not None and page.cam is None
     assert abs(page.display.shape[0] / page.display.shape[1] - 520 / 300) < 0.02  # aspect kept
+    moved = pl.to_film(to_display(prep.image, spec)[None][0], page.display.shape)
+    assert moved.shape == page.display.shape
     r = np.corrcoef(moved.ravel(), page.display.ravel())[0, 1]
     assert r > 0.9, f"overlay misaligned with the film (correlation {r:.2f})"
-    rgb = R.overlay(page.display, np.zeros_like(page.display))
+    rgb = PG.overlay(page.display, np.zeros_like(page.display))
     assert np.abs(rgb[..., 0].astype(int) - np.round(page.display * 255)).max() <= 1  # CAM 0 leaves the film
 
 
-def test_attach_cams_batches_and_drops_tensors(random_model) -> None:
-    net = random_model.net.eval()
-    spec = random_model.spec
-    pages = [R.Page(_rec(f"p{i}", "1", ABNORMAL), tensor=torch.randn(1, spec.input_size, spec.input_size),
-                    valid=np.ones((spec.input_size, spec.input_size), bool)) for i in range(3)]
-    pages.append(R.Page(_rec("q", "1", REVIEW, None, "error:truncated")))
+def test_make_pages_maps_each_cam_onto_its_display(random_model) -> None:
+    """Grad-CAM in batches for the films with a scored tensor, at each display's own shape; none without."""
     from cxrscreen.model.inference import choose_runtime
 
-    R.attach_cams(pages, net, choose_runtime("cpu", "fp32"))
-    assert all(p.cam is not None and p.tensor is None for p in pages[:3]) and pages[3].cam is None
+    spec = random_model.spec
+    chain = build_transform(spec)
+    films = [chest_phantom(300 + 40 * i, 260, seed=i) for i in range(3)]
+    items = [(_rec(f"p{i}", "1", ABNORMAL), (f * 65535).astype(np.uint16), torch.as_tensor(chain(f)))
+             for i, f in enumerate(films)]
+    items.append((_rec("q", "1", REVIEW, None, "error:truncated"), None, None))
+    items.append((_rec("r", "1", NORMAL, 0.1), (films[0] * 65535).astype(np.uint16), None))  # no tensor: no CAM
+    pages = PG.make_pages(items, spec, random_model.net.eval(), choose_runtime("cpu", "fp32"))
+    for page in pages[:3]:
+        assert page.cam is not None and page.cam.shape == page.display.shape
+        assert page.cam.min() >= 0.0 and page.cam.max() <= 1.0
+    assert pages[3].display is None and pages[3].cam is None
+    assert pages[4].display is not None and pages[4].cam is None
+
+
+def _count_reads(monkeypatch) -> dict[str, int]:
+    import cxrscreen.prepare as prepare
+
+    reads: dict[str, int] = {}
+    real = prepare._read
+
+    def counted(path: Path, size: int):
+        reads[path.name] = reads.get(path.name, 0) + 1
+        return real(path, size)
+
+    monkeypatch.setattr(prepare, "_read", counted)
+    return reads
+
+
+def test_each_film_is_read_once_with_reports_for_all(folder: Path, tmp_path: Path, random_model, monkeypatch) -> None:
+    """Scoring hands the report stage its pages: no file is read a second time, even with --reports all."""
+    reads = _count_reads(monkeypatch)
+    res = scan(folder, out=tmp_path / "out", model=random_model, reports="all", batch_size=2, workers=0)
+    assert sorted(reads) == ["ap.dcm", "b.dcm", "lat.dcm", "pa.dcm"] and set(reads.values()) == {1}
+    assert "report_rereads" not in res.summary["durations_s"]
+    assert all(study_reports(tmp_path / "out").values())
+    assert not (tmp_path / "out" / ".cxrscreen" / "pages").exists()  # the pages kept for the reports are gone
+    pages = [t for f in (tmp_path / "out" / "reports").glob("*.pdf") for t in pdf_text(f)]
+    assert len(pages) == 4 and sum("No Grad-CAM" in t for t in pages) == 2  # the lateral's and the truncated film's
+
+
+def test_study_flagged_by_a_later_film_gets_its_earlier_films_pages(tmp_path: Path, random_model, monkeypatch) -> None:
+    """A normal film scored before the film that flags its study waits in memory: still read once."""
+    root = tmp_path / "in"
+    uid = generate_uid()
+    make_dicom(root / "1_normal.dcm", chest_phantom(512, 448, seed=1), study_uid=uid)
+    full = make_dicom(tmp_path / "full.dcm", chest_phantom(512, 448, seed=2), study_uid=uid)
+    truncate(full, root / "2_truncated.dcm")  # same study, unreadable pixels: error → the study is reviewed
+    reads = _count_reads(monkeypatch)
+    res = scan(root, out=tmp_path / "out", model=random_model, reports="flagged", batch_size=1, workers=0,
+               threshold=0.999999)
+    decisions = read_csv(res.images_csv).set_index("path")["decision"].to_dict()
+    assert decisions == {"1_normal.dcm": NORMAL, "2_truncated.dcm": REVIEW}
+    assert reads == {"1_normal.dcm": 1, "2_truncated.dcm": 1}
+    assert "report_rereads" not in res.summary["durations_s"]
+    (report,) = (tmp_path / "out" / "reports").glob("*.pdf")
+    text = pdf_text(report)
+    assert len(text) == 2 and sum("No Grad-CAM" in t for t in text) == 1  # the truncated film's page only
+
+
+def test_films_scored_by_an_earlier_run_are_read_again_for_their_report(folder: Path, tmp_path: Path, random_model,
+                                                                       monkeypatch) -> None:
+    """Reports asked for later (nothing left to score): the report stage reads those films itself."""
+    out = tmp_path / "out"
+    scan(folder, out=out, model=random_model, reports="none", workers=0)
+    reads = _count_reads(monkeypatch)
+    res = scan(folder, out=out, model=random_model, reports="all", workers=0)
+    assert res.summary["files_processed"] == 0
+    assert res.summary["durations_s"]["report_rereads"] == 4
+    assert reads == {"ap.dcm": 1, "pa.dcm": 1, "lat.dcm": 1}  # the truncated file's error needs no pixels
+    assert all(study_reports(out).values())

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cxrscreen.model.files import load_model
-from cxrscreen.pipeline import prepare_file
+from cxrscreen.prepare import prepare_file
 from cxrscreen.preprocess import build_transform, normalize_transforms
 from cxrscreen.training.site import (
     SiteDataError,

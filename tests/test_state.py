@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cxrscreen.pipeline import DRIFT_BOUNDS, DRIFT_MIN_IMAGES, drift_check, plan
+from cxrscreen.pipeline.run import plan
+from cxrscreen.pipeline.run_summary import DRIFT_BOUNDS, DRIFT_MIN_IMAGES, drift_check
 from cxrscreen.records import ImageRecord
 from cxrscreen.state.atomic import atomic_open, atomic_write_text
 from cxrscreen.state.ledger import Ledger, file_sha256
@@ -44,20 +45,24 @@ def test_atomic_write_failure_keeps_old_file_and_no_temp(tmp_path: Path) -> None
 
 
 # --------------------------------------------------------------------------- ledger
-def _rec(path: str, status: str = "ok", prob: float | None = 0.7, decision: str = "abnormal") -> ImageRecord:
+def _rec(path: str, status: str = "ok", prob: float | None = 0.7, decision: str = "abnormal", sha: str = "s",
+         model: str = MODEL_A, run_id: str = "r1") -> ImageRecord:
     return ImageRecord(path=path, status=status, tags={"SOPInstanceUID": f"1.2.{len(path)}", "PatientID": "P1"},
-                       probability=prob, decision=decision, size=10, mtime_ns=123)
+                       probability=prob, decision=decision, size=10, mtime_ns=123, sha256=sha, threshold=0.5,
+                       model_sha256=model, run_id=run_id)
 
 
 def test_ledger_one_row_per_path_with_sop_uid_and_sha(tmp_path: Path) -> None:
     with Ledger(tmp_path / "l.sqlite") as led:
-        led.put([(_rec("a.dcm"), "s1"), (_rec("b.dcm"), "s2")], MODEL_A, 0.5, "r1")
-        led.put([(_rec("a.dcm", prob=0.1, decision="normal"), "s3")], MODEL_A, 0.5, "r2")
+        led.put([_rec("a.dcm", sha="s1"), _rec("b.dcm", sha="s2")])
+        led.put([_rec("a.dcm", prob=0.1, decision="normal", sha="s3", run_id="r2")])
         rows = led.db.execute("SELECT path, sha256, sop_uid, run_id, decision FROM images ORDER BY path").fetchall()
         assert rows == [("a.dcm", "s3", "1.2.5", "r2", "normal"), ("b.dcm", "s2", "1.2.5", "r1", "abnormal")]
         recs = list(led.records())
         assert [r.path for r in recs] == ["a.dcm", "b.dcm"]
-        assert recs[0].tag("_run_id") == "r2" and recs[0].tag("PatientID") == "P1"
+        assert recs[0].run_id == "r2" and recs[0].tag("PatientID") == "P1" and recs[0].sha256 == "s3"
+        assert recs[0].threshold == 0.5 and recs[0].model_sha256 == MODEL_A and recs[0].scored_at
+        assert "_run_id" not in recs[0].tags and recs[0].status.kind == "ok"
         assert [r.path for r in led.records("r1")] == ["b.dcm"]
         assert (tmp_path / "l.sqlite").stat().st_mode & 0o777 == 0o640
 
@@ -65,9 +70,9 @@ def test_ledger_one_row_per_path_with_sop_uid_and_sha(tmp_path: Path) -> None:
 def test_ledger_put_is_one_transaction(tmp_path: Path) -> None:
     """A batch that fails half-way leaves no row of that batch behind."""
     with Ledger(tmp_path / "l.sqlite") as led:
-        bad = _rec("c.dcm").evolve(status=None)  # NOT NULL violation on the second row
+        bad = _rec("c.dcm").evolve(decision=None)  # NOT NULL violation on the second row
         with pytest.raises(sqlite3.IntegrityError):
-            led.put([(_rec("b.dcm"), "s"), (bad, "s")], MODEL_A, 0.5, "r1")
+            led.put([_rec("b.dcm"), bad])
         assert led.db.execute("SELECT COUNT(*) FROM images").fetchone()[0] == 0
 
 
@@ -100,9 +105,9 @@ def _fill(led: Ledger, root: Path, files: list[Path], model: str = MODEL_A) -> N
     recs = []
     for p in files:
         st = p.stat()
-        recs.append((_rec(p.relative_to(root).as_posix()).evolve(size=st.st_size, mtime_ns=st.st_mtime_ns),
-                     file_sha256(p)))
-    led.put(recs, model, 0.5, "r0")
+        recs.append(_rec(p.relative_to(root).as_posix(), sha=file_sha256(p), model=model, run_id="r0")
+                    .evolve(size=st.st_size, mtime_ns=st.st_mtime_ns))
+    led.put(recs)
 
 
 def test_plan_skips_same_model_and_content(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from cxrscreen.cli.app import app
@@ -16,6 +17,7 @@ from cxrscreen.model.inference import choose_runtime
 from cxrscreen.training.data import read_manifest
 from cxrscreen.training.evaluate import score_frame
 from cxrscreen.training.metrics import auroc
+from cxrscreen.training.train import TrainConfig, train
 
 runner = CliRunner()
 FP32 = choose_runtime("cpu", "fp32")  # every CPU scores alike (precision "auto" is bf16 on some, fp32 on others)
@@ -102,3 +104,11 @@ def test_evaluate_record_keeps_weights_valid(blob_model_dir: Path, blob_manifest
     lm = load_model(tmp_path / "model.json")  # sha256 still verifies: only metadata changed
     groups = lm.meta["metrics"]["manifest.csv:test"]["groups"]
     assert groups["synthetic"]["auroc"]["value"] > 0.9
+
+
+def test_train_refuses_bad_choices_before_writing(tmp_path: Path):
+    for kw, message in (({"optimizer": "sgd"}, "--optimizer: 'sgd' is not one of adamax, adamw"),
+                        ({"precision": "int8"}, "--precision: 'int8' is not one of auto, fp32, bf16, fp16")):
+        with pytest.raises(ValueError, match=message):
+            train(TrainConfig(manifest=str(tmp_path / "m.csv"), out=str(tmp_path / "o"), **kw))
+    assert not (tmp_path / "o").exists()

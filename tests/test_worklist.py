@@ -6,10 +6,9 @@ from cxrscreen.records import ImageRecord, decide
 
 
 def rec(path, study, status="ok", prob=None, thr=0.3, notes=()):
-    tags = {"StudyInstanceUID": study, "_threshold": str(thr), "_model_sha256": "ab" * 32, "PatientID": "P",
-            "Modality": "DX"}
+    tags = {"StudyInstanceUID": study, "PatientID": "P", "Modality": "DX"}
     return ImageRecord(path=path, status=status, tags=tags, probability=prob, qc_notes=notes,
-                       decision=decide(status, prob, thr, notes))
+                       decision=decide(status, prob, thr, notes), threshold=thr, model_sha256="ab" * 32)
 
 
 def test_decide_rules():

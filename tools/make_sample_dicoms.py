@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     PYDICOM_ROOT_UID,
     UID,
@@ -42,11 +41,11 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from cxrscreen.testing import dicom as build_dicom
+from cxrscreen.testing.dicom import CR_STORAGE, DX_STORAGE, SC_STORAGE, auto_window, to_bytes
+
 REPO = Path(__file__).resolve().parents[1]
 UID_ROOT = "cxrscreen-sample-dicoms-v1"
-CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
-DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
-SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 LOSSLESS = (ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless)
 MAX_TOTAL_BYTES = 15 * 1024 * 1024
 CORRUPT_NAME = "corrupt_truncated.dcm"
@@ -147,12 +146,6 @@ def nema(data: Path, name: str, longest: int) -> tuple[Dataset, np.ndarray, floa
     return src, np.clip(np.rint(small), 0, top).astype(np.uint16), scale
 
 
-def window(arr: np.ndarray) -> tuple[int, int]:
-    """(center, width) covering the 0.5–99.5 percentiles of the stored values."""
-    lo, hi = np.percentile(arr, (0.5, 99.5))
-    return int(round((lo + hi) / 2)), int(max(1, round(hi - lo)))
-
-
 # ---------------------------------------------------------------- headers
 
 
@@ -168,44 +161,24 @@ def header(
     derivation: str,
 ) -> Dataset:
     """Patient/study/series/image-level attributes shared by every file (no pixel data yet)."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    series_time = f"{int(study.time) + 100 * series:06d}"
+    spacing = [f"{spacing_mm:.4f}", f"{spacing_mm:.4f}"]
+    ds = build_dicom.dataset(
+        sop_class=sop_class, modality=modality, patient_name=study.name, patient_id=study.pid,
+        birth_date=study.birth, accession=study.acc, study_date=study.date, body_part=body, view=view or None,
+        study_uid=uid(study.acc, "study"), series_uid=uid(study.acc, series, "series"),
+        instance_uid=uid(study.acc, series, "instance"),
+        SpecificCharacterSet="ISO_IR 100", ImageType=["DERIVED", "SECONDARY" if sop_class == SC_STORAGE else "PRIMARY"],
+        SeriesDate=study.date, ContentDate=study.date, StudyTime=study.time, SeriesTime=series_time,
+        ContentTime=series_time, Manufacturer="Demo Imaging", InstitutionName="Demo General Hospital",
+        ReferringPhysicianName="DEMO^REFERRER", StudyDescription=study.description,
+        SeriesDescription=f"{body} {view}" if view else body, PatientSex=study.sex, PatientIdentityRemoved="YES",
+        DeidentificationMethod="Synthetic demo identity; images downscaled from public data",
+        StudyID=study.acc[3:], SeriesNumber=series, InstanceNumber=1, DerivationDescription=derivation[:1024],
+        BurnedInAnnotation="NO", PixelSpacing=spacing, ImagerPixelSpacing=spacing,
+    )  # fmt: skip
     ds.file_meta.ImplementationClassUID = uid("implementation")
     ds.file_meta.ImplementationVersionName = "CXRSCREEN_DEMO"
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ImageType = ["DERIVED", "SECONDARY" if sop_class == SC_STORAGE else "PRIMARY"]
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = uid(study.acc, series, "instance")
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyDate = ds.SeriesDate = ds.ContentDate = study.date
-    ds.StudyTime = study.time
-    ds.SeriesTime = ds.ContentTime = f"{int(study.time) + 100 * series:06d}"
-    ds.AccessionNumber = study.acc
-    ds.Modality = modality
-    ds.Manufacturer = "Demo Imaging"
-    ds.InstitutionName = "Demo General Hospital"
-    ds.ReferringPhysicianName = "DEMO^REFERRER"
-    ds.StudyDescription = study.description
-    ds.SeriesDescription = f"{body} {view}" if view else body
-    ds.PatientName = study.name
-    ds.PatientID = study.pid
-    ds.PatientBirthDate = study.birth
-    ds.PatientSex = study.sex
-    ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = "Synthetic demo identity; images downscaled from public data"
-    ds.BodyPartExamined = body
-    if view:
-        ds.ViewPosition = view
-    ds.StudyInstanceUID = uid(study.acc, "study")
-    ds.SeriesInstanceUID = uid(study.acc, series, "series")
-    ds.StudyID = study.acc[3:]
-    ds.SeriesNumber = series
-    ds.InstanceNumber = 1
-    ds.DerivationDescription = derivation[:1024]
-    ds.BurnedInAnnotation = "NO"
-    ds.PixelSpacing = ds.ImagerPixelSpacing = [f"{spacing_mm:.4f}", f"{spacing_mm:.4f}"]
     if sop_class == DX_STORAGE:
         ds.PresentationIntentType = "FOR PRESENTATION"
         ds.PixelIntensityRelationship = "LOG"
@@ -216,19 +189,12 @@ def header(
     return ds
 
 
-def set_pixels(ds: Dataset, arr: np.ndarray, photometric: str, bits: int, rescale: bool = True) -> None:
-    """Uncompressed pixel data + window (+ rescale 1/0) for ``arr`` (uint16, MONOCHROME1/2)."""
-    ds.set_pixel_data(arr, photometric, bits, generate_instance_uid=False)
-    if rescale:
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "US"
-    ds.WindowCenter, ds.WindowWidth = map(str, window(arr))
+def set_pixels(ds: Dataset, arr: np.ndarray, photometric: str, bits: int) -> None:
+    """Uncompressed pixel data + window + rescale 1/0 for ``arr`` (uint16, MONOCHROME1/2)."""
+    window = tuple(map(str, auto_window(arr)))  # "1914", not DS(1914) = "1914.0": same bytes as before
+    build_dicom.set_pixels(ds, arr, bits=bits, photometric=photometric, window=window, rescale=("1", "0"))
+    ds.RescaleType = "US"
     ds.WindowCenterWidthExplanation = "DEMO DEFAULT"
-
-
-def serialise(ds: Dataset) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 # ---------------------------------------------------------------- the files
@@ -293,10 +259,9 @@ def kermany_file(data: Path, spec: Spec) -> Built:
         derivation=f"Downscaled to {max(stored.shape)} px from {source}",
     )
     set_pixels(ds, stored, "MONOCHROME1" if spec.mono1 else "MONOCHROME2", spec.bits)
-    if spec.syntax != ExplicitVRLittleEndian:
-        ds.compress(spec.syntax, generate_instance_uid=False)  # pylibjpeg-openjpeg / pyjpegls / pylibjpeg-rle
+    build_dicom.encode(ds, spec.syntax)  # pylibjpeg-openjpeg / pyjpegls / pylibjpeg-rle
     relpath = f"{STUDIES[spec.acc].folder}/{spec.filename}"
-    return Built(relpath, serialise(ds), stored, spec.expected, spec.label, spec.what, source)
+    return Built(relpath, to_bytes(ds), stored, spec.expected, spec.label, spec.what, source)
 
 
 def sc_jpeg(data: Path) -> Built:
@@ -304,9 +269,6 @@ def sc_jpeg(data: Path) -> Built:
     image, acc = "person1066_bacteria_3000.jpeg", "ACC0005"
     img, scale = fullres(data, image, 1024)
     arr = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr, mode="L").save(buf, format="JPEG", quality=90, optimize=False)
-    jpeg = buf.getvalue()
     source = f"{KERMANY}: {image}"
     ds = header(
         STUDIES[acc],
@@ -318,20 +280,10 @@ def sc_jpeg(data: Path) -> Built:
         spacing_mm=0.14 / scale,
         derivation=f"Downscaled to 1024 px, JPEG q90, from {source}",
     )
-    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = arr.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.LossyImageCompression = "01"
-    ds.LossyImageCompressionRatio = f"{arr.size / len(jpeg):.2f}"
-    ds.LossyImageCompressionMethod = "ISO_10918_1"
-    ds.PixelData = encapsulate([jpeg])
-    ds["PixelData"].VR = "OB"
-    ds["PixelData"].is_undefined_length = True
+    build_dicom.encode(build_dicom.set_pixels(ds, arr, bits=8), JPEGBaseline8Bit, quality=90)
     what = "Secondary Capture (Modality OT, BodyPartExamined CHEST), MONOCHROME2, 8-bit, lossy q90"
     relpath = f"{STUDIES[acc].folder}/SC_chest_jpeg_baseline.dcm"
-    return Built(relpath, serialise(ds), arr, "ok", "abnormal", what, source)
+    return Built(relpath, to_bytes(ds), arr, "ok", "abnormal", what, source)
 
 
 def nema_file(
@@ -363,7 +315,7 @@ def nema_file(
     )
     ds.PatientOrientation = list(src.PatientOrientation)
     set_pixels(ds, stored, str(src.PhotometricInterpretation), int(src.BitsStored))
-    return Built(f"{STUDIES[acc].folder}/{filename}", serialise(ds), stored, expected, label, what, source)
+    return Built(f"{STUDIES[acc].folder}/{filename}", to_bytes(ds), stored, expected, label, what, source)
 
 
 def corrupt(data: Path) -> Built:

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from cxrscreen.cli.common import ExitCode, fail
-
-
-class TrainLayers(str, Enum):
-    """What fine-tuning may change."""
-
-    head = "head"
-    layer4 = "layer4"
-    all = "all"
+from cxrscreen.cli.common import DEVICE_HELP, TRAIN_PRECISION_HELP, ExitCode, fail
+from cxrscreen.options import Device, TrainLayers, TrainPrecision
 
 
 def adapt_command(
@@ -34,8 +26,8 @@ def adapt_command(
     train_layers: Annotated[TrainLayers, typer.Option(help="head: a new head on the frozen backbone (minutes on a CPU); layer4 / all: gradient fine-tuning (for a GPU).")] = TrainLayers.head,
     min_auroc_gain: Annotated[float, typer.Option(help="Gate: adapted test AUROC must reach the starting model's plus this.")] = 0.0,
     sensitivity_margin: Annotated[float, typer.Option(min=0.0, max=0.5, help="Gate: adapted test sensitivity must reach target minus this.")] = 0.05,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16")] = "auto",
+    device: Annotated[Device, typer.Option(help=DEVICE_HELP)] = Device.auto,
+    precision: Annotated[TrainPrecision, typer.Option(help=TRAIN_PRECISION_HELP)] = TrainPrecision.auto,
     name: Annotated[str | None, typer.Option(help="Name of the adapted model (default: the starting name + '-adapted').")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last epoch checkpoint in MODEL_DIR.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
@@ -71,8 +63,8 @@ def adapt_command(
     cfg = AdaptConfig(dicom_dir=str(dicom_dir), labels=str(labels), out=str(out), init=init,
                       target_sensitivity=target_sensitivity, require_lower_bound=require_lower_bound, epochs=epochs,
                       seed=seed, batch_size=batch_size, lr=lr, train_layers=train_layers.value,
-                      min_auroc_gain=min_auroc_gain, sensitivity_margin=sensitivity_margin, device=device,
-                      precision=precision, name=name)
+                      min_auroc_gain=min_auroc_gain, sensitivity_margin=sensitivity_margin, device=device.value,
+                      precision=precision.value, name=name)
     try:
         result = adapt(cfg, resume=resume, progress=on_event)
     except (SiteDataError, FileExistsError, FileNotFoundError, ModelIntegrityError, ValueError) as exc:

@@ -9,7 +9,9 @@ from cxrscreen.cli.adapt import adapt_command
 from cxrscreen.cli.calibrate import calibrate_command
 from cxrscreen.cli.evaluate import evaluate_command
 from cxrscreen.cli.export import export_command
+from cxrscreen.cli.pull import pull_command
 from cxrscreen.cli.scan import scan_command
+from cxrscreen.cli.send import send_command
 from cxrscreen.cli.train import train_command
 
 app = typer.Typer(
@@ -26,6 +28,8 @@ app.command("evaluate")(evaluate_command)
 app.command("calibrate")(calibrate_command)
 app.command("export")(export_command)
 app.command("adapt")(adapt_command)
+app.command("pull")(pull_command)
+app.command("send")(send_command)
 
 
 def _version(value: bool) -> None:

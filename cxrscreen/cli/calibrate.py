@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from cxrscreen.cli.common import fail, load_model_and_manifest
+from cxrscreen.cli.common import DEVICE_HELP, PRECISION_HELP, fail, load_model_and_manifest
+from cxrscreen.options import Device, Precision
 
 
 def calibrate_command(
@@ -19,8 +20,8 @@ def calibrate_command(
     target_sensitivity: Annotated[float, typer.Option(min=0.5, max=1.0, help="Sensitivity to keep.")] = 0.95,
     require_lower_bound: Annotated[bool, typer.Option("--require-lower-bound", help="Demand the 95% Wilson lower bound reach the target.")] = False,
     per_dataset: Annotated[bool, typer.Option("--per-dataset", help="Meet the target in every 'dataset' group (lowest threshold wins).")] = False,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16 | int8")] = "auto",
+    device: Annotated[Device, typer.Option(help=DEVICE_HELP)] = Device.auto,
+    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = Precision.auto,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     workers: Annotated[int, typer.Option(min=0)] = 0,
     name: Annotated[str | None, typer.Option(help="Name of the new model (default: keep the old name).")] = None,
@@ -38,7 +39,7 @@ def calibrate_command(
         fail("refusing to calibrate on the test split: choose the threshold on validation data")
     if out.suffix != ".json":
         fail("--out must name a .json model file")
-    lm, df, rt = load_model_and_manifest(model, manifest, split, device, precision)
+    lm, df, rt = load_model_and_manifest(model, manifest, split, device.value, precision.value)
     console = Console(stderr=True)
     console.print(f"scoring {len(df)} images ({split}) with {lm.tag}")
     scores = score_frame(lm, df, rt, batch_size=batch_size, workers=workers)

@@ -5,9 +5,14 @@ from __future__ import annotations
 import sys
 from enum import IntEnum
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
+
+# Help of the options shared by several commands; Typer lists their choices (cxrscreen.options) itself.
+DEVICE_HELP = "auto: CUDA when available, else the CPU."
+TRAIN_PRECISION_HELP = "auto: bf16 on CPUs that support it, AMP on CUDA, else fp32."
+PRECISION_HELP = TRAIN_PRECISION_HELP + " int8: CPU only, needs the model's .int8.json calibration."
 
 
 class ExitCode(IntEnum):
@@ -18,6 +23,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad arguments, missing input, unusable model or manifest
     INTERNAL = 3  # unexpected failure (bug); details in the log
     GATE_REFUSED = 4  # adapt: the adapted model failed its acceptance gate; no model written
+    NOT_SENT = 5  # send: some result objects were not acknowledged by the destination; the next send retries them
     LOCKED = 75  # another run holds the output folder's lock (EX_TEMPFAIL)
 
 
@@ -38,6 +44,22 @@ def load_model_and_manifest(model: Path, manifest: Path, split: str, device: str
         return lm, read_manifest(manifest, split), choose_runtime(device, precision)
     except (ManifestError, FileNotFoundError, ModelIntegrityError, ValueError, RuntimeError) as exc:
         fail(str(exc))
+
+
+def pacs_address(text: str, option: str, calling_aet: str) -> Any:
+    """The PACS address ``AET@HOST:PORT`` given to ``option``, with our ``--calling-aet`` checked too;
+    exit 2 with the reason when either is not valid."""
+    from cxrscreen.pacs import AddressError, check_aet, parse_address
+
+    try:
+        address = parse_address(text)
+    except AddressError as exc:
+        fail(f"{option}: {exc}")
+    try:
+        check_aet(calling_aet, "--calling-aet")
+    except AddressError as exc:
+        fail(str(exc))
+    return address
 
 
 def is_tty() -> bool:

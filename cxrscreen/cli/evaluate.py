@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from cxrscreen.cli.common import fail, load_model_and_manifest
+from cxrscreen.cli.common import DEVICE_HELP, PRECISION_HELP, fail, load_model_and_manifest
+from cxrscreen.options import Device, Precision
 
 
 def evaluate_command(
@@ -18,8 +19,8 @@ def evaluate_command(
     out: Annotated[Path | None, typer.Option(help="Folder for metrics.json, report.md, scores.csv, roc.png, scores.png.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Override the model's threshold.")] = None,
     bootstrap: Annotated[int, typer.Option(min=100, help="Bootstrap resamples for the AUROC CI.")] = 1000,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16 | int8")] = "auto",
+    device: Annotated[Device, typer.Option(help=DEVICE_HELP)] = Device.auto,
+    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = Precision.auto,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     workers: Annotated[int, typer.Option(min=0)] = 0,
     record: Annotated[bool, typer.Option("--record", help="Also store the metrics summary in the model's metadata (weights untouched).")] = False,
@@ -30,7 +31,7 @@ def evaluate_command(
 
     if threshold is not None and not 0.0 < threshold < 1.0:
         fail("--threshold must be strictly between 0 and 1")
-    lm, df, rt = load_model_and_manifest(model, manifest, split, device, precision)
+    lm, df, rt = load_model_and_manifest(model, manifest, split, device.value, precision.value)
     out = out or Path(f"evaluation-{split}")
     console = Console(stderr=True, quiet=quiet)
     console.print(f"evaluating {lm.tag} on {len(df)} images ({split}) with {rt.describe()}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -11,8 +12,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cxrscreen.cli.common import ExitCode, fail, is_tty
+from cxrscreen.cli.common import DEVICE_HELP, PRECISION_HELP, ExitCode, fail, is_tty
 from cxrscreen.logs import native_stderr_to_log, setup_logging
+from cxrscreen.options import Device, Precision, ReportPolicy
 
 
 def scan_command(
@@ -22,20 +24,22 @@ def scan_command(
     ),
     model: Annotated[Path | None, typer.Option(help="Model metadata (.json) or weights (.safetensors); default: the embedded model.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Decision threshold in (0, 1); default: the model's own.")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16 | int8 (auto: bf16 on CPUs that support it, AMP on CUDA; int8: CPU, needs the model's .int8.json calibration).")] = "auto",
+    device: Annotated[Device, typer.Option(help=DEVICE_HELP)] = Device.auto,
+    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = Precision.auto,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=1024)] = 16,
     workers: Annotated[int | None, typer.Option(min=0, max=64, help="Decode worker processes; 0 decodes in the main process (default: chosen after timing the first batch).")] = None,
-    reports: Annotated[str, typer.Option(help="PDF reports for: flagged (abnormal + review) | all | none.")] = "flagged",
+    reports: Annotated[ReportPolicy, typer.Option(help="Which studies get a PDF report (flagged: abnormal + review).")] = ReportPolicy.flagged,
     rescan: Annotated[bool, typer.Option("--rescan", help="Score every file again, even if the ledger has it.")] = False,
+    dicom_results: Annotated[bool, typer.Option("--dicom-results", help="Also write each scored study's results as DICOM objects in its own study (OUT/dicom/: SR + encapsulated PDF), for `cxrscreen send`.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON on stdout.")] = False,
     log_file: Annotated[Path | None, typer.Option("--log-file", help="Append a log (no patient identifiers) here.")] = None,
 ) -> None:
     """Find DICOM files, reject what is not an assessable frontal chest film, score the rest, write worklists."""
+    from cxrscreen.state.ledger import STATE_DIR
     from cxrscreen.state.lock import LockedError, folder_lock
 
-    state = out / ".cxrscreen"
+    state = out / STATE_DIR
     if state.is_dir():  # fast refusal before torch is imported; scan() takes the lock for real
         try:
             with folder_lock(state):
@@ -50,16 +54,11 @@ def scan_command(
         fail(f"{folder}: no such folder")
     if not folder.is_dir():
         fail(f"{folder}: not a folder")
-    if device not in ("auto", "cpu", "cuda"):
-        fail(f"--device: {device!r} is not auto, cpu or cuda")
-    if precision not in ("auto", "fp32", "bf16", "fp16", "int8"):
-        fail(f"--precision: {precision!r} is not auto, fp32, bf16, fp16 or int8")
-    if reports not in ("flagged", "all", "none"):
-        fail(f"--reports: {reports!r} is not flagged, all or none")
     if threshold is not None and not 0.0 < threshold < 1.0:
         fail("--threshold must be strictly between 0 and 1")
     if out.exists() and not out.is_dir():
         fail(f"--out {out}: exists and is not a folder")
+    os.umask(0o027)  # the CLI's process: outputs (worklists, reports, ledger) owner/group-only
     setup_logging(quiet=quiet or as_json, log_file=log_file, root=folder)
     console = Console(stderr=True, quiet=quiet or as_json)
     progress = Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
@@ -77,8 +76,9 @@ def scan_command(
 
     try:
         with native_stderr_to_log(folder), progress:  # decoders' own stderr lines → the log, scrubbed
-            result = scan(folder, out=out, model=model, threshold=threshold, device=device, precision=precision,
-                          batch_size=batch_size, workers=workers, reports=reports, rescan=rescan, progress=on_event)
+            result = scan(folder, out=out, model=model, threshold=threshold, device=device.value,
+                          precision=precision.value, batch_size=batch_size, workers=workers, reports=reports.value,
+                          rescan=rescan, progress=on_event, dicom_results=dicom_results)
     except LockedError as exc:
         fail(f"{exc}; not starting a second run", ExitCode.LOCKED)
     except (ScanInputError, FileNotFoundError, ModelIntegrityError) as exc:

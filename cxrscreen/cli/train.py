@@ -9,7 +9,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from cxrscreen.cli.common import fail, is_tty
+from cxrscreen.cli.common import DEVICE_HELP, TRAIN_PRECISION_HELP, fail, is_tty
+from cxrscreen.options import Device, Optimizer, TrainPrecision
 
 
 def train_command(
@@ -19,12 +20,12 @@ def train_command(
     epochs: Annotated[int, typer.Option(min=1)] = 4,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
-    optimizer: Annotated[str, typer.Option(help="adamax (default) or adamw.")] = "adamax",
+    optimizer: Optimizer = Optimizer.adamax,
     class_weighting: Annotated[bool, typer.Option("--class-weighting/--no-class-weighting")] = True,
     augment: Annotated[bool, typer.Option("--augment/--no-augment")] = True,
     seed: int = 0,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16")] = "auto",
+    device: Annotated[Device, typer.Option(help=DEVICE_HELP)] = Device.auto,
+    precision: Annotated[TrainPrecision, typer.Option(help=TRAIN_PRECISION_HELP)] = TrainPrecision.auto,
     workers: Annotated[int, typer.Option(min=0)] = 0,
     limit: Annotated[int | None, typer.Option(help="Use at most N images per split (smoke runs).")] = None,
     name: str = "cxrscreen-resnet50",
@@ -37,13 +38,11 @@ def train_command(
 
     if init not in ("imgsim", "none", "default") and not Path(init).is_file():
         fail(f"--init: {init} is neither 'imgsim', 'none', 'default' nor an existing file")
-    if optimizer not in ("adamax", "adamw"):
-        fail(f"--optimizer: {optimizer!r} is not adamax or adamw")
     if (out / "checkpoint.pt").exists() and not resume:
         fail(f"{out} already holds a checkpoint; pass --resume to continue or choose another --out")
     cfg = TrainConfig(manifest=str(manifest), out=str(out), init=init, epochs=epochs, batch_size=batch_size,
-                      lr=lr, optimizer=optimizer, class_weighting=class_weighting, augment=augment,
-                      seed=seed, device=device, precision=precision, workers=workers, limit=limit, name=name)
+                      lr=lr, optimizer=optimizer.value, class_weighting=class_weighting, augment=augment,
+                      seed=seed, device=device.value, precision=precision.value, workers=workers, limit=limit, name=name)
     console = Console(stderr=True, quiet=quiet)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                         TimeRemainingColumn(), console=console, disable=quiet or not is_tty())

@@ -35,6 +35,8 @@ TAG_KEYWORDS: tuple[str, ...] = (
     "PatientBirthDate",
     "PatientSex",
     "AccessionNumber",
+    "StudyID",
+    "ReferringPhysicianName",
     "StudyInstanceUID",
     "SeriesInstanceUID",
     "SOPInstanceUID",

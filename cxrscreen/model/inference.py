@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from cxrscreen.options import Device, Precision, parse
+
 if TYPE_CHECKING:
     from cxrscreen.model.files import LoadedModel
     from cxrscreen.model.quantize import Int8Calibration
@@ -51,31 +53,28 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
-def choose_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
-    """``device``: auto|cpu|cuda; ``precision``: auto|fp32|bf16|fp16|int8 (int8: CPU only)."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"unknown device {device!r} (auto, cpu or cuda)")
-    if precision == "int8":
-        if device == "cuda":
+def choose_runtime(device: Device | str = Device.auto, precision: Precision | str = Precision.auto) -> Runtime:
+    """The runtime for a :class:`Device` and a :class:`Precision` (members or their values; int8: CPU only).
+
+    ``ValueError`` naming the option for a value that is not one of the choices.
+    """
+    device = parse(Device, device, "--device")
+    precision = parse(Precision, precision, "--precision")
+    if precision is Precision.int8:
+        if device is Device.cuda:
             raise ValueError("--precision int8 runs on the CPU only")
         return Runtime(device=torch.device("cpu"), autocast_dtype=None, channels_last=False, int8=True)
-    if device == "cuda" and not torch.cuda.is_available():
+    if device is Device.cuda and not torch.cuda.is_available():
         raise RuntimeError("--device cuda requested but no CUDA device is available")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    use_cuda = device is Device.cuda or (device is Device.auto and torch.cuda.is_available())
     dev = torch.device("cuda" if use_cuda else "cpu")
-    if precision == "fp32":
-        dtype = None
-    elif precision == "bf16":
-        dtype = torch.bfloat16
-    elif precision == "fp16":
-        dtype = torch.float16
-    elif precision == "auto":
+    if precision is Precision.auto:
         if use_cuda:
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         else:
             dtype = torch.bfloat16 if cpu_supports_bf16() else None
     else:
-        raise ValueError(f"unknown precision {precision!r}")
+        dtype = {Precision.fp32: None, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}[precision]
     # channels_last everywhere: on a CPU it is what oneDNN's convolutions run natively, fp32 included
     # (see inference_net).
     return Runtime(device=dev, autocast_dtype=dtype, channels_last=True)

@@ -17,17 +17,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxrscreen.options import ExportFormat, ExportLevel, parse
 from cxrscreen.outputs.worklist import images_frame, studies_frame, study_keys, write_csv
 from cxrscreen.records import DECISION_ORDER
 from cxrscreen.safetext import escape_forbidden
 from cxrscreen.state.atomic import atomic_write_text
-from cxrscreen.state.ledger import Ledger
+from cxrscreen.state.ledger import LEDGER_NAME, STATE_DIR, Ledger, ledger_path
 
-STATE_DIR = ".cxrscreen"  # as in pipeline.STATE_DIR (not imported: pipeline pulls in torch)
-LEDGER_NAME = "ledger.sqlite"
 DECISIONS = tuple(DECISION_ORDER)
-LEVELS = ("images", "studies")
-FORMATS = ("csv", "json")
 
 
 class ExportError(ValueError):
@@ -41,10 +38,6 @@ class ReadOnlyLedger(Ledger):
         self.path = path
         uri = f"{path.resolve().as_uri()}?mode=ro"
         self.db = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
-
-
-def ledger_path(out: Path | str) -> Path:
-    return Path(out) / STATE_DIR / LEDGER_NAME
 
 
 def parse_since(text: str | None) -> dt.date | None:
@@ -92,7 +85,7 @@ def export_frame(
     out: Path | str,
     since: dt.date | None = None,
     decisions: Iterable[str] | None = None,
-    level: str = "images",
+    level: ExportLevel | str = ExportLevel.images,
 ) -> pd.DataFrame:
     """The filtered worklist (images or studies) from ``OUT``'s ledger, ranked from 1.
 
@@ -100,8 +93,10 @@ def export_frame(
     with at least one such image, each still summarised over all its images. ``decisions`` is
     applied last (to the study decision at study level).
     """
-    if level not in LEVELS:
-        raise ExportError(f"--level: {level!r} is not {' or '.join(LEVELS)}")
+    try:
+        level = parse(ExportLevel, level, "--level")
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
     db_path = ledger_path(out)
     if not db_path.is_file():
         raise ExportError(f"{out}: no ledger ({STATE_DIR}/{LEDGER_NAME}); run 'cxrscreen scan' into it first")
@@ -115,7 +110,7 @@ def export_frame(
     recent = images
     if since is not None:
         recent = images[images["scored_at"].str[:10] >= since.isoformat()]
-    if level == "images":
+    if level is ExportLevel.images:
         df = recent
     else:
         df = studies_frame(images)
@@ -128,14 +123,16 @@ def export_frame(
     return _rerank(df)
 
 
-def write_export(df: pd.DataFrame, to: Path | str, fmt: str = "csv") -> Path:
+def write_export(df: pd.DataFrame, to: Path | str, fmt: ExportFormat | str = ExportFormat.csv) -> Path:
     """Atomic write (mode 0640) as CSV (like the worklists: formula-guarded, see ``worklist.write_csv``) or
     JSON (a list of row objects, nulls for blanks, control characters escaped)."""
     to = Path(to)
-    if fmt == "csv":
+    try:
+        fmt = parse(ExportFormat, fmt, "--format")
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+    if fmt is ExportFormat.csv:
         return write_csv(df, to)
-    if fmt != "json":
-        raise ExportError(f"--format: {fmt!r} is not {' or '.join(FORMATS)}")
     rows = df.astype(object).where(df.notna(), None).map(_one_line).to_dict(orient="records")
     atomic_write_text(to, json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
     return to
@@ -151,7 +148,7 @@ def export(
     to: Path | str,
     since: dt.date | None = None,
     decisions: Iterable[str] | None = None,
-    level: str = "images",
+    level: ExportLevel | str = ExportLevel.images,
     fmt: str = "csv",
 ) -> int:
     """Write the filtered worklist to ``to``; returns the number of rows."""

@@ -21,7 +21,6 @@ from reportlab.lib.units import mm
 from reportlab.platypus import (
     Image,
     KeepTogether,
-    LongTable,
     Paragraph,
     SimpleDocTemplate,
     Spacer,
@@ -31,8 +30,19 @@ from reportlab.platypus import (
 
 from cxrscreen import __version__
 from cxrscreen.model.files import LoadedModel
-from cxrscreen.outputs.report import DECISION_COLOUR, DISCLAIMER, binary_streams, clean, fit, fmt_threshold, fonts
-from cxrscreen.records import ABNORMAL, DECISION_ORDER, NORMAL, REVIEW
+from cxrscreen.outputs.layout import (
+    DECISION_COLOUR,
+    DISCLAIMER,
+    binary_streams,
+    clean,
+    fit,
+    fmt_threshold,
+    fonts,
+    page_decor,
+    styles,
+    table,
+)
+from cxrscreen.records import ABNORMAL, DECISION_ORDER, NORMAL, REVIEW, Status
 from cxrscreen.state.atomic import atomic_open
 
 MAX_ROWS = 500  # flagged studies listed; the worklist CSV has them all
@@ -62,19 +72,11 @@ def duration(seconds: float | None) -> str:
 
 def status_rows(this_run: Mapping[str, int], worklist: Mapping[str, int]) -> list[tuple[str, str, int, int]]:
     """``(group, reason, this run, worklist)`` rows: ok first, then QC rejects and errors by reason."""
-    keys = set(this_run) | set(worklist)
+    keys = [Status(k) for k in set(this_run) | set(worklist)]
     kind_order = {"ok": 0, "not_assessable": 1, "error": 2}
-
-    def split(k: str) -> tuple[str, str]:
-        kind, _, reason = k.partition(":")
-        return kind, reason
-
-    rows = []
-    for k in sorted(keys, key=lambda k: (kind_order.get(split(k)[0], 3), split(k)[1])):
-        kind, reason = split(k)
-        label = {"ok": "assessable", "not_assessable": "not assessable (QC)", "error": "error"}.get(kind, kind)
-        rows.append((label, reason.replace("_", " ") or "—", int(this_run.get(k, 0)), int(worklist.get(k, 0))))
-    return rows
+    label = {"ok": "assessable", "not_assessable": "not assessable (QC)", "error": "error"}
+    return [(label[k.kind], k.reason.replace("_", " ") or "—", int(this_run.get(k, 0)), int(worklist.get(k, 0)))
+            for k in sorted(keys, key=lambda k: (kind_order[k.kind], k.reason))]
 
 
 def flagged(studies: pd.DataFrame) -> pd.DataFrame:
@@ -112,34 +114,6 @@ def histogram_png(probs: np.ndarray, thr: float, title: str) -> bytes:
 
 
 # --------------------------------------------------------------------------- document
-def _styles() -> dict[str, ParagraphStyle]:
-    regular, bold = fonts()
-    return {
-        "title": ParagraphStyle("title", fontName=bold, fontSize=16, leading=20, spaceAfter=4),
-        "h2": ParagraphStyle("h2", fontName=bold, fontSize=11.5, leading=14, spaceBefore=10, spaceAfter=4),
-        "body": ParagraphStyle("body", fontName=regular, fontSize=9, leading=11.5),
-        "small": ParagraphStyle("small", fontName=regular, fontSize=7.5, leading=9.5,
-                                textColor=colors.HexColor("#555555")),
-        "warn": ParagraphStyle("warn", fontName=bold, fontSize=9, leading=11.5, textColor=colors.HexColor("#b71c1c")),
-    }
-
-
-def _table(rows: list[list[Any]], widths: list[float], header: bool = True, long: bool = False) -> Table:
-    regular, bold = fonts()
-    cls = LongTable if long else Table
-    t = cls(rows, colWidths=widths, repeatRows=1 if header else 0, hAlign="LEFT")
-    style = [
-        ("FONT", (0, 0), (-1, -1), regular, 8.5),
-        ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
-        ("LINEBELOW", (0, 0), (-1, -1), 0.25, colors.HexColor("#dddddd")),
-        ("TOPPADDING", (0, 0), (-1, -1), 2),
-        ("BOTTOMPADDING", (0, 0), (-1, -1), 2),
-    ]
-    if header:
-        style += [("FONT", (0, 0), (-1, 0), bold, 8.5), ("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black),
-                  ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#f0f0f0"))]
-    t.setStyle(TableStyle(style))
-    return t
 
 
 def _number_cols(t: Table, first: int) -> None:
@@ -154,7 +128,7 @@ def _decision_counts(summary: Mapping[str, Any], images: pd.DataFrame | None) ->
     for d in DECISIONS:
         rows.append([d, int(run.get(d, 0)), int(wl_images.get(d, 0)), int(wl_studies.get(d, 0))])
     rows.append(["total", sum(r[1] for r in rows[1:]), sum(r[2] for r in rows[1:]), sum(r[3] for r in rows[1:])])
-    t = _table(rows, [35 * mm, 35 * mm, 35 * mm, 35 * mm])
+    t = table(rows, [35 * mm, 35 * mm, 35 * mm, 35 * mm])
     _number_cols(t, 1)
     style = [("TEXTCOLOR", (0, i), (0, i), DECISION_COLOUR[d]) for i, d in enumerate(DECISIONS, 1)]
     t.setStyle(TableStyle(style + [("FONT", (0, len(rows) - 1), (-1, -1), fonts()[1], 8.5)]))
@@ -167,7 +141,7 @@ def _status_counts(summary: Mapping[str, Any], images: pd.DataFrame | None) -> T
     rows += [list(r) for r in status_rows(summary.get("statuses", {}) or {}, worklist)]
     if len(rows) == 1:
         rows.append(["—", "nothing scored", 0, 0])
-    t = _table(rows, [40 * mm, 70 * mm, 25 * mm, 25 * mm])
+    t = table(rows, [40 * mm, 70 * mm, 25 * mm, 25 * mm])
     _number_cols(t, 2)
     return t
 
@@ -183,7 +157,7 @@ def _flagged_table(studies: pd.DataFrame, st: dict[str, ParagraphStyle]) -> list
         rows.append([i, row.decision, fit(str(row.AccessionNumber or "—"), regular, 8.5, 28 * mm),
                      "—" if pd.isna(prob) else f"{float(prob):.3f}", int(row.n_images),
                      fit(str(row.report or "—"), regular, 8.5, 78 * mm)])
-    t = _table(rows, [8 * mm, 18 * mm, 30 * mm, 23 * mm, 15 * mm, 80 * mm], long=True)
+    t = table(rows, [8 * mm, 18 * mm, 30 * mm, 23 * mm, 15 * mm, 80 * mm], long=True)
     t.setStyle(TableStyle([("ALIGN", (3, 0), (4, -1), "RIGHT"), ("LEFTPADDING", (5, 0), (5, -1), 10)] + [
         ("TEXTCOLOR", (1, i), (1, i), DECISION_COLOUR.get(rows[i][1], colors.black)) for i in range(1, len(rows))]))
     out: list[Any] = [t]
@@ -219,12 +193,12 @@ def _model_table(summary: Mapping[str, Any], lm: LoadedModel, thr: float) -> Tab
     ]
     regular, _ = fonts()
     rows = [[k, fit(str(v), regular, 8.5, 128 * mm)] for k, v in rows]
-    return _table(rows, [35 * mm, 130 * mm], header=False)
+    return table(rows, [35 * mm, 130 * mm], header=False)
 
 
 def _run_table(summary: Mapping[str, Any]) -> Table:
     statuses = summary.get("statuses", {}) or {}
-    n_err = sum(v for k, v in statuses.items() if str(k).startswith("error"))
+    n_err = sum(v for k, v in statuses.items() if Status(k).is_error)
     ips = summary.get("images_per_s")
     regular, _ = fonts()
     rows = [
@@ -236,7 +210,7 @@ def _run_table(summary: Mapping[str, Any]) -> Table:
         ["Unreadable files (errors)", n_err],
         ["Throughput", f"{ips} files/s" if ips else "—"],
     ]
-    return _table(rows, [45 * mm, 120 * mm], header=False)
+    return table(rows, [45 * mm, 120 * mm], header=False)
 
 
 def _stages(summary: Mapping[str, Any], st: dict) -> Paragraph:
@@ -252,7 +226,7 @@ def _drift(summary: Mapping[str, Any], st: dict) -> list[Any]:
 
 def build_story(summary: Mapping[str, Any], studies: pd.DataFrame, lm: LoadedModel, thr: float,
                 images: pd.DataFrame | None = None) -> list[Any]:
-    st = _styles()
+    st = styles()
     run_id = str(summary.get("run_id", ""))
     story: list[Any] = [
         Paragraph("cxrscreen — batch summary", st["title"]),
@@ -273,19 +247,6 @@ def build_story(summary: Mapping[str, Any], studies: pd.DataFrame, lm: LoadedMod
     return story
 
 
-def _page_decor(c: Any, doc: Any) -> None:
-    regular, bold = fonts()
-    w, _ = A4
-    c.saveState()
-    c.setStrokeColor(colors.HexColor("#999999"))
-    c.line(doc.leftMargin, 14 * mm, w - doc.rightMargin, 14 * mm)
-    c.setFont(bold, 7.5)
-    c.drawString(doc.leftMargin, 10 * mm, DISCLAIMER)
-    c.setFont(regular, 7.5)
-    c.drawRightString(w - doc.rightMargin, 10 * mm, f"cxrscreen {__version__} · page {doc.page}")
-    c.restoreState()
-
-
 def write_summary_pdf(path: Path, summary: dict, studies: pd.DataFrame, lm: LoadedModel, thr: float,
                       images: pd.DataFrame | None = None) -> Path:
     """Write ``summary.pdf`` atomically (mode 0640); ``images`` (the image worklist) feeds the histogram."""
@@ -294,5 +255,5 @@ def write_summary_pdf(path: Path, summary: dict, studies: pd.DataFrame, lm: Load
         doc = SimpleDocTemplate(fh, pagesize=A4, leftMargin=18 * mm, rightMargin=18 * mm, topMargin=16 * mm,
                                 bottomMargin=20 * mm, title="cxrscreen batch summary",
                                 author=f"cxrscreen {__version__}", subject=DISCLAIMER)
-        doc.build(story, onFirstPage=_page_decor, onLaterPages=_page_decor)
+        doc.build(story, onFirstPage=page_decor, onLaterPages=page_decor)
     return path

@@ -19,8 +19,7 @@ from reportlab.lib.units import mm
 from reportlab.platypus import Image, KeepTogether, Paragraph, SimpleDocTemplate, Spacer
 from sklearn.metrics import roc_curve
 
-from cxrscreen.outputs.report import DISCLAIMER, binary_streams
-from cxrscreen.outputs.summary import _page_decor, _styles, _table
+from cxrscreen.outputs.layout import DISCLAIMER, binary_streams, page_decor, styles, table
 from cxrscreen.state.atomic import atomic_open, atomic_write_bytes, atomic_write_text
 
 MODELS = (("start", "starting model"), ("adapted", "adapted model"))
@@ -166,7 +165,7 @@ def write_validation_report(out: Path, summary: dict[str, Any], labels: np.ndarr
     md = out / "site_validation.md"
     atomic_write_text(md, markdown(summary))
     pdf = out / "site_validation.pdf"
-    st = _styles()
+    st = styles()
     story: list[Any] = []
     for block in markdown(summary).split("\n\n"):
         block = block.strip()
@@ -180,7 +179,7 @@ def write_validation_report(out: Path, summary: dict[str, Any], labels: np.ndarr
             lines = [r for r in block.splitlines() if not r.startswith("|---")]
             rows = [[Paragraph(escape(c.strip()), st["small"]) for c in r.strip("|").split("|")] for r in lines]
             width = (A4[0] - 36 * mm) / len(rows[0])
-            story.append(_table(rows, [width] * len(rows[0])))
+            story.append(table(rows, [width] * len(rows[0])))
         else:
             text = escape(block).replace("**", "")
             story.append(Paragraph(text.replace("`", ""), st["warn" if "REFUSED" in block else "body"]))
@@ -190,5 +189,5 @@ def write_validation_report(out: Path, summary: dict[str, Any], labels: np.ndarr
     with atomic_open(pdf, "wb", 0o640) as fh, binary_streams():
         doc = SimpleDocTemplate(fh, pagesize=A4, leftMargin=18 * mm, rightMargin=18 * mm, topMargin=16 * mm,
                                 bottomMargin=20 * mm, title="cxrscreen site validation")
-        doc.build(story, onFirstPage=_page_decor, onLaterPages=_page_decor)
+        doc.build(story, onFirstPage=page_decor, onLaterPages=page_decor)
     return md, pdf

@@ -11,8 +11,7 @@ import pandas as pd
 
 from cxrscreen import __version__
 from cxrscreen.ingest.tags import tag_notes
-from cxrscreen.qc import OK, SUPPLEMENTARY_VIEW_STATUSES
-from cxrscreen.records import ABNORMAL, DECISION_ORDER, NORMAL, REVIEW, ImageRecord
+from cxrscreen.records import ABNORMAL, DECISION_ORDER, NORMAL, REVIEW, ImageRecord, Status
 from cxrscreen.safetext import FORBIDDEN, FORMULA_TRIGGERS, MAX_CELL_CHARS, neutralise_cell, unneutralise
 from cxrscreen.state.atomic import atomic_open
 
@@ -48,8 +47,8 @@ def images_frame(records: Iterable[ImageRecord], model_name: str) -> pd.DataFram
         rows.append({
             "decision": r.decision,
             "probability": None if r.probability is None else round(float(r.probability), 6),
-            "threshold": round(float(r.tags.get("_threshold", "nan")), 6),
-            "status": r.status,
+            "threshold": float("nan") if r.threshold is None else round(float(r.threshold), 6),
+            "status": str(r.status),
             "qc_notes": ";".join(dict.fromkeys((*r.qc_notes, *tag_notes(r.tags)))),
             **{k: r.tag(k) for k in ("PatientID", "AccessionNumber", "StudyInstanceUID", "SeriesInstanceUID",
                                      "SOPInstanceUID", "StudyDate", "Modality", "ViewPosition",
@@ -57,9 +56,9 @@ def images_frame(records: Iterable[ImageRecord], model_name: str) -> pd.DataFram
             "path": r.path,
             "report": r.report,
             "model": model_name,
-            "model_sha256": r.tag("_model_sha256")[:12],
+            "model_sha256": r.model_sha256[:12],
             "software_version": __version__,
-            "scored_at": r.tag("_scored_at"),
+            "scored_at": r.scored_at,
         })
     df = pd.DataFrame(rows, columns=[c for c in IMAGE_COLUMNS if c != "rank"])
     return _sort(df, ["path"])[IMAGE_COLUMNS]
@@ -79,7 +78,7 @@ def studies_frame(images: pd.DataFrame) -> pd.DataFrame:
        supplementary view (wrong body part or modality, blank, raw data…), or a scored image whose
        own decision is ``review`` (a QC note such as ``polarity_suspect``);
     3. ``review`` if no image was scored (no assessable frontal image);
-    4. ``normal`` otherwise. Lateral, oblique and decubitus views (``qc.is_supplementary_view``)
+    4. ``normal`` otherwise. Lateral, oblique and decubitus views (``Status.is_supplementary_view``)
        are listed in ``not_analysed`` but do not make a study with a scored frontal image ``review``.
 
     ``probability`` is the maximum over the scored images.
@@ -98,8 +97,10 @@ def studies_frame(images: pd.DataFrame) -> pd.DataFrame:
         part = part.sort_values(["_study", col], kind="mergesort")
         return part.groupby("_study", sort=True)[col].agg(";".join)
 
-    ok = status == OK
-    supplementary = status.isin(SUPPLEMENTARY_VIEW_STATUSES)
+    parsed = status.map(Status)
+    kind = parsed.map(lambda st: st.kind)
+    ok = kind == "ok"
+    supplementary = parsed.map(lambda st: st.is_supplementary_view).astype(bool)
     doubt = (~ok & ~supplementary) | (ok & (df["decision"] == REVIEW))
     df["_not_analysed"] = (df["path"] + " (" + status + ")").where(~ok, "")
     n_abn = (df["decision"] == ABNORMAL).groupby(key).sum()
@@ -115,8 +116,8 @@ def studies_frame(images: pd.DataFrame) -> pd.DataFrame:
         "n_images": df.groupby("_study", sort=True).size(),
         "n_assessable": n_ok,
         "n_abnormal": n_abn,
-        "n_not_assessable": status.str.startswith("not_assessable").groupby(key).sum(),
-        "n_error": status.str.startswith("error").groupby(key).sum(),
+        "n_not_assessable": (kind == "not_assessable").groupby(key).sum(),
+        "n_error": (kind == "error").groupby(key).sum(),
         "statuses": joined("status", unique=True),
         "not_analysed": joined("_not_analysed", unique=False),
         "PatientID": first["PatientID"],

@@ -8,14 +8,14 @@ row was scored by the same model (weights sha256). Every write is a transaction.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxrscreen.records import ImageRecord, decide
+from cxrscreen.records import ImageRecord, Status, decide
 from cxrscreen.state.atomic import sha256_file
+from cxrscreen.state.sqlite import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -45,6 +45,9 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
+STATE_DIR = ".cxrscreen"  # under OUT: the ledger, the lock, pages kept for reports
+LEDGER_NAME = "ledger.sqlite"
+
 file_sha256 = sha256_file  # the content fingerprint that confirms a changed size/mtime
 
 
@@ -56,26 +59,15 @@ class Known:
     model_sha256: str
 
 
-class Ledger:
+def ledger_path(out: Path | str) -> Path:
+    """The ledger of the output folder ``out``: ``OUT/.cxrscreen/ledger.sqlite``."""
+    return Path(out) / STATE_DIR / LEDGER_NAME
+
+
+class Ledger(Database):
     """Thin wrapper over one SQLite connection (WAL, synchronous=FULL)."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self.db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
-        path.chmod(0o640)
-
-    def close(self) -> None:
-        self.db.close()
-
-    def __enter__(self) -> Ledger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    SCHEMA = SCHEMA
 
     def known(self) -> dict[str, Known]:
         rows = self.db.execute("SELECT path, size, mtime_ns, sha256, model_sha256 FROM images")
@@ -85,15 +77,16 @@ class Ledger:
         """Same content, new mtime/size metadata: remember it so the fast path hits next time."""
         self.db.execute("UPDATE images SET size=?, mtime_ns=? WHERE path=?", (size, mtime_ns, path))
 
-    def put(self, records: Iterable[tuple[ImageRecord, str]], model_sha256: str, threshold: float, run_id: str) -> None:
-        """Insert or replace scored records (``(record, sha256)`` pairs) in one transaction."""
+    def put(self, records: Iterable[ImageRecord]) -> None:
+        """Insert or replace scored records in one transaction (each carries its model, threshold and run)."""
         now = time.strftime("%Y-%m-%dT%H:%M:%S")
-        rows = [
-            (r.path, r.size, r.mtime_ns, sha, r.tag("SOPInstanceUID"), model_sha256, r.status,
-             ";".join(r.qc_notes), r.probability, threshold, r.decision, r.report,
-             json.dumps(r.tags, sort_keys=True), run_id, now)
-            for r, sha in records
-        ]
+        rows = []
+        for r in records:
+            if r.threshold is None or not r.model_sha256 or not r.run_id:
+                raise ValueError(f"record {r.path!r} lacks its threshold, model or run")
+            rows.append((r.path, r.size, r.mtime_ns, r.sha256, r.tag("SOPInstanceUID"), r.model_sha256, str(r.status),
+                         ";".join(r.qc_notes), r.probability, r.threshold, r.decision, r.report,
+                         json.dumps(r.tags, sort_keys=True), r.run_id, r.scored_at or now))
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany(
@@ -121,7 +114,7 @@ class Ledger:
 
     def records(self, run_id: str | None = None) -> Iterator[ImageRecord]:
         sql = ("SELECT path, status, tags, qc_notes, probability, decision, report, size, mtime_ns, threshold, "
-               "model_sha256, run_id, scored_at FROM images")
+               "model_sha256, run_id, scored_at, sha256 FROM images")
         args: tuple = ()
         if run_id is not None:
             sql += " WHERE run_id=?"
@@ -131,14 +124,11 @@ class Ledger:
 
     @staticmethod
     def _record(row: tuple) -> ImageRecord:
-        path, status, tags, notes, prob, decision, report, size, mtime, thr, msha, run_id, when = row
-        tags = json.loads(tags)
-        tags["_threshold"] = str(thr)
-        tags["_model_sha256"] = msha
-        tags["_run_id"] = run_id
-        tags["_scored_at"] = when
-        return ImageRecord(path=path, status=status, tags=tags, qc_notes=tuple(n for n in notes.split(";") if n),
-                           probability=prob, decision=decision, report=report, size=size, mtime_ns=mtime)
+        path, status, tags, notes, prob, decision, report, size, mtime, thr, msha, run_id, when, sha = row
+        return ImageRecord(path=path, status=Status(status), tags=json.loads(tags),
+                           qc_notes=tuple(n for n in notes.split(";") if n), probability=prob, decision=decision,
+                           report=report, size=size, mtime_ns=mtime, sha256=sha, threshold=float(thr),
+                           model_sha256=msha, run_id=run_id, scored_at=when)
 
     def start_run(self, run_id: str) -> None:
         with self.db:

@@ -26,6 +26,7 @@ from monai.transforms import Compose
 from cxrscreen import __version__
 from cxrscreen.model.files import LoadedModel, load_model, save_model
 from cxrscreen.model.inference import Runtime, choose_runtime, inference_net, predict_batch, prepare
+from cxrscreen.options import TrainLayers, TrainPrecision, parse
 from cxrscreen.outputs.worklist import write_csv
 from cxrscreen.preprocess import PreprocessSpec, augment_transforms, normalize_transforms
 from cxrscreen.state.atomic import atomic_write_text
@@ -35,7 +36,7 @@ from cxrscreen.training.metrics import auroc, summarize
 from cxrscreen.training.site import prepare_site, splits_frame
 
 ProgressFn = Callable[[dict[str, Any]], None]
-TRAINABLE = {"head": ("fc",), "layer4": ("layer4", "fc"), "all": ("",)}
+TRAINABLE = {TrainLayers.head: ("fc",), TrainLayers.layer4: ("layer4", "fc"), TrainLayers.all: ("",)}
 
 
 @dataclass
@@ -80,11 +81,9 @@ def start_model(init: str) -> LoadedModel:
     return load_model(None if init == "default" else init)
 
 
-def set_trainable(net: torch.nn.Module, layers: str) -> list[torch.nn.Parameter]:
-    """Freeze all but ``layers`` (head | layer4 | all); returns the parameters left to train."""
-    if layers not in TRAINABLE:
-        raise ValueError(f"train_layers must be one of {', '.join(TRAINABLE)}")
-    prefixes = TRAINABLE[layers]
+def set_trainable(net: torch.nn.Module, layers: TrainLayers | str) -> list[torch.nn.Parameter]:
+    """Freeze all but ``layers`` (a :class:`TrainLayers`); returns the parameters left to train."""
+    prefixes = TRAINABLE[parse(TrainLayers, layers, "--train-layers")]
     params = []
     for name, p in net.named_parameters():
         p.requires_grad_(any(name.startswith(pre) for pre in prefixes))
@@ -258,6 +257,8 @@ def adapt(cfg: AdaptConfig, resume: bool = False, progress: ProgressFn | None = 
     """Run the whole adaptation; see the module docstring."""
     from cxrscreen.outputs.validation import write_validation_report
 
+    layers = parse(TrainLayers, cfg.train_layers, "--train-layers")
+    parse(TrainPrecision, cfg.precision, "--precision")
     emit = progress or (lambda _e: None)
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
@@ -281,7 +282,7 @@ def adapt(cfg: AdaptConfig, resume: bool = False, progress: ProgressFn | None = 
     y_tr, y_cal, y_te = (site.labels(s) for s in ("train", "calibration", "test"))
     start_test = score(lm.net, site.images[te], spec, rt)
 
-    fit = _fit_head if cfg.train_layers == "head" else _fit_layers
+    fit = _fit_head if layers is TrainLayers.head else _fit_layers
     net, history, best = fit(lm.net, site.images[tr], y_tr, site.images[cal], y_cal, spec, rt, cfg, ckpt_dir,
                              resume, emit)
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 
 from cxrscreen import __version__
@@ -82,12 +84,9 @@ def markdown_report(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
 
 
 def plot_roc(df: pd.DataFrame, scores: np.ndarray, threshold: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=110)
+    fig = Figure(figsize=(5, 5), dpi=110)  # no pyplot: no process-wide backend or figure state
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     labels = df["label"].to_numpy()
     groups = list(sorted(df.groupby("dataset").indices.items()))
     if len(groups) > 1:
@@ -106,17 +105,13 @@ def plot_roc(df: pd.DataFrame, scores: np.ndarray, threshold: float, path: Path)
     fig.tight_layout()
     with atomic_open(path, "wb") as fh:
         fig.savefig(fh, format="png")
-    plt.close(fig)
 
 
 def plot_hist(df: pd.DataFrame, scores: np.ndarray, threshold: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = sorted(df["dataset"].unique())
-    fig, axes = plt.subplots(len(names), 1, figsize=(6, 2.2 * len(names)), dpi=110, squeeze=False)
+    fig = Figure(figsize=(6, 2.2 * len(names)), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(names), 1, squeeze=False)
     labels = df["label"].to_numpy()
     bins = np.linspace(0, 1, 41)
     for ax, name in zip(axes[:, 0], names, strict=True):
@@ -130,7 +125,6 @@ def plot_hist(df: pd.DataFrame, scores: np.ndarray, threshold: float, path: Path
     fig.tight_layout()
     with atomic_open(path, "wb") as fh:
         fig.savefig(fh, format="png")
-    plt.close(fig)
 
 
 def evaluate(

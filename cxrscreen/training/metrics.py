@@ -1,4 +1,9 @@
-"""Screening metrics with confidence intervals (AUROC bootstrap, Wilson intervals)."""
+"""Screening metrics with confidence intervals, on scikit-learn and scipy.stats.
+
+AUROC and the ROC curve come from :mod:`sklearn.metrics`, the AUROC interval from
+:func:`scipy.stats.bootstrap` (stratified: positives and negatives resampled separately),
+the rate intervals from :meth:`scipy.stats.binomtest(...).proportion_ci <scipy.stats.binomtest>` (Wilson).
+"""
 
 from __future__ import annotations
 
@@ -6,82 +11,59 @@ import math
 from typing import Any
 
 import numpy as np
-import torch
-from monai.metrics import compute_roc_auc
+from scipy import stats
+from sklearn import metrics as skm
 
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (MONAI's implementation); NaN if one class is absent."""
-    labels = np.asarray(labels, dtype=np.float64)
-    scores = np.asarray(scores, dtype=np.float64)
+    """Area under the ROC curve; NaN if one class is absent."""
+    labels = np.asarray(labels).astype(int)
     if labels.min(initial=1) == labels.max(initial=0):
         return float("nan")
-    return float(compute_roc_auc(torch.as_tensor(scores), torch.as_tensor(labels)))
+    return float(skm.roc_auc_score(labels, np.asarray(scores, dtype=np.float64)))
+
+
+def _auc_u(pos: np.ndarray, neg: np.ndarray, axis: int = -1) -> np.ndarray:
+    """AUROC as the Mann-Whitney U of the positives over n_pos * n_neg (vectorised for the bootstrap)."""
+    u = stats.mannwhitneyu(pos, neg, axis=axis, method="asymptotic").statistic
+    return u / (pos.shape[axis] * neg.shape[axis])
 
 
 def auroc_ci(
     labels: np.ndarray, scores: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float, float]:
-    """AUROC with a stratified percentile-bootstrap CI: (point, low, high)."""
+    """AUROC with a stratified percentile-bootstrap CI: (point, low, high).
+
+    Positives and negatives are resampled independently, each to its own size
+    (``scipy.stats.bootstrap`` with two unpaired samples). The CI is NaN when a class
+    has fewer than two images (nothing to resample).
+    """
     labels = np.asarray(labels)
     scores = np.asarray(scores, dtype=np.float64)
     point = auroc(labels, scores)
-    if math.isnan(point):
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if math.isnan(point) or min(pos.size, neg.size) < 2:
         return point, float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    pos = np.flatnonzero(labels == 1)
-    neg = np.flatnonzero(labels == 0)
-    stats = np.empty(n_boot)
-    for b in range(n_boot):
-        p = scores[rng.choice(pos, pos.size)]
-        n = scores[rng.choice(neg, neg.size)]
-        stats[b] = _auc_mann_whitney(p, n)
-    alpha = (1.0 - level) / 2.0
-    return point, float(np.quantile(stats, alpha)), float(np.quantile(stats, 1.0 - alpha))
-
-
-def _auc_mann_whitney(pos: np.ndarray, neg: np.ndarray) -> float:
-    """P(score_pos > score_neg) + 0.5 P(tie), via ranks (fast inside the bootstrap loop)."""
-    allv = np.concatenate([pos, neg])
-    order = allv.argsort(kind="mergesort")
-    ranks = np.empty(allv.size)
-    sorted_v = allv[order]
-    # average ranks for ties
-    _, first, counts = np.unique(sorted_v, return_index=True, return_counts=True)
-    avg = first + (counts - 1) / 2.0 + 1.0
-    ranks[order] = np.repeat(avg, counts)
-    r_pos = ranks[: pos.size].sum()
-    return float((r_pos - pos.size * (pos.size + 1) / 2.0) / (pos.size * neg.size))
+    res = stats.bootstrap(
+        (pos, neg), _auc_u, n_resamples=n_boot, vectorized=True, paired=False,
+        confidence_level=level, method="percentile", rng=np.random.default_rng(seed),
+    )
+    return point, float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def wilson_ci(successes: int, total: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion."""
+    """Wilson score interval for a binomial proportion; NaN for an empty denominator."""
     if total == 0:
         return float("nan"), float("nan")
-    z = _z(level)
-    p = successes / total
-    denom = 1.0 + z * z / total
-    centre = (p + z * z / (2 * total)) / denom
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def _z(level: float) -> float:
-    from statistics import NormalDist
-
-    return NormalDist().inv_cdf(0.5 + level / 2.0)
+    ci = stats.binomtest(int(successes), int(total)).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def confusion(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, int]:
     """Counts with ``score >= threshold`` called abnormal."""
-    labels = np.asarray(labels).astype(int)
-    pred = np.asarray(scores) >= threshold
-    return {
-        "tp": int(np.sum(pred & (labels == 1))),
-        "fn": int(np.sum(~pred & (labels == 1))),
-        "tn": int(np.sum(~pred & (labels == 0))),
-        "fp": int(np.sum(pred & (labels == 0))),
-    }
+    pred = (np.asarray(scores) >= threshold).astype(int)
+    tn, fp, fn, tp = skm.confusion_matrix(np.asarray(labels).astype(int), pred, labels=[0, 1]).ravel()
+    return {"tp": int(tp), "fn": int(fn), "tn": int(tn), "fp": int(fp)}
 
 
 def _rate(num: int, den: int, level: float) -> dict[str, float]:
@@ -122,12 +104,11 @@ def summarize(
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds) for every distinct score, thresholds descending."""
-    labels = np.asarray(labels).astype(int)
-    scores = np.asarray(scores, dtype=np.float64)
-    thr = np.unique(scores)[::-1]
-    P = max(int(labels.sum()), 1)
-    N = max(int((labels == 0).sum()), 1)
-    tpr = np.array([np.sum((scores >= t) & (labels == 1)) / P for t in thr])
-    fpr = np.array([np.sum((scores >= t) & (labels == 0)) / N for t in thr])
-    return np.r_[0.0, fpr], np.r_[0.0, tpr], np.r_[np.inf, thr]
+    """(fpr, tpr, thresholds) for every distinct score, thresholds descending, starting at (0, 0, inf).
+
+    Both classes must be present (scikit-learn gives NaN rates for an absent class).
+    """
+    fpr, tpr, thr = skm.roc_curve(
+        np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64), drop_intermediate=False
+    )
+    return fpr, tpr, thr

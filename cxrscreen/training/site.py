@@ -21,7 +21,8 @@ from monai.data import get_track_meta, set_track_meta
 from monai.transforms import Compose
 
 from cxrscreen.ingest.discover import discover
-from cxrscreen.pipeline import prepare_file, usable_cores
+from cxrscreen.pipeline.schedule import usable_cores
+from cxrscreen.prepare import prepare_file
 from cxrscreen.preprocess import PreprocessSpec, base_transforms
 
 JOIN_KEYS = ("SOPInstanceUID", "StudyInstanceUID", "AccessionNumber")

@@ -19,6 +19,7 @@ from cxrscreen import __version__
 from cxrscreen.model.architecture import build_resnet50, imgsim_weights_path, load_torchvision_backbone
 from cxrscreen.model.files import load_model, save_model
 from cxrscreen.model.inference import Runtime, choose_runtime, predict_batch, prepare
+from cxrscreen.options import Optimizer, TrainPrecision, parse
 from cxrscreen.preprocess import PreprocessSpec
 from cxrscreen.state.atomic import atomic_write_text
 from cxrscreen.training.data import make_dataset, read_manifest
@@ -84,6 +85,8 @@ def score_loader(net: torch.nn.Module, loader: DataLoader, rt: Runtime) -> tuple
 
 def train(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Train; returns the metadata of the best model (written to ``OUT/model.json``)."""
+    optimizer = parse(Optimizer, cfg.optimizer, "--optimizer")
+    parse(TrainPrecision, cfg.precision, "--precision")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
@@ -113,12 +116,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | None = 
     net = prepare(net, rt).train()
     pos_weight = torch.tensor([n_neg / n_pos if cfg.class_weighting else 1.0], device=rt.device)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    if cfg.optimizer == "adamax":
-        opt = torch.optim.Adamax(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    elif cfg.optimizer == "adamw":
-        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+    optim = {Optimizer.adamax: torch.optim.Adamax, Optimizer.adamw: torch.optim.AdamW}[optimizer]
+    opt = optim(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(len(train_loader), 1)
     total = steps_per_epoch * cfg.epochs
     warmup = min(200, total // 10)

@@ -20,7 +20,7 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports(include=["cxrscreen", "pydicom"]):
-    from cxrscreen.pipeline import prepare_file  # noqa: F401  (instrumented for coverage)
+    from cxrscreen.prepare import prepare_file  # noqa: F401  (instrumented for coverage)
     from tests.fuzz import harness
 
 RUNNER: harness.Runner | None = None

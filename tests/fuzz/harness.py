@@ -1,4 +1,4 @@
-"""Fuzz harness for read → decode → QC → preprocess (``cxrscreen.pipeline.prepare_file``).
+"""Fuzz harness for read → decode → QC → preprocess (``cxrscreen.prepare.prepare_file``).
 
 Seeds are real files (``../shared/data/dicom``, ``sample_dicoms/``) and re-encodings of a real film
 (RLE, JPEG-LS, JPEG 2000; 8 and 16 bit, MONOCHROME1); :func:`mutate` applies DICOM-aware mutations:
@@ -37,6 +37,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
+from cxrscreen.testing import dicom
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DICOM = REPO.parent / "shared" / "data" / "dicom"
 SAMPLES = REPO / "sample_dicoms"
@@ -67,29 +69,18 @@ def derived_seeds(size: int = 256) -> dict[str, bytes]:
     for bits in (8, 16):
         for syntax, name in ((RLELossless, "rle"), (JPEGLSLossless, "jls"), (JPEG2000Lossless, "j2k")):
             for mono in ("MONOCHROME2", "MONOCHROME1") if bits == 16 else ("MONOCHROME2",):
-                ds = _film(small, bits, mono)
-                ds.compress(syntax)
-                out[f"{name}_{bits}_{mono.lower()}"] = _bytes(ds)
-        out[f"raw_{bits}"] = _bytes(_film(small, bits, "MONOCHROME2"))
+                ds = dicom.encode(_film(small, bits, mono), syntax)
+                out[f"{name}_{bits}_{mono.lower()}"] = dicom.to_bytes(ds)
+        out[f"raw_{bits}"] = dicom.to_bytes(_film(small, bits, "MONOCHROME2"))
     return out
 
 
 def _film(img: np.ndarray, bits: int, photometric: str) -> Dataset:
-    from tests.factory import base_dataset
-
-    ds = base_dataset(*img.shape)
-    hi = 2 ** (12 if bits == 16 else 8) - 1
-    stored = np.rint((1.0 - img if photometric == "MONOCHROME1" else img) * hi)
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, photometric, 0
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, 12 if bits == 16 else 8, 11 if bits == 16 else 7
-    ds.PixelData = stored.astype(np.uint16 if bits == 16 else np.uint8).tobytes()
-    return ds
-
-
-def _bytes(ds: Dataset) -> bytes:
-    bio = io.BytesIO()
-    ds.save_as(bio, enforce_file_format=True)
-    return bio.getvalue()
+    """``img`` in [0, 1] as a DX film: 16 bits allocated / 12 stored, or 8 / 8."""
+    stored_bits = 12 if bits == 16 else 8
+    stored = np.rint((1.0 - img if photometric == "MONOCHROME1" else img) * (2**stored_bits - 1))
+    arr = stored.astype(np.uint16 if bits == 16 else np.uint8)
+    return dicom.set_pixels(dicom.dataset(), arr, bits=stored_bits, photometric=photometric)
 
 
 def all_seeds(max_bytes: int = 2_000_000) -> dict[str, bytes]:
@@ -233,7 +224,7 @@ class Runner:
         self.path = Path(self.dir.name) / "input.dcm"
 
     def status(self, data: bytes) -> str:
-        from cxrscreen.pipeline import prepare_file
+        from cxrscreen.prepare import prepare_file
 
         self.path.write_bytes(data)
         return prepare_file(self.path, self.spec, self.transform).status

@@ -1,0 +1,53 @@
+"""``cxrscreen send``: C-STORE the DICOM result objects under OUT/dicom/ that the destination has not acknowledged."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cxrscreen.cli.common import ExitCode, fail, pacs_address
+from cxrscreen.logs import setup_logging
+
+
+def send_command(
+    out: Annotated[Path, typer.Argument(help="Output folder of 'cxrscreen scan --dicom-results' (holds dicom/).")],
+    to: Annotated[str, typer.Option("--to", help="The destination: AET@HOST:PORT (e.g. ORTHANC@pacs.example.org:4242).")],
+    calling_aet: Annotated[str, typer.Option("--calling-aet", help="Our AE title, as the destination knows it.")] = "CXRSCREEN",
+    retries: Annotated[int, typer.Option(min=0, max=20, help="Further associations tried after an association failure or a transient status.")] = 3,
+    retry_delay: Annotated[float, typer.Option("--retry-delay", min=0, max=3600, help="Seconds before the first retry; doubled before each further one.")] = 5.0,
+    timeout: Annotated[float, typer.Option(min=1, max=3600, help="Seconds to wait for a connection, an association answer, or each DICOM message.")] = 30.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the counts as JSON on stdout.")] = False,
+    log_file: Annotated[Path | None, typer.Option("--log-file", help="Append a log (no patient identifiers) here.")] = None,
+) -> None:
+    """Send the result objects (SR, encapsulated PDF) not yet acknowledged by --to; a second send sends nothing new."""
+    from cxrscreen.pacs import send
+    from cxrscreen.state.lock import LockedError
+
+    address = pacs_address(to, "--to", calling_aet)
+    if not out.is_dir():
+        fail(f"{out}: no such folder")
+    if not (out / "dicom").is_dir():
+        fail(f"{out}: holds no dicom/ folder; run 'cxrscreen scan --dicom-results' first")
+    setup_logging(quiet=quiet or as_json, log_file=log_file)
+    try:
+        result = send(out, address, calling_aet=calling_aet, timeout=timeout, retries=retries, backoff=retry_delay)
+    except LockedError as exc:
+        fail(f"{exc}; not sending while it runs", ExitCode.LOCKED)
+    code = ExitCode.USAGE if result.unreachable else ExitCode.OK if result.complete else ExitCode.NOT_SENT
+    if as_json:
+        typer.echo(json.dumps(result.summary() | {"exit_code": int(code)}, indent=2))
+    elif not quiet:
+        typer.echo(f"{result.found} result objects: {result.sent} sent, {result.already_acknowledged} already "
+                   f"acknowledged, {result.failed} not sent", err=True)
+    if result.unreachable:
+        typer.echo(f"cxrscreen: error: {result.error} (after {result.attempts} attempt(s)); nothing sent", err=True)
+    elif result.failed:
+        typer.echo(f"cxrscreen: error: {result.failed} object(s) not acknowledged; the next send tries them again "
+                   f"(exit code {int(code)})", err=True)
+    logging.getLogger("cxrscreen").info("send finished with exit code %d", int(code))
+    raise typer.Exit(int(code))

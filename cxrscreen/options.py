@@ -1,0 +1,92 @@
+"""The choices the API and the CLI accept, one Enum each: the one place their values are listed.
+
+Each is a ``str`` Enum, so ``Precision.fp32 == "fp32"`` and the API accepts either the member or its
+value; Typer shows the values as the option's choices.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TypeVar
+
+
+class Device(str, Enum):
+    """Where the network runs: ``auto`` = CUDA when available, else the CPU."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(str, Enum):
+    """Arithmetic of the forward pass: ``auto`` = bf16 on CPUs with native bf16, AMP on CUDA, else fp32;
+    ``int8`` = CPU only, needs the model's ``.int8.json`` calibration."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+# Training runs the float network: every precision but the quantized one (derived, not listed again).
+TrainPrecision = Enum("TrainPrecision", {m.name: m.value for m in Precision if m is not Precision.int8}, type=str,
+                     module=__name__)
+TrainPrecision.__doc__ = "Arithmetic of training and adaptation: a :class:`Precision` other than ``int8``."
+
+
+class ReportPolicy(str, Enum):
+    """Which studies get a PDF report: ``flagged`` = abnormal + review."""
+
+    flagged = "flagged"
+    all = "all"
+    none = "none"
+
+
+class TrainLayers(str, Enum):
+    """What site adaptation may change: a new head on the frozen backbone, or gradient fine-tuning."""
+
+    head = "head"
+    layer4 = "layer4"
+    all = "all"
+
+
+class Optimizer(str, Enum):
+    """Optimizer of ``cxrscreen train``."""
+
+    adamax = "adamax"
+    adamw = "adamw"
+
+
+class ExportLevel(str, Enum):
+    """Rows of ``cxrscreen export``: one per image or one per study."""
+
+    images = "images"
+    studies = "studies"
+
+
+class ExportFormat(str, Enum):
+    """File format of ``cxrscreen export``."""
+
+    csv = "csv"
+    json = "json"
+
+
+class Modality(str, Enum):
+    """Modalities ``pull`` fetches: the projection radiographs the model reads."""
+
+    CR = "CR"
+    DX = "DX"
+
+
+E = TypeVar("E", bound=Enum)
+
+
+def parse(enum: type[E], value: str | Enum, option: str) -> E:
+    """``value`` as a member of ``enum``; ``ValueError`` naming the option and its choices otherwise."""
+    raw = value.value if isinstance(value, Enum) else value  # another Enum's member (TrainPrecision) by value
+    try:
+        return enum(raw)
+    except ValueError:
+        choices = ", ".join(m.value for m in enum)
+        raise ValueError(f"{option}: {raw!r} is not one of {choices}") from None

@@ -1,0 +1,115 @@
+"""Associations with a remote AE (pynetdicom): time-outs, one-line reasons for failures, quiet logs."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from pynetdicom import AE
+from pynetdicom.association import Association
+
+from cxrscreen.logs import scrub
+from cxrscreen.pacs.address import Address, check_aet
+
+DEFAULT_CALLING_AET = "CXRSCREEN"
+DEFAULT_TIMEOUT = 30.0  # seconds: TCP connect, association answer, each DIMSE message
+
+log = logging.getLogger("cxrscreen.pacs")
+
+
+class PacsError(RuntimeError):
+    """The remote AE could not be reached, refused the association, or failed a query."""
+
+
+class NoContextError(PacsError):
+    """The remote AE accepted the association request but none of the presentation contexts proposed."""
+
+
+class _Forward(logging.Handler):
+    """pynetdicom's warnings and errors, scrubbed, to the log file only (INFO on ``cxrscreen.pacs.net``);
+    while an association is being set up (by pynetdicom's own threads), its error lines are also kept
+    to explain a failure."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.errors: list[str] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = scrub(record.getMessage())
+        except Exception:
+            return
+        logging.getLogger("cxrscreen.pacs.net").info("pynetdicom: %s", text)
+        errors = self.errors
+        if errors is not None and record.levelno >= logging.ERROR:
+            errors.append(text)
+
+
+_FORWARD = _Forward()
+_NO_CONTEXT = "accepted none of the proposed presentation contexts (SOP class and transfer syntax)"
+_ASSOCIATING = threading.Lock()  # one association request at a time collects the error lines
+
+
+def route_library_logs() -> None:
+    """Keep pynetdicom's messages (which may quote header values) off stderr; idempotent."""
+    lg = logging.getLogger("pynetdicom")
+    if _FORWARD not in lg.handlers:
+        lg.addHandler(_FORWARD)
+    lg.propagate = False
+
+
+def make_ae(calling_aet: str, timeout: float = DEFAULT_TIMEOUT) -> AE:
+    """An application entity titled ``calling_aet`` with every time-out set to ``timeout`` seconds."""
+    route_library_logs()
+    ae = AE(ae_title=check_aet(calling_aet, "calling AE title"))
+    ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = timeout
+    ae.network_timeout = max(timeout, 60.0)
+    return ae
+
+
+@contextlib.contextmanager
+def associate(ae: AE, address: Address, **kwargs: Any) -> Iterator[Association]:
+    """An established association with ``address`` (released on exit), or :class:`PacsError` saying why not.
+
+    ``kwargs`` go to :meth:`pynetdicom.AE.associate` (``ext_neg``, ``evt_handlers``).
+    """
+    with _ASSOCIATING:
+        _FORWARD.errors = errors = []
+        try:
+            assoc = ae.associate(address.host, address.port, ae_title=address.aet, **kwargs)
+        except OSError as exc:  # the host name does not resolve
+            raise PacsError(f"cannot connect to {address}: {(exc.strerror or str(exc)).lower()}") from None
+        finally:
+            _FORWARD.errors = None
+    if not assoc.is_established:
+        why = _why(assoc, address, errors, ae.acse_timeout)
+        raise (NoContextError if why.endswith(_NO_CONTEXT) else PacsError)(why)
+    try:
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def _why(assoc: Association, address: Address, errors: list[str], timeout: float | None) -> str:
+    """One line on why the association with ``address`` was not established."""
+    rsp = assoc.acceptor.primitive
+    if assoc.is_rejected and rsp is not None:
+        return (f"{address} rejected the association ({rsp.result_str.lower()}, {rsp.reason_str.lower()}); "
+                "check the called AE title and that the PACS knows the calling AE title")
+    tcp = next((e.split(":", 1)[1].strip() for e in errors if e.startswith("TCP Initialisation Error")), None)
+    if tcp is not None:
+        reason = tcp.split("] ", 1)[-1] if tcp.startswith("[Errno") else tcp
+        if reason == "timed out":
+            reason = f"no answer within {timeout:g} s"
+        return f"cannot connect to {address}: {reason.lower()}"
+    if any("ACSE timeout" in e for e in errors):
+        return f"{address} did not answer the association request within {timeout:g} s"
+    if any("Unknown PDU type" in e or "invalid A-ASSOCIATE response" in e for e in errors):
+        return f"{address} answered, but not as a DICOM application entity; check the port"
+    if any("No accepted presentation contexts" in e for e in errors):
+        return f"{address} {_NO_CONTEXT}"
+    return f"{address} aborted the association" + (f" ({errors[-1]})" if errors else "")

@@ -1,0 +1,266 @@
+"""``pull``: find a PACS's CR/DX studies by date (C-FIND) and fetch their images (C-GET) into a folder.
+
+Layout: ``DIR/<StudyInstanceUID>/<SOPInstanceUID>.dcm``, each file written atomically (mode 0640)
+byte for byte as the PACS sent it (no transcoding here: every transfer syntax below is proposed in
+a presentation context of its own, so the PACS can send what it stores). An instance whose file
+already exists is not fetched again, so an interrupted pull resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    RE_VALID_UID,
+    UID,
+    ComputedRadiographyImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.presentation import build_role
+from pynetdicom.sop_class import (
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+)
+
+from cxrscreen.logs import file_handle
+from cxrscreen.pacs.address import Address
+from cxrscreen.pacs.net import DEFAULT_CALLING_AET, DEFAULT_TIMEOUT, PacsError, associate, make_ae
+from cxrscreen.state.atomic import atomic_write_bytes
+
+log = logging.getLogger("cxrscreen.pacs")
+
+#: Storage SOP classes fetched for each modality (the C-GET sub-operations' abstract syntaxes).
+SOP_CLASSES: dict[str, tuple[UID, ...]] = {
+    "CR": (ComputedRadiographyImageStorage,),
+    "DX": (DigitalXRayImageStorageForPresentation, DigitalXRayImageStorageForProcessing),
+}
+#: Transfer syntaxes accepted for the images, each proposed in a presentation context of its own.
+TRANSFER_SYNTAXES: tuple[UID, ...] = (
+    ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1,
+    JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless,
+)
+MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are the odd numbers 1–255
+
+_SUCCESS, _PENDING = 0x0000, (0xFF00, 0xFF01)
+
+
+@dataclass
+class PullResult:
+    """Counts of one pull; ``failed`` instances are tried again by the next pull."""
+
+    studies: int = 0  # studies the PACS matched
+    instances: int = 0  # CR/DX instances listed in them
+    fetched: int = 0
+    already_present: int = 0
+    failed: int = 0
+    error: str | None = None  # why the pull stopped early (the association was lost), if it did
+    study_folders: list[Path] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.failed == 0 and self.error is None
+
+    def summary(self) -> dict:
+        keys = ("studies", "instances", "fetched", "already_present", "failed", "error")
+        return {k: getattr(self, k) for k in keys}
+
+
+@dataclass(frozen=True)
+class _Instance:
+    study: str
+    series: str
+    sop: str
+
+
+def date_range(since: date | None, until: date | None) -> str:
+    """DICOM range matching value for StudyDate: ``since-until``, ``since-``, ``-until`` or ``""`` (any)."""
+    if since and until and since > until:
+        raise ValueError(f"--since {since:%Y%m%d} is after --until {until:%Y%m%d}")
+    if since is None and until is None:
+        return ""
+    lo, hi = (f"{d:%Y%m%d}" if d else "" for d in (since, until))
+    return lo if since == until else f"{lo}-{hi}"
+
+
+def safe_name(uid: str) -> str:
+    """A file name for ``uid``: the UID itself when it is a valid UID, else a hash (never a path)."""
+    return uid if len(uid) <= 64 and RE_VALID_UID.match(uid) else "h" + hashlib.sha256(uid.encode()).hexdigest()[:32]
+
+
+def storage_contexts(modalities: Iterable[str]) -> list[tuple[UID, UID]]:
+    """(SOP class, transfer syntax) of each storage presentation context proposed for the C-GET."""
+    sops = dict.fromkeys(s for m in modalities for s in SOP_CLASSES[m])
+    return [(sop, ts) for sop in sops for ts in TRANSFER_SYNTAXES]
+
+
+def pull(
+    source: Address,
+    dest: Path,
+    *,
+    since: date | None = None,
+    until: date | None = None,
+    modalities: Iterable[str] = ("CR", "DX"),
+    calling_aet: str = DEFAULT_CALLING_AET,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> PullResult:
+    """Fetch the CR/DX images of the studies of ``source`` dated ``since``–``until`` into ``dest``.
+
+    Raises :class:`PacsError` when no association can be made or the study query fails; an
+    association lost while fetching ends the pull with ``result.error`` set and the instances not
+    yet fetched counted as failed.
+    """
+    modalities = list(dict.fromkeys(m.upper() for m in modalities))
+    unknown = [m for m in modalities if m not in SOP_CLASSES]
+    if unknown or not modalities:
+        raise ValueError(f"modalities must be among {', '.join(SOP_CLASSES)}")
+    dates = date_range(since, until)
+    ae = make_ae(calling_aet, timeout)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    contexts = storage_contexts(modalities)
+    if len(contexts) + 2 > MAX_CONTEXTS:
+        raise ValueError(f"{len(contexts) + 2} presentation contexts exceed the limit of {MAX_CONTEXTS}")
+    for sop, ts in contexts:
+        ae.add_requested_context(sop, [ts])
+    roles = [build_role(sop, scp_role=True) for sop in dict.fromkeys(sop for sop, _ in contexts)]
+    receiver = _Receiver()
+    result = PullResult()
+    with associate(ae, source, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, receiver)]) as assoc:
+        studies = _find_studies(assoc, dates, modalities)
+        result.studies = len(studies)
+        log.info("pull: %d studies matched (dates %s, modalities %s)", len(studies), dates or "any",
+                 "/".join(modalities))
+        sop_classes = {sop for sop, _ in contexts}
+        for study in studies:
+            folder = dest / safe_name(study)
+            result.study_folders.append(folder)
+            try:
+                instances = list(_find_instances(assoc, study, modalities, sop_classes))
+                _fetch_study(assoc, study, instances, folder, receiver, result)
+            except PacsError as exc:
+                result.error = str(exc)
+                break
+    if result.error:
+        log.warning("pull stopped early: %s", result.error)
+    log.info("pull: %d instances listed, %d fetched, %d already present, %d failed", result.instances,
+             result.fetched, result.already_present, result.failed)
+    return result
+
+
+def _find(assoc: Association, query: Dataset) -> Iterator[Dataset]:
+    """The identifiers a Study Root C-FIND answers; :class:`PacsError` on a failure status or a lost link."""
+    for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+        if not status:
+            raise PacsError("the association was lost during a C-FIND (time-out or abort)")
+        code = int(status.Status)
+        if code in _PENDING:
+            if identifier is not None:
+                yield identifier
+        elif code != _SUCCESS:
+            raise PacsError(f"C-FIND at {query.QueryRetrieveLevel} level failed with status 0x{code:04X}")
+
+
+def _find_studies(assoc: Association, dates: str, modalities: list[str]) -> list[str]:
+    q = Dataset()
+    q.QueryRetrieveLevel = "STUDY"
+    q.StudyInstanceUID = ""
+    q.StudyDate = dates
+    q.ModalitiesInStudy = "\\".join(modalities)
+    uids = (str(i.get("StudyInstanceUID", "")) for i in _find(assoc, q))
+    return list(dict.fromkeys(u for u in uids if u))
+
+
+def _find_instances(assoc: Association, study: str, modalities: list[str],
+                    sop_classes: set[UID]) -> Iterator[_Instance]:
+    """The instances of ``study`` in its series of ``modalities`` whose SOP class is one we fetch."""
+    q = Dataset()
+    q.QueryRetrieveLevel = "SERIES"
+    q.StudyInstanceUID = study
+    q.SeriesInstanceUID = ""
+    q.Modality = ""
+    series = [str(i.SeriesInstanceUID) for i in _find(assoc, q)
+              if i.get("SeriesInstanceUID") and str(i.get("Modality", "")).upper() in modalities]
+    for uid in dict.fromkeys(series):
+        q = Dataset()
+        q.QueryRetrieveLevel = "IMAGE"
+        q.StudyInstanceUID, q.SeriesInstanceUID = study, uid
+        q.SOPInstanceUID = ""
+        q.SOPClassUID = ""
+        for i in _find(assoc, q):
+            sop_class = str(i.get("SOPClassUID", ""))
+            if i.get("SOPInstanceUID") and (not sop_class or sop_class in sop_classes):
+                yield _Instance(study, uid, str(i.SOPInstanceUID))
+
+
+class _Receiver:
+    """C-STORE handler of the C-GET sub-operations: writes the expected instance, as received, atomically."""
+
+    def __init__(self) -> None:
+        self.expected: dict[str, Path] = {}
+
+    def __call__(self, event: evt.Event) -> int:
+        uid = str(event.request.AffectedSOPInstanceUID)
+        path = self.expected.pop(uid, None)
+        if path is None:
+            log.warning("pull: the PACS sent an instance that was not asked for; refused")
+            return 0xC001
+        try:
+            atomic_write_bytes(path, event.encoded_dataset(include_meta=True), perm=0o640)
+        except OSError as exc:
+            log.error("pull: cannot write instance %s (%s)", file_handle(uid), exc.strerror or type(exc).__name__)
+            return 0xA700  # out of resources
+        return _SUCCESS
+
+
+def _fetch_study(assoc: Association, study: str, instances: list[_Instance], folder: Path, receiver: _Receiver,
+                 result: PullResult) -> None:
+    """C-GET each instance of ``instances`` not yet in ``folder``."""
+    todo = [i for i in instances if not (folder / f"{safe_name(i.sop)}.dcm").exists()]
+    result.instances += len(instances)
+    result.already_present += len(instances) - len(todo)
+    fetched = failed = 0
+    for n, inst in enumerate(todo):
+        path = folder / f"{safe_name(inst.sop)}.dcm"
+        receiver.expected = {inst.sop: path}
+        q = Dataset()
+        q.QueryRetrieveLevel = "IMAGE"
+        q.StudyInstanceUID, q.SeriesInstanceUID, q.SOPInstanceUID = inst.study, inst.series, inst.sop
+        final = None
+        for status, _ in assoc.send_c_get(q, StudyRootQueryRetrieveInformationModelGet):
+            final = int(status.Status) if status else None
+        if path.exists():
+            fetched += 1
+        else:
+            failed += 1
+            log.warning("pull: instance %s not received (C-GET status %s)", file_handle(inst.sop),
+                        "none" if final is None else f"0x{final:04X}")
+        if final is None and not assoc.is_established:
+            result.fetched += fetched
+            result.failed += failed + len(todo) - n - 1
+            raise PacsError("the association was lost during a C-GET (time-out or abort)")
+    result.fetched += fetched
+    result.failed += failed
+    log.info("pull: study %s: %d instances, %d fetched, %d already present, %d failed", file_handle(study),
+             len(instances), fetched, len(instances) - len(todo), failed)

@@ -1,0 +1,198 @@
+"""``send``: C-STORE the DICOM result objects under ``OUT/dicom/`` that a destination has not acknowledged.
+
+Acknowledgements live in the ledger (its ``acknowledged`` table, :mod:`cxrscreen.state.outbox`),
+keyed by destination, SOPInstanceUID and the file's sha256: a second ``send`` sends nothing, a
+rewritten object (same UID, new content) is sent again. Association failures and transient
+statuses (out of resources) are retried with exponential back-off; a permanent refusal is not
+retried in this run, but the object stays unacknowledged and the next ``send`` tries it again.
+Files are sent as they are on disk (one presentation context per SOP class and transfer syntax
+found), under the output folder's lock, so a ``send`` never races a ``scan``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.presentation import build_context
+
+from cxrscreen.logs import file_handle
+from cxrscreen.pacs.address import Address
+from cxrscreen.pacs.net import DEFAULT_CALLING_AET, DEFAULT_TIMEOUT, NoContextError, PacsError, associate, make_ae
+from cxrscreen.pacs.pull import MAX_CONTEXTS
+from cxrscreen.state.atomic import sha256_file
+from cxrscreen.state.ledger import STATE_DIR, ledger_path
+from cxrscreen.state.lock import folder_lock
+from cxrscreen.state.outbox import Outbox
+
+log = logging.getLogger("cxrscreen.pacs")
+
+RESULTS_DIR = "dicom"  # under OUT
+DEFAULT_RETRIES = 3
+DEFAULT_BACKOFF = 5.0  # seconds before the first retry; doubled before each further one
+
+
+@dataclass(frozen=True)
+class _Object:
+    path: Path
+    sop_class: str
+    sop_uid: str
+    transfer_syntax: str
+    sha256: str
+
+
+@dataclass
+class SendResult:
+    """Counts of one send; ``failed`` objects stay unacknowledged and are sent by the next ``send``."""
+
+    found: int = 0  # result objects under OUT/dicom
+    already_acknowledged: int = 0
+    sent: int = 0  # acknowledged by the destination in this run
+    failed: int = 0  # not acknowledged (refused, unreadable, or the destination unreachable)
+    attempts: int = 0  # associations tried
+    unreachable: bool = False  # no association could be made at all, after every retry
+    error: str | None = None  # the last association failure, if any
+
+    @property
+    def complete(self) -> bool:
+        return self.failed == 0
+
+    def summary(self) -> dict:
+        keys = ("found", "already_acknowledged", "sent", "failed", "attempts", "unreachable", "error")
+        return {k: getattr(self, k) for k in keys}
+
+
+def is_transient(status: int) -> bool:
+    """C-STORE statuses worth retrying: out of resources (A7xx) and resource limitation (0213)."""
+    return status >> 8 == 0xA7 or status == 0x0213
+
+
+def is_stored(status: int) -> bool:
+    """Success or a warning (B000 coercion, B007 data set does not match SOP class, B006 elements discarded)."""
+    return status == 0x0000 or status >> 12 == 0xB
+
+
+def send(
+    out: Path,
+    dest: Address,
+    *,
+    calling_aet: str = DEFAULT_CALLING_AET,
+    timeout: float = DEFAULT_TIMEOUT,
+    retries: int = DEFAULT_RETRIES,
+    backoff: float = DEFAULT_BACKOFF,
+    sleep: Callable[[float], None] = time.sleep,
+) -> SendResult:
+    """Send what ``dest`` has not acknowledged under ``out/dicom``; holds ``out``'s lock (``LockedError``).
+
+    ``retries`` further associations are tried, ``backoff``·2^k seconds apart, while objects remain
+    that failed for a transient reason.
+    """
+    if retries < 0 or backoff < 0:
+        raise ValueError("retries and backoff must not be negative")
+    ae = make_ae(calling_aet, timeout)  # checks the calling AE title before anything is touched
+    result = SendResult(unreachable=True)  # until an association is made
+    with folder_lock(out / STATE_DIR), Outbox(ledger_path(out)) as outbox:
+        pending = _pending(out / RESULTS_DIR, str(dest), outbox, result)
+        delay = backoff
+        while pending and result.attempts <= retries:
+            if result.attempts:
+                log.info("send: %d object(s) left; retrying in %g s", len(pending), delay)
+                sleep(delay)
+                delay *= 2
+            result.attempts += 1
+            pending = _attempt(ae, dest, pending, outbox, result)
+        if pending and not result.unreachable:
+            log.warning("send: %d object(s) still refused with a transient status after %d association(s)",
+                        len(pending), result.attempts)
+        result.failed += len(pending)
+    result.unreachable = result.unreachable and result.attempts > 0
+    log.info("send: %d objects, %d already acknowledged, %d sent, %d failed, %d association(s)", result.found,
+             result.already_acknowledged, result.sent, result.failed, result.attempts)
+    return result
+
+
+def _pending(folder: Path, destination: str, outbox: Outbox, result: SendResult) -> list[_Object]:
+    """The readable objects under ``folder`` not acknowledged by ``destination``; unreadable ones count as failed."""
+    todo = []
+    for path in sorted(folder.rglob("*.dcm")) if folder.is_dir() else []:
+        if not path.is_file():
+            continue
+        result.found += 1
+        handle = file_handle(path.relative_to(folder).as_posix())
+        try:
+            meta = read_file_meta_info(path)
+            obj = _Object(path, str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID),
+                          str(meta.TransferSyntaxUID), sha256_file(path))
+        except (InvalidDicomError, AttributeError, OSError, ValueError) as exc:
+            result.failed += 1
+            log.warning("send: file %s is not a readable DICOM file (%s); not sent", handle, type(exc).__name__)
+            continue
+        if outbox.is_acknowledged(destination, obj.sop_uid, obj.sha256):
+            result.already_acknowledged += 1
+        else:
+            todo.append(obj)
+    return todo
+
+
+def _attempt(ae: AE, dest: Address, pending: list[_Object], outbox: Outbox, result: SendResult) -> list[_Object]:
+    """One round: an association per batch of presentation contexts; returns the objects to retry."""
+    retry: list[_Object] = []
+    batches: dict[int, list[_Object]] = {}
+    pairs: dict[tuple[str, str], int] = {}
+    for obj in pending:  # a new association each MAX_CONTEXTS (SOP class, transfer syntax) pairs
+        key = (obj.sop_class, obj.transfer_syntax)
+        pairs.setdefault(key, len(pairs))
+        batches.setdefault(pairs[key] // MAX_CONTEXTS, []).append(obj)
+    for batch in batches.values():
+        contexts = [build_context(sop_class, [ts])
+                    for sop_class, ts in dict.fromkeys((o.sop_class, o.transfer_syntax) for o in batch)]
+        try:
+            with associate(ae, dest, contexts=contexts) as assoc:
+                result.unreachable = False
+                retry += _store_all(assoc, batch, str(dest), outbox, result)
+        except NoContextError as exc:  # reached, but it stores none of these: not retried in this run
+            result.unreachable = False
+            result.failed += len(batch)
+            log.warning("send: %s; %d object(s) not sent", exc, len(batch))
+        except PacsError as exc:
+            result.error = str(exc)
+            log.warning("send: %s", exc)
+            retry += [o for o in batch if not outbox.is_acknowledged(str(dest), o.sop_uid, o.sha256)]
+    return retry
+
+
+def _store_all(assoc: Association, batch: list[_Object], destination: str, outbox: Outbox,
+               result: SendResult) -> list[_Object]:
+    """C-STORE each object of ``batch``; the objects to retry (transient status, association lost)."""
+    retry = []
+    for n, obj in enumerate(batch):
+        handle = file_handle(obj.sop_uid)
+        try:
+            status = assoc.send_c_store(obj.path)
+        except ValueError:  # no accepted presentation context for its SOP class and transfer syntax
+            result.failed += 1
+            log.warning("send: object %s: the destination accepts no context for its SOP class %s / transfer "
+                        "syntax %s; not sent", handle, obj.sop_class, obj.transfer_syntax)
+            continue
+        if not status:  # time-out or abort: this and the rest are retried on a new association
+            log.warning("send: association lost while storing object %s", handle)
+            retry += batch[n:]
+            break
+        code = int(status.Status)
+        if is_stored(code):
+            outbox.acknowledge(destination, obj.sop_uid, obj.sha256, code)
+            result.sent += 1
+        elif is_transient(code):
+            retry.append(obj)
+            log.info("send: object %s: transient status 0x%04X", handle, code)
+        else:
+            result.failed += 1
+            log.warning("send: object %s refused with status 0x%04X; not retried in this run", handle, code)
+    return retry
