@@ -144,9 +144,12 @@ def test_choose_schedule_follows_the_measured_costs():
     s = choose_schedule(0.0126, 0.0074, 0.017, cores=2, gpu=False)
     assert (s.workers, s.threads) == (0, 2)
     assert "img/s" in s.reason
-    # 2 cores, a decoder that does not thread (GIL held) and costs much more than the forward: a worker
-    s = choose_schedule(0.16, 0.16, 0.018, cores=2, gpu=False)
+    # 2 cores, a decoder that does not thread (GIL held), 3× the forward: a worker overlaps the two
+    s = choose_schedule(0.10, 0.10, 0.03, cores=2, gpu=False)
     assert (s.workers, s.threads) == (1, 1)
+    # …but not for a gain within the CPU margin: a worker much dearer than the forward overlaps little
+    s = choose_schedule(0.16, 0.16, 0.018, cores=2, gpu=False)
+    assert (s.workers, s.threads) == (0, 2)
     # 16 cores, threads barely help the decoding: workers, the rest of the cores for the forward
     s = choose_schedule(0.012, 0.010, 0.002, cores=16, gpu=False)
     assert 1 <= s.workers <= 4 and s.threads == 16 - s.workers

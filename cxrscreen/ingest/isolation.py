@@ -173,10 +173,14 @@ class _Helper:
     def call(self, request: tuple, timeout: float) -> tuple:
         """Send one request; its answer, or ``DecodeError`` (crash, timeout) after killing the helper."""
         if not self.ready:
+            global _HELPER_START_S
+            t = time.perf_counter()
             try:
                 ok = self.answers.poll(START_TIMEOUT_S) and self.answers.recv() == ("ready",)
             except (EOFError, OSError):
                 ok = False
+            with _POOL_LOCK:
+                _HELPER_START_S += time.perf_counter() - t
             if not ok:
                 code = self.kill()
                 raise IsolationError(f"decode helper process did not start ({_exit_text(code)})")
@@ -285,11 +289,18 @@ class DecoderPool:
 _POOL: DecoderPool | None = None
 _POOL_LOCK = threading.Lock()
 _HELPER_CPU_S = 0.0  # CPU seconds helpers reported for this process's answered requests
+_HELPER_START_S = 0.0  # seconds this process's threads waited for new helpers to be ready
 
 
 def helper_cpu_seconds() -> float:
     """CPU time this process's decode helpers spent on the requests they answered (cumulative)."""
     return _HELPER_CPU_S
+
+
+def helper_start_seconds() -> float:
+    """Seconds this process's threads waited for new helpers to start (cumulative, summed over threads):
+    a one-off cost that a measurement of the steady decoding rate leaves out."""
+    return _HELPER_START_S
 
 
 def pool() -> DecoderPool:
@@ -320,9 +331,9 @@ def helpers() -> Iterator[None]:
 
 
 def _after_fork_in_child() -> None:
-    global _POOL, _POOL_LOCK, _HELPER_CPU_S
+    global _POOL, _POOL_LOCK, _HELPER_CPU_S, _HELPER_START_S
     _POOL_LOCK = threading.Lock()
-    _HELPER_CPU_S = 0.0
+    _HELPER_CPU_S = _HELPER_START_S = 0.0
     if _POOL is not None:
         _POOL.forget()
     _POOL = None
