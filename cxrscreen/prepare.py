@@ -28,7 +28,6 @@ from cxrscreen.state.atomic import sha256_file
 #: Files up to this size are read once into memory (hashed and parsed from the same bytes);
 #: larger ones are hashed in a streaming pass and parsed from disk.
 IN_MEMORY_BYTES = 256 << 20
-FILM_SCALE = 65535.0  # decoded [0, 1] pixels kept for the report page as uint16
 
 
 @dataclass
@@ -45,11 +44,7 @@ class Prepared:
     sha256: str = ""  # of the bytes that were read and scored ('' when unreadable)
     size: int = 0  # size and mtime as stat() saw them just before the read
     mtime_ns: int = 0
-    film: np.ndarray | None = None  # with keep_film: the decoded film (uint16, display polarity) for a report page
-
-    def film_pixels(self) -> np.ndarray | None:
-        """The kept film as float32 in [0, 1]."""
-        return None if self.film is None else self.film.astype(np.float32) / FILM_SCALE
+    film: np.ndarray | None = None  # with keep_film: the decoded film ([0, 1], display polarity) for a report page
 
 
 def _read(path: Path, size: int) -> tuple[bytes | Path, bytes, str]:
@@ -107,8 +102,8 @@ def prepare_file(path: Path, spec: PreprocessSpec, transform: Callable, index: i
             return done(status, notes, t_decode=t1 - t0)
         if polarity_suspect(decoded.pixels):
             notes += ("polarity_suspect",)
-        if keep_film:
-            film = np.rint(np.clip(decoded.pixels, 0.0, 1.0) * FILM_SCALE).astype(np.uint16)
+        if keep_film:  # the decoder's own array, kept as it is: no work for the films that get no page
+            film = decoded.pixels
         image = torch.as_tensor(transform(decoded.pixels))
         return done(OK, notes, image, t1 - t0, time.perf_counter() - t1)
     except DecodeError as exc:

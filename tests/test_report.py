@@ -236,10 +236,10 @@ def test_make_pages_maps_each_cam_onto_its_display(random_model) -> None:
     spec = random_model.spec
     chain = build_transform(spec)
     films = [chest_phantom(300 + 40 * i, 260, seed=i) for i in range(3)]
-    items = [(_rec(f"p{i}", "1", ABNORMAL), (f * 65535).astype(np.uint16), torch.as_tensor(chain(f)))
+    items = [(_rec(f"p{i}", "1", ABNORMAL), f.astype(np.float32), torch.as_tensor(chain(f)))
              for i, f in enumerate(films)]
     items.append((_rec("q", "1", REVIEW, None, "error:truncated"), None, None))
-    items.append((_rec("r", "1", NORMAL, 0.1), (films[0] * 65535).astype(np.uint16), None))  # no tensor: no CAM
+    items.append((_rec("r", "1", NORMAL, 0.1), films[0].astype(np.float32), None))  # no tensor: no CAM
     pages = PG.make_pages(items, spec, random_model.net.eval(), choose_runtime("cpu", "fp32"))
     for page in pages[:3]:
         assert page.cam is not None and page.cam.shape == page.display.shape

@@ -30,7 +30,7 @@ from cxrscreen.model.files import LoadedModel
 from cxrscreen.model.inference import Runtime, prepare, to_device
 from cxrscreen.options import ReportPolicy
 from cxrscreen.outputs.worklist import images_frame, studies_frame
-from cxrscreen.prepare import FILM_SCALE, Prepared
+from cxrscreen.prepare import Prepared
 from cxrscreen.preprocess import PreprocessSpec, placement
 from cxrscreen.records import ABNORMAL, REVIEW, ImageRecord
 
@@ -111,21 +111,22 @@ def shrink(img: np.ndarray, longest: int = DISPLAY_MAX) -> np.ndarray:
 def make_pages(items: Sequence[tuple[ImageRecord, np.ndarray | None, torch.Tensor | None]], spec: PreprocessSpec,
                net: torch.nn.Module | None, rt: Runtime | None) -> list[Page]:
     """Pages for ``(record, film, model input)`` triples: display from the film, Grad-CAM (in batches,
-    fp32) from the very tensor that was scored, mapped onto the display by the film's placement."""
+    fp32) from the very tensor that was scored, mapped onto the display by the film's placement.
+    Without ``net`` no Grad-CAM is made; ``rt`` says where ``net`` runs (default: the CPU)."""
     pages, cam_items = [], []
     for rec, film, tensor in items:
         page = Page(rec)
         if film is not None:
             pl = placement(tuple(film.shape), spec)
-            pixels = film.astype(np.float32) / FILM_SCALE if film.dtype == np.uint16 else film
-            page.display = shrink(window(pl.crop_film(pixels), spec))
+            page.display = shrink(window(pl.crop_film(film), spec))
             if tensor is not None and net is not None:
                 cam_items.append((page, pl, tensor))
         pages.append(page)
     for start in range(0, len(cam_items), CAM_BATCH):
         chunk = cam_items[start:start + CAM_BATCH]
-        x = to_device(torch.stack([t for _, _, t in chunk]), rt) if rt is not None else torch.stack(
-            [t for _, _, t in chunk])
+        x = torch.stack([t for _, _, t in chunk])
+        if rt is not None:
+            x = to_device(x, rt)
         cams = compute_cams(net, x, np.stack([pl.valid for _, pl, _ in chunk]), batch_size=CAM_BATCH)
         for (page, pl, _), cam in zip(chunk, cams, strict=True):
             page.cam = pl.to_film(cam, page.display.shape)

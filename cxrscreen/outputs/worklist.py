@@ -97,10 +97,10 @@ def studies_frame(images: pd.DataFrame) -> pd.DataFrame:
         part = part.sort_values(["_study", col], kind="mergesort")
         return part.groupby("_study", sort=True)[col].agg(";".join)
 
-    parsed = status.map(Status)
-    kind = parsed.map(lambda st: st.kind)
+    parsed = status.map(lambda v: Status(v) if v else None)  # blank (never written): a doubt, like any non-ok
+    kind = parsed.map(lambda st: st.kind if st else "")
     ok = kind == "ok"
-    supplementary = parsed.map(lambda st: st.is_supplementary_view).astype(bool)
+    supplementary = parsed.map(lambda st: bool(st and st.is_supplementary_view)).astype(bool)
     doubt = (~ok & ~supplementary) | (ok & (df["decision"] == REVIEW))
     df["_not_analysed"] = (df["path"] + " (" + status + ")").where(~ok, "")
     n_abn = (df["decision"] == ABNORMAL).groupby(key).sum()
