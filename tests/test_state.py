@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -176,22 +178,41 @@ HOLDER = textwrap.dedent("""
     from cxrscreen.state.lock import folder_lock
     with folder_lock(Path(sys.argv[1])):
         child = os.fork()
+        # one os.write per line: atomic on a pipe, so parent and child lines never interleave (print
+        # writes text and newline apart when PYTHONUNBUFFERED is set)
         if child == 0:  # like a DataLoader worker: outlives a SIGKILLed parent (the test kills it)
-            print("child-running", flush=True)  # the at-fork hook has run by now
+            os.write(1, b"child-running\\n")  # the at-fork hook has run by now
             threading.Event().wait()
-        print(child, flush=True)
+        os.write(1, f"{child}\\n".encode())
         threading.Event().wait()  # until the test's SIGKILL: no sleep to outlast
 """)
 
 
+def _read_lines(fd: int, n: int, timeout: float = 120.0) -> list[str]:
+    """Up to ``n`` lines from a pipe, read unbuffered, giving up at ``timeout`` s or end of file (no hang)."""
+    data, deadline = b"", time.monotonic() + timeout
+    while data.count(b"\n") < n:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(fd, 4096) if ready else b""
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace").splitlines()
+
+
 def test_lock_dies_with_its_process_not_with_forked_children(tmp_path: Path) -> None:
     state = tmp_path / ".cxrscreen"
+    # its own process group: whatever happens, the finally below kills the holder and its forked child
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(state)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO)
-    lines = {proc.stdout.readline().strip(), proc.stdout.readline().strip()}  # pid and "child-running"
-    lines.discard("child-running")
-    child = int(lines.pop()) if "" not in lines else pytest.fail(proc.stderr.read())
+                            stderr=subprocess.PIPE, cwd=REPO, start_new_session=True)
     try:
+        lines = _read_lines(proc.stdout.fileno(), 2)  # the child's pid and "child-running", in either order
+        pids = [line.strip() for line in lines if line.strip().isdigit()]
+        if len(lines) < 2 or "child-running" not in {line.strip() for line in lines} or len(pids) != 1:
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, err = proc.communicate(timeout=60)
+            pytest.fail(f"the lock holder did not report as expected: {lines!r}; stderr: {err.decode()[-2000:]}")
+        child = int(pids[0])
         with pytest.raises(LockedError), folder_lock(state):
             pass
         proc.send_signal(signal.SIGKILL)
@@ -200,10 +221,11 @@ def test_lock_dies_with_its_process_not_with_forked_children(tmp_path: Path) -> 
         with folder_lock(state):  # …but does not hold the lock
             pass
     finally:
-        for pid in (proc.pid, child):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
 
 
 # --------------------------------------------------------------------------- drift
