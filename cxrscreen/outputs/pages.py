@@ -41,8 +41,8 @@ CAM_BATCH = 8
 CMAP = "turbo"
 ALPHA_MAX = 0.6  # overlay opacity at CAM = 1; opacity ∝ CAM, so weak evidence leaves the film visible
 #: Films of studies not (yet) flagged kept in memory in case a later film of the study flags it
-#: (≈ 0.7 MB each at the default model size); beyond this the oldest is dropped and, if needed after
-#: all, read again by the report stage.
+#: (≈ 1.2 MB each at the default model size: the decoded film in float32 and the model input);
+#: beyond this the oldest is dropped and, if needed after all, read again by the report stage.
 MAX_PENDING = 64
 
 
@@ -166,7 +166,6 @@ class PageStore:
         self.flagged: set[str] = set()
         self.pending: OrderedDict[str, tuple[ImageRecord, np.ndarray | None, torch.Tensor | None]] = OrderedDict()
         self.seen: set[str] = set()  # paths of this run's films (pages made, or nothing to show)
-        self.dropped = 0
         self._net: torch.nn.Module | None = None
 
     @property
@@ -194,7 +193,6 @@ class PageStore:
                 self.pending[rec.path] = item
                 while len(self.pending) > MAX_PENDING:
                     self.pending.popitem(last=False)
-                    self.dropped += 1
             else:
                 self.seen.add(rec.path)  # nothing to show: a page needs no pixels
         if todo:
