@@ -157,7 +157,7 @@ def main() -> None:
         "  model like this scored at chance level on such data. Expect it to miss nodules, masses,",
         "  effusions, pneumothorax, cardiomegaly, lines and tubes. On 97 adult test films of one hospital",
         "  (site_nih) it scores AUROC 0.733 and flags 13 of 47 pneumonias; `cxrscreen adapt` on that",
-        "  hospital's own films reaches 0.921 there (docs/adult_films.md, with the v2 attempt that failed).",
+        "  hospital's own films reaches 0.921 there (docs/adult_films.md, with the v2 attempts that failed).",
         "- covid_db's classes differ by source (hospital, scanner, processing): its near-perfect figures",
         "  are partly shortcut learning and overstate real performance.",
         "- kermany is pediatric (1–5 years) from one centre, resized with a squashed aspect ratio.",
