@@ -3,10 +3,15 @@
 import copy
 import json
 import shutil
+import subprocess
+import sys
+import warnings
+from contextlib import contextmanager
 
 import pytest
 import torch
 
+from cxrscreen.model import quantize
 from cxrscreen.model.files import load_model
 from cxrscreen.model.inference import choose_runtime, inference_net, predict_batch, scoring_net
 from cxrscreen.model.quantize import (
@@ -90,3 +95,40 @@ def test_calibration_of_other_weights_or_a_broken_file_is_refused(random_model, 
 def test_int8_runtime_without_calibration_is_refused(random_model):
     with pytest.raises(Int8Unavailable):
         inference_net(copy.deepcopy(random_model.net), choose_runtime("cpu", "int8"))
+
+
+def test_int8_build_records_no_stack_traces_and_puts_the_fx_setting_back(random_model, calibrated, monkeypatch):
+    import torch.fx.config as fx_config
+
+    before = fx_config.do_not_emit_stack_traces
+    q = int8_net(random_model.net, calibrated)
+    assert fx_config.do_not_emit_stack_traces == before
+    assert not any(n.stack_trace for n in q.graph.nodes)
+    # the same network as a build that records them (FX's default)
+    monkeypatch.setattr(quantize, "_quiet_fx", _warnings_only)
+    traced = int8_net(random_model.net, calibrated)
+    assert any(n.stack_trace for n in traced.graph.nodes)
+    x = _inputs(4, seed=13)
+    with torch.inference_mode():
+        assert torch.equal(q(x), traced(x))
+
+
+@contextmanager
+def _warnings_only():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def test_int8_build_does_not_import_the_compiler(random_model_path, calibrated, tmp_path):
+    """FX's per-node stack traces imported torch._inductor (1.4 s of an int8 scan's start-up)."""
+    for f in random_model_path.parent.glob(random_model_path.stem + ".*"):
+        shutil.copy(f, tmp_path / f.name)
+    model = tmp_path / random_model_path.name
+    save_calibration(calibrated, calibration_path(model))
+    code = ("import sys; from cxrscreen.model.files import load_model; "
+            "from cxrscreen.model.inference import choose_runtime, scoring_net; "
+            f"scoring_net(load_model({str(model)!r}), choose_runtime('cpu', 'int8')); "
+            "print('torch._inductor' in sys.modules, 'torch.export._trace' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["False", "False"]

@@ -14,7 +14,8 @@ from __future__ import annotations
 import copy
 import json
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,28 @@ def calibration_path(model_json: Path) -> Path:
     return model_json.with_name(model_json.stem + SUFFIX)
 
 
+@contextmanager
+def _quiet_fx() -> Iterator[None]:
+    """Build FX graphs without torch.ao.quantization's notices and without a stack trace per node.
+
+    FX's tracer records the Python stack of every node it creates, for debugging messages. The first
+    such record imports ``torch._inductor`` and ``torch.export`` (1.4–1.9 s of a scan's start-up with
+    ``--precision int8``, docs/benchmarks.md) and each one costs a traceback. The int8 network does
+    not use them. ``torch.fx.config.do_not_emit_stack_traces`` is put back as it was.
+    """
+    config = torch.fx.config
+    before = getattr(config, "do_not_emit_stack_traces", None)
+    if before is not None:
+        config.do_not_emit_stack_traces = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation and observer notices
+            yield
+    finally:
+        if before is not None:
+            config.do_not_emit_stack_traces = before
+
+
 def _prepared(net: torch.nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import prepare_fx
@@ -63,8 +86,7 @@ def _prepared(net: torch.nn.Module, example: torch.Tensor) -> torch.fx.GraphModu
     if ENGINE not in torch.backends.quantized.supported_engines:
         raise Int8Unavailable(f"this torch build has no {ENGINE!r} quantized engine")
     torch.backends.quantized.engine = ENGINE
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation and observer notices
+    with _quiet_fx():
         return prepare_fx(copy.deepcopy(net).float().eval(), get_default_qconfig_mapping(ENGINE),
                           example_inputs=(example,))
 
@@ -109,8 +131,7 @@ def int8_net(net: torch.nn.Module, calib: Int8Calibration) -> torch.fx.GraphModu
         old = observers[name]
         setattr(gm, name, FixedQParamsObserver(scale, zero_point, dtype=old.dtype, qscheme=old.qscheme,
                                                quant_min=qmin, quant_max=qmax))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _quiet_fx():
         return convert_fx(gm).eval()
 
 
