@@ -318,3 +318,30 @@ def test_run_ids_are_unique_and_sortable_without_waiting():
     assert ids[:3] == ["20261125T021500Z", "20261125T021500Z-001", "20261125T021500Z-002"]
     assert len(set(ids)) == 12 and ids == sorted(ids)
     assert new_run_id(taken.__contains__, now + 1) == "20261125T021501Z" > max(ids)
+
+
+def test_in_process_batches_prepare_the_next_batch_while_one_is_scored(monkeypatch, tmp_path: Path):
+    """From the second batch on, the next batch is being prepared before the scorer asks for it; the
+    first batch is prepared alone (the schedule probe times it by itself); nothing is prepared twice."""
+    import threading
+
+    from cxrscreen.pipeline import scoring
+
+    started: list[int] = []
+    events = {i: threading.Event() for i in range(7)}
+
+    def fake_prepare(path, spec, transform, index, isolate=None, keep_film=False):
+        started.append(index)
+        events[index].set()
+        return index
+
+    monkeypatch.setattr(scoring, "prepare_file", fake_prepare)
+    src = scoring.Batches([tmp_path / f"{i}.dcm" for i in range(7)], PreprocessSpec(), batch_size=2, keep_film=False)
+    gen = src.in_process(threads=2)
+    assert next(gen) == [0, 1]
+    assert not events[2].wait(0.5)  # the first batch is scored alone
+    assert next(gen) == [2, 3]
+    assert events[4].wait(30) and events[5].wait(30)  # prepared while [2, 3] is being scored
+    assert [next(gen), next(gen)] == [[4, 5], [6]]
+    assert next(gen, None) is None
+    assert sorted(started) == list(range(7))

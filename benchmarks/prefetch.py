@@ -1,0 +1,84 @@
+"""In-process preparation one batch ahead of the forward pass, against one batch at a time (issue #14).
+
+    .venv/bin/python benchmarks/throughput.py --quick --prepare    # makes the 200 inputs once
+    .venv/bin/python benchmarks/prefetch.py [--precisions auto,fp32,int8] [--rounds 3]
+
+``scan`` (reports off, rescan) of the 200 uncompressed 1024² files of ``throughput.py --quick``, each
+in a fresh process: the shipped ``Batches.in_process`` (the next batch's files are handed to the
+preparing threads before the current batch is scored) and the baseline, the same generator preparing
+a batch only when the scorer asks for it (as before this change). The two alternate, round by round.
+Prints Markdown: median scan img/s and the median of run.json's "wait for decode" per form.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+INPUTS = Path(tempfile.gettempdir()) / "cxrscreen-throughput" / "v2-1024x1024-b12-n200" / "raw"
+
+CHILD = r"""
+import json, sys, tempfile, time
+from concurrent.futures import ThreadPoolExecutor
+from cxrscreen.pipeline import scan, scoring
+from cxrscreen.prepare import prepare_file
+from cxrscreen.preprocess import build_transform
+
+form, folder, precision = sys.argv[1:4]
+if form == "baseline":
+    def in_process(self, threads, start=0, end=None, isolate=None):
+        transform = build_transform(self.spec, augment=False)
+        end = len(self.paths) if end is None else end
+        def one(i):
+            return prepare_file(self.paths[i], self.spec, transform, i, isolate, self.keep_film)
+        with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="prepare") as pool:
+            for first in range(start, end, self.batch_size):
+                yield list(pool.map(one, range(first, min(first + self.batch_size, end))))
+    scoring.Batches.in_process = in_process
+with tempfile.TemporaryDirectory() as out:
+    t = time.perf_counter()
+    res = scan(folder, out=out, precision=precision, reports="none", rescan=True)
+    wall = time.perf_counter() - t
+s = res.summary
+print(json.dumps({"img_s": s["files_processed"] / wall, "wait": s["durations_s"].get("wait_for_decode"),
+                  "schedule": (s.get("schedule") or {}).get("workers")}))
+"""
+
+
+def one(form: str, precision: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, form, str(INPUTS), precision], capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--precisions", default="auto,fp32,int8")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    if not INPUTS.is_dir():
+        sys.exit(f"{INPUTS} is missing: run benchmarks/throughput.py --quick --prepare first")
+    print("| precision | one batch at a time (before): img/s | wait for decode | one batch ahead (shipped): img/s "
+          "| wait for decode | × |")
+    print("|---|---|---|---|---|---|")
+    runs = {}
+    for precision in args.precisions.split(","):
+        got: dict[str, list[dict]] = {"baseline": [], "shipped": []}
+        for r in range(args.rounds):
+            for form in (("baseline", "shipped") if r % 2 == 0 else ("shipped", "baseline")):
+                got[form].append(one(form, precision))
+        rate = {f: statistics.median(x["img_s"] for x in v) for f, v in got.items()}
+        wait = {f: statistics.median(x["wait"] or 0.0 for x in v) for f, v in got.items()}
+        print(f"| {precision} | {rate['baseline']:.1f} | {wait['baseline']:.2f} s | {rate['shipped']:.1f} | "
+              f"{wait['shipped']:.2f} s | {rate['shipped'] / rate['baseline']:.2f}× |", flush=True)
+        runs[precision] = got
+    print(f"\n{args.rounds} rounds, 200 files each; every run: " + json.dumps(runs))
+
+
+if __name__ == "__main__":
+    main()
