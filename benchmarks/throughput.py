@@ -630,11 +630,12 @@ def _ok(flag: bool) -> str:
 def cpu_bound(r: dict[str, Any], model_img_s: float) -> float:
     """img/s if all cores did nothing but this run's file preparation and the model-only forward.
 
-    Preparation: its CPU time when files were prepared in process, else the workers' decode + preprocess wall time.
+    Preparation: the decode + preprocess wall time of each file in its thread or worker (in process,
+    ``prepare_cpu_in_process`` counts only the waits since the next batch is prepared while one is scored).
     """
     cores = os.cpu_count() or 1
     d, n = r["durations_s"], max(1, r["files"])
-    prep = d.get("prepare_cpu_in_process") or d.get("decode", 0) + d.get("preprocess", 0)
+    prep = d.get("decode", 0) + d.get("preprocess", 0)
     per_img = 1e3 * prep / n + cores * 1e3 / model_img_s
     return cores * 1e3 / per_img
 
@@ -682,7 +683,7 @@ def render(res: dict[str, Any]) -> str:
                       "summed over files in the preparing threads or workers, shown per image, so they overlap; "
                       "*start* = model load + discovery + plan; *first batch scored* = start + first batch prepared "
                       "+ first (warm-up) forward; *CPU bound* = "
-                      "cores × 1000 / (preparation ms/img + cores × 1000 / model-only img/s), the rate if "
+                      "cores × 1000 / (decode + preprocess ms/img + cores × 1000 / model-only img/s), the rate if "
                       "every core were busy) and the naive loop's split:", "",
                   "| input | precision | start | first batch scored | decode ms/img | preprocess ms/img "
                   "| infer (main) | wait for decode "

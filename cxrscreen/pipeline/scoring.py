@@ -319,9 +319,11 @@ def _cpu() -> float:
 def _timed(batches: Iterable[list[Prepared]], durations: Counter, in_process: bool) -> Iterator[list[Prepared]]:
     """The batches, adding the time spent waiting for each to ``wait_for_decode``.
 
-    In process, also the CPU time over each wait (``prepare_cpu_in_process``): what preparing the
-    batch cost on all threads, a decoder's own threads and the decode helper processes included
-    (OpenJPEG decodes in a thread of its own).
+    In process, also the CPU time over each wait (``prepare_cpu_in_process``), a decoder's own
+    threads and the decode helper processes included (OpenJPEG decodes in a thread of its own). For
+    the first batch, which is prepared alone, that is what preparing it cost (the schedule probe's
+    measure); later batches are partly prepared while the one before is scored, so over a run it is
+    a lower bound.
     """
     t, c = time.perf_counter(), _cpu()
     for batch in batches:
