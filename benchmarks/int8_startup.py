@@ -19,18 +19,13 @@ import subprocess
 import sys
 
 CHILD = r"""
-import contextlib, json, sys, time, warnings
+import functools, json, sys, time
 from cxrscreen.model import quantize
 from cxrscreen.model.files import load_model
 from cxrscreen.model.inference import choose_runtime, scoring_net
 
 if sys.argv[1] == "baseline":
-    @contextlib.contextmanager
-    def warnings_only():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    quantize._quiet_fx = warnings_only
+    quantize._quiet_fx = functools.partial(quantize._quiet_fx, stack_traces=True)
 lm = load_model(None)
 rt = choose_runtime("cpu", "int8")
 w, c = time.perf_counter(), time.process_time()

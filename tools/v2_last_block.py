@@ -218,7 +218,6 @@ def main() -> None:
     ap.add_argument("--save", action="store_true", help="keep the fitted block's weights (TAG.pt)")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.command == "cache":
         cache(args.work, args.data, args.train)
     else:

@@ -58,17 +58,18 @@ def calibration_path(model_json: Path) -> Path:
 
 
 @contextmanager
-def _quiet_fx() -> Iterator[None]:
+def _quiet_fx(stack_traces: bool = False) -> Iterator[None]:
     """Build FX graphs without torch.ao.quantization's notices and without a stack trace per node.
 
     FX's tracer records the Python stack of every node it creates, for debugging messages. The first
     such record imports ``torch._inductor`` and ``torch.export`` (1.4–1.9 s of a scan's start-up with
     ``--precision int8``, docs/benchmarks.md) and each one costs a traceback. The int8 network does
     not use them. ``torch.fx.config.do_not_emit_stack_traces`` is put back as it was.
+    ``stack_traces=True`` keeps FX's own setting (the comparison in tests and benchmarks).
     """
     config = torch.fx.config
     before = getattr(config, "do_not_emit_stack_traces", None)
-    if before is not None:
+    if before is not None and not stack_traces:
         config.do_not_emit_stack_traces = True
     try:
         with warnings.catch_warnings():
