@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.cxrscreen-installed
 TORCH  ?= torch==2.13.0
 DEMO_OUT ?= demo-out
 
-.PHONY: setup demo test test-fp32 lint sysdeps clean
+.PHONY: setup demo test test-avx2 lint sysdeps clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,10 +56,11 @@ lint: setup
 test: setup lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-# The suite as an AVX2-only CPU runs it, on any x86-64 CPU: no bf16 (precision "auto" → fp32), and
-# ATen / oneDNN limited to AVX2 kernels.
-test-fp32: setup
-	CXRSCREEN_DISABLE_BF16=1 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -q -p no:cacheprovider
+# The suite as an AVX2-only CPU runs it, on any x86-64 CPU: no bf16 (precision "auto" → int8 for a
+# model with an int8 calibration, else fp32), and ATen / oneDNN / fbgemm limited to AVX2 kernels.
+test-avx2: setup
+	CXRSCREEN_DISABLE_BF16=1 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 FBGEMM_ENABLE_INSTRUCTIONS=AVX2 \
+		$(BIN)/python -m pytest -q -p no:cacheprovider
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

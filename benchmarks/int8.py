@@ -17,10 +17,12 @@ changed at the model's threshold.
 Speed (each in a fresh process, forms interleaved round by round, batch 16): the unfolded NCHW
 fp32 network, folded fp32 (NCHW and channels_last), bf16 (when the CPU has it) and int8 on
 1 thread (images per second of *process CPU time*: robust to other processes on a shared machine)
-and on all cores (wall clock). Once natively and once with ``ONEDNN_MAX_CPU_ISA=AVX2``, which limits
-oneDNN, and so every fp32 convolution and the ``onednn`` int8 engine, to AVX2 kernels: a stand-in for
-an AVX2-only server (fbgemm, the ``x86`` engine's int8 convolution, ignores it, so that run uses
-the ``onednn`` engine for int8). Prints Markdown on stdout.
+and on all cores (wall clock). Once natively and once on AVX2 code paths, a stand-in for an
+AVX2-only server: ``FBGEMM_ENABLE_INSTRUCTIONS=AVX2`` (fbgemm, the ``x86`` engine's int8
+convolutions), ``ONEDNN_MAX_CPU_ISA=AVX2`` (oneDNN: every fp32 convolution) and
+``ATEN_CPU_CAPABILITY=avx2`` (ATen's own kernels). The accuracy table is also taken again on those
+code paths (fbgemm's AVX2 kernels multiply-add in 16 bits, which is why the ``x86`` qconfig keeps
+activations to 7 bits). Prints Markdown on stdout.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ DATA = REPO.parent / "shared" / "data" / "cxr224"
 CACHE = Path(tempfile.gettempdir()) / "cxrscreen-int8"
 BATCH = 16
 SPEED_CALIB_N = 32  # qparams do not change speed: the speed children calibrate on a few images
+#: Every kernel library on its AVX2 code path: a stand-in for an AVX2-only server (not one).
+AVX2_ENV = {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 
 def load_split(lm: Any, split: str, n: int) -> tuple[Any, Any, Any]:
@@ -69,32 +73,10 @@ def load_split(lm: Any, split: str, n: int) -> tuple[Any, Any, Any]:
     return df.reset_index(drop=True), x, df["label"].to_numpy(np.int64)
 
 
-def quantize_fx(net: Any, calib: Any, engine: str = "x86") -> tuple[Any, float]:
-    """Post-training static int8 (FX graph mode) of ``net``, calibrated on the ``calib`` tensor."""
-    import torch
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
-    torch.backends.quantized.engine = engine
-    t = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # deprecation notices; reported once by main()
-        prepared = prepare_fx(copy.deepcopy(net).float().eval(), get_default_qconfig_mapping(engine),
-                              example_inputs=(calib[:1],))
-        with torch.inference_mode():
-            for i in range(0, len(calib), 64):
-                prepared(calib[i:i + 64])
-        q = convert_fx(prepared)
-    return q, time.perf_counter() - t
-
-
-def int8_form(lm: Any, calib: Any, engine: str) -> tuple[str, Any, float]:
+def int8_form(lm: Any, calib: Any) -> tuple[str, Any, float]:
     """(name, int8 network, seconds to build it from the float network and the calibration)."""
     from cxrscreen.model.quantize import Int8Unavailable, calibrate_int8, int8_net, load_calibration
 
-    if engine != "x86":  # the AVX2 stand-in: speed only, its own (tiny) calibration
-        q, dt = quantize_fx(lm.net, calib, engine)
-        return f"int8 ({engine} engine)", q, dt
     try:
         c = load_calibration(lm.path, lm.sha256)
     except Int8Unavailable:
@@ -105,7 +87,7 @@ def int8_form(lm: Any, calib: Any, engine: str) -> tuple[str, Any, float]:
     return f"int8 (x86; calibration: {c.source})", q, time.perf_counter() - t
 
 
-def forms(lm: Any, calib: Any, engine: str) -> dict[str, tuple[Any, Any]]:
+def forms(lm: Any, calib: Any) -> dict[str, tuple[Any, Any]]:
     """name → (module, Runtime): the scoring forms compared."""
     import torch
 
@@ -118,10 +100,10 @@ def forms(lm: Any, calib: Any, engine: str) -> dict[str, tuple[Any, Any]]:
         "fp32 folded, NCHW": (inference_net(lm.net, nchw), nchw),
         "fp32 folded, channels_last (shipped)": (inference_net(lm.net, fp32), fp32),
     }
-    if cpu_supports_bf16():
+    if cpu_supports_bf16() and os.environ.get("ONEDNN_MAX_CPU_ISA") != "AVX2":  # not on the AVX2 stand-in
         bf16 = choose_runtime("cpu", "bf16")
         out["bf16 folded, channels_last (shipped)"] = (inference_net(lm.net, bf16), bf16)
-    name, q, dt = int8_form(lm, calib, engine)
+    name, q, dt = int8_form(lm, calib)
     FORM_BUILD_S[name] = dt
     out[name] = (q, choose_runtime("cpu", "int8"))
     return out
@@ -148,7 +130,7 @@ def speed_child(cfg: dict[str, Any]) -> dict[str, Any]:
 
     lm = load_model(cfg["model"])
     _, calib, _ = load_split(lm, "val", cfg["calib_n"])
-    fs = forms(lm, calib[:SPEED_CALIB_N], cfg["engine"])
+    fs = forms(lm, calib[:SPEED_CALIB_N])
     x = calib[:BATCH].clone()
     res: dict[str, dict[str, list[float]]] = {k: {"cpu1": [], "wall": []} for k in fs}
     cores = os.cpu_count() or 1
@@ -164,22 +146,27 @@ def speed_child(cfg: dict[str, Any]) -> dict[str, Any]:
                     predict_batch(net, x, rt)
                 dt = (time.process_time() - c) if key == "cpu1" else (time.perf_counter() - t)
                 res[name][key].append(cfg["batches"] * BATCH / dt)
-    return {"rates": res, "cores": cores, "isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "native"),
-            "engine": cfg["engine"], "build_s": FORM_BUILD_S}
+    return {"rates": res, "cores": cores, "isa": "AVX2" if cfg["avx2"] else "native", "build_s": FORM_BUILD_S}
 
 
-def run_speed(model: str, isa: str | None, engine: str, rounds: int, batches: int) -> dict[str, Any]:
-    env = dict(os.environ)
-    env.pop("ONEDNN_MAX_CPU_ISA", None)
-    if isa:
-        env["ONEDNN_MAX_CPU_ISA"] = isa
-    cfg = {"model": model, "engine": engine, "rounds": rounds, "batches": batches, "calib_n": SPEED_CALIB_N}
-    out = subprocess.run([sys.executable, __file__, "--_speed", json.dumps(cfg)], env=env, cwd=REPO,
+def child_env(avx2: bool) -> dict[str, str]:
+    """This process's environment, with every kernel library on AVX2 code paths or on its own choice."""
+    env = {k: v for k, v in os.environ.items() if k not in AVX2_ENV}
+    return env | AVX2_ENV if avx2 else env
+
+
+def run_child(flag: str, cfg: dict[str, Any], avx2: bool) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, __file__, flag, json.dumps(cfg)], env=child_env(avx2), cwd=REPO,
                          capture_output=True, text=True, check=False)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     if out.returncode or not lines:
-        raise RuntimeError(f"speed child failed ({out.returncode}):\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"child {flag} failed ({out.returncode}):\n{out.stderr[-3000:]}")
     return json.loads(lines[-1][7:])
+
+
+def run_speed(model: str, avx2: bool, rounds: int, batches: int) -> dict[str, Any]:
+    cfg = {"model": model, "avx2": avx2, "rounds": rounds, "batches": batches, "calib_n": SPEED_CALIB_N}
+    return run_child("--_speed", cfg, avx2)
 
 
 # --------------------------------------------------------------------------- main
@@ -196,7 +183,7 @@ def accuracy(lm: Any, calib_n: int, test_n: int) -> dict[str, Any]:
 
     _, calib, _ = load_split(lm, "val", calib_n)
     df, x, y = load_split(lm, "test", test_n)
-    fs = forms(lm, calib, "x86")
+    fs = forms(lm, calib)
     s = {name: scores(net, rt, x) for name, (net, rt) in fs.items() if name != "fp32 folded, NCHW"}
     ref_name = "fp32 folded, channels_last (shipped)"
     thr = float(lm.threshold)
@@ -215,24 +202,34 @@ def accuracy(lm: Any, calib_n: int, test_n: int) -> dict[str, Any]:
     return out
 
 
-def render(res: dict[str, Any]) -> str:
-    lines = [f"Machine: {res['machine']}.  ", f"Date: {res['date']}. Command: `{res['command']}`.  ",
-             f"Model: {res['model_note']}; threshold {res['accuracy']['threshold']:.4f}.  ",
-             f"torch.ao.quantization warnings on use: {res['warnings'] or 'none'}.", ""]
-    acc = res["accuracy"]
-    lines += [f"#### Decisions and AUROC (test split, {acc['n_test']} images; int8 calibrated on "
-              f"{acc['n_calib']} validation images)", "",
-              "Δ against the shipped fp32 scorer (folded + channels_last); *changed*: decisions at the threshold "
-              "that differ from it (*to correct*: of those, how many now agree with the label).", "",
-              "| form | dataset | AUROC | max \\|Δp\\| | mean \\|Δp\\| | changed | to correct |",
-              "|---|---|---|---|---|---|---|"]
+def _paths(isa: str) -> str:
+    return "AVX2 code paths (" + ", ".join(f"{k}={v}" for k, v in AVX2_ENV.items()) + ")" if isa == "AVX2" \
+        else "native code paths"
+
+
+def accuracy_lines(isa: str, acc: dict[str, Any]) -> list[str]:
+    lines = ["", f"#### Decisions and AUROC, {_paths(isa)} (test split, {acc['n_test']} images; int8 calibrated on "
+             f"{acc['n_calib']} validation images)", "",
+             "Δ against the shipped fp32 scorer (folded + channels_last); *changed*: decisions at the threshold "
+             "that differ from it (*to correct*: of those, how many now agree with the label).", "",
+             "| form | dataset | AUROC | max \\|Δp\\| | mean \\|Δp\\| | changed | to correct |",
+             "|---|---|---|---|---|---|---|"]
     for name, row in acc["forms"].items():
         for g, m in row.items():
             lines.append(f"| {name} | {g} (n={m['n']}) | {m['auroc']:.4f} | {m['max_dp']:.2g} | {m['mean_dp']:.2g} | "
                          f"{m['changed']} ({100 * m['changed'] / m['n']:.2f} %) | {m['to_correct']} |")
+    return lines
+
+
+def render(res: dict[str, Any]) -> str:
+    lines = [f"Machine: {res['machine']}.  ", f"Date: {res['date']}. Command: `{res['command']}`.  ",
+             f"Model: {res['model_note']}; threshold {res['accuracy']['native']['threshold']:.4f}.  ",
+             f"torch.ao.quantization warnings on use: {res['warnings'] or 'none'}.", ""]
+    for isa, acc in res["accuracy"].items():
+        lines += accuracy_lines(isa, acc)
     for sp in res["speed"]:
         base = "fp32 folded, channels_last (shipped)"
-        lines += ["", f"#### Speed, ONEDNN_MAX_CPU_ISA={sp['isa']}, int8 engine `{sp['engine']}` "
+        lines += ["", f"#### Speed, {_paths(sp['isa'])} "
                       f"(batch {BATCH}, median of {len(next(iter(sp['rates'].values()))['cpu1'])} interleaved rounds)",
                   "", "| form | 1 thread: img/s of CPU time | × shipped fp32 | "
                       f"{sp['cores']} threads: img/s wall | × shipped fp32 |", "|---|---|---|---|---|"]
@@ -267,13 +264,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--test-n", type=int, default=0, help="test images scored (0: all)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved speed rounds")
     ap.add_argument("--batches", type=int, default=3, help="batches of 16 per form per round")
-    ap.add_argument("--no-avx2", action="store_true", help="skip the ONEDNN_MAX_CPU_ISA=AVX2 speed run")
+    ap.add_argument("--no-avx2", action="store_true", help="skip the runs on AVX2 code paths")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     ap.add_argument("--_speed", help=argparse.SUPPRESS)
+    ap.add_argument("--_accuracy", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO))
     if args._speed:
         print("RESULT " + json.dumps(speed_child(json.loads(args._speed))), flush=True)
+        return
+    if args._accuracy:
+        cfg = json.loads(args._accuracy)
+        from cxrscreen.model.files import load_model
+
+        print("RESULT " + json.dumps(accuracy(load_model(cfg["model"]), cfg["calib_n"], cfg["test_n"])), flush=True)
         return
     from cxrscreen.model.files import DEFAULT_MODEL, load_model
 
@@ -293,12 +297,14 @@ def main(argv: list[str] | None = None) -> None:
         "model_note": f"{lm.name} (sha256 {lm.sha256[:12]}, {lm.spec.input_size} px)",
         "warnings": "; ".join(sorted({f"{w.category.__name__}: {str(w.message).splitlines()[0]}" for w in caught})),
     }
-    print("accuracy", file=sys.stderr, flush=True)
-    res["accuracy"] = accuracy(lm, args.calib_n, args.test_n)
-    res["speed"] = []
-    for isa, engine in ((None, "x86"), *(() if args.no_avx2 else (("AVX2", "onednn"),))):
-        print(f"speed {isa or 'native'}", file=sys.stderr, flush=True)
-        res["speed"].append(run_speed(model, isa, engine, args.rounds, args.batches))
+    res["accuracy"], res["speed"] = {}, []
+    for avx2 in (False, *(() if args.no_avx2 else (True,))):
+        isa = "AVX2" if avx2 else "native"
+        print(f"accuracy, {isa}", file=sys.stderr, flush=True)
+        cfg = {"model": model, "calib_n": args.calib_n, "test_n": args.test_n}
+        res["accuracy"][isa] = run_child("--_accuracy", cfg, avx2)
+        print(f"speed, {isa}", file=sys.stderr, flush=True)
+        res["speed"].append(run_speed(model, avx2, args.rounds, args.batches))
     print(render(res))
     if args.json:
         args.json.write_text(json.dumps(res, indent=1) + "\n")

@@ -17,10 +17,10 @@ Every configuration runs in a fresh subprocess (``--_child``) that reports its o
 the whole process tree (sum of RSS and of PSS) every 0.1 s. Configurations, in one run:
 
 1. model only: the scoring network (``inference_net``) at the model's input size, batch 16, for each
-   of ``--precisions`` (default ``auto,fp32,int8``: bf16 when the CPU has it, fp32, which stands in
-   for an AVX2-only server (a CPU without bf16 runs it once), and int8 when the model has an int8
-   calibration), at the start and at the end of the run; the best of each precision is that
-   precision's ceiling;
+   of ``--precisions`` (default ``auto,fp32,int8``: ``auto`` as the scan resolves it (bf16 when the
+   CPU has it, else int8 for a model with an int8 calibration, else fp32), fp32, and int8 when the
+   model has an int8 calibration; each runtime once), at the start and at the end of the run; the
+   best of each precision is that precision's ceiling;
 2. ``cxrscreen.pipeline.scan`` end to end (what ``cxrscreen scan`` runs; model load, discovery,
    hashing, decoding, scoring, ledger, worklists, summary PDF), ``reports="none"``, once per
    precision, then (first precision only) ``reports="flagged"`` with a threshold at the 90th
@@ -36,6 +36,10 @@ end ≥ 3× the naive loop and ≥ 50 % of that precision's model-only ceiling. 
 those (200 files, no reports, sweep or flat check, shorter timings, no retries for a busy machine).
 Without ``--model`` the embedded default model is used when it exists, else a random-weight
 224 px ResNet50 is built (weights do not change speed). Prints Markdown on stdout.
+
+A stand-in for an AVX2-only server (not one): run it with ``CXRSCREEN_DISABLE_BF16=1
+ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 FBGEMM_ENABLE_INSTRUCTIONS=AVX2`` (as ``make
+test-avx2``); every child inherits them.
 """
 
 from __future__ import annotations
@@ -296,10 +300,10 @@ def child_model(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from cxrscreen.model.files import load_model
-    from cxrscreen.model.inference import choose_runtime, predict_batch, scoring_net
+    from cxrscreen.model.inference import predict_batch, runtime_for, scoring_net
 
     lm = load_model(cfg["model"])
-    rt = choose_runtime("cpu", cfg["precision"])
+    rt = runtime_for(lm, "cpu", cfg["precision"])
     net = scoring_net(lm, rt)
     size = lm.spec.input_size
     x = torch.randn(cfg["batch"], 1, size, size)
@@ -787,22 +791,22 @@ def _csv(text: str) -> list[str]:
 
 
 def resolve_precisions(names: list[str], model: Path | None) -> list[str]:
-    """``names`` less those that run the same as an earlier one on this CPU (``auto`` is ``fp32`` without bf16),
-    and less int8 when the model has no int8 calibration."""
+    """``names`` less those that run the same as an earlier one on this CPU (``auto`` is what the scan
+    picks: bf16, int8 or fp32), and less int8 when the model has no int8 calibration."""
     from cxrscreen.model.files import load_model
-    from cxrscreen.model.inference import choose_runtime
+    from cxrscreen.model.inference import runtime_for
     from cxrscreen.model.quantize import Int8Unavailable, load_calibration
 
+    lm = load_model(model)
     seen: dict[str, str] = {}
     for name in names:
         if name == "int8":
             try:
-                lm = load_model(model)
                 load_calibration(lm.path, lm.sha256)
             except (Int8Unavailable, FileNotFoundError, ValueError) as exc:
                 print(f"int8 skipped: {exc}", file=sys.stderr)
                 continue
-        seen.setdefault(choose_runtime("cpu", name).describe(), name)
+        seen.setdefault(runtime_for(lm, "cpu", name).describe(), name)
     return list(seen.values())
 
 

@@ -19,8 +19,9 @@ class Device(str, Enum):
 
 
 class Precision(str, Enum):
-    """Arithmetic of the forward pass: ``auto`` = bf16 on CPUs with native bf16, AMP on CUDA, else fp32;
-    ``int8`` = CPU only, needs the model's ``.int8.json`` calibration."""
+    """Arithmetic of the forward pass: ``auto`` = AMP on CUDA, bf16 on CPUs with native bf16, else int8
+    when scoring a model with a usable ``.int8.json`` calibration (training: fp32), else fp32;
+    ``int8`` = CPU only, needs that calibration."""
 
     auto = "auto"
     fp32 = "fp32"

@@ -94,7 +94,8 @@ def test_inference_net_fp32_is_folded_channels_last_and_scores_like_the_model(ra
 
 
 def test_bf16_can_be_disabled_from_the_environment(monkeypatch):
-    """CXRSCREEN_DISABLE_BF16=1 (``make test-fp32``): precision "auto" takes the fp32 path of AVX2-only CPUs."""
+    """CXRSCREEN_DISABLE_BF16=1 (``make test-avx2``): precision "auto" takes the path of AVX2-only CPUs
+    (fp32 floats; int8 for a calibrated model, ``tests/test_quantize.py``)."""
     monkeypatch.setenv("CXRSCREEN_DISABLE_BF16", "1")
     assert not cpu_supports_bf16()
     assert choose_runtime("cpu", "auto").autocast_dtype is None

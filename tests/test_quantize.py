@@ -1,6 +1,7 @@
 """int8 scoring: calibration, its file beside the model, and the network rebuilt from it."""
 
 import copy
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -10,14 +11,15 @@ from functools import partial
 import pytest
 import torch
 
-from cxrscreen.model import quantize
+from cxrscreen.model import inference, quantize
 from cxrscreen.model.files import load_model
-from cxrscreen.model.inference import choose_runtime, inference_net, predict_batch, scoring_net
+from cxrscreen.model.inference import choose_runtime, inference_net, predict_batch, runtime_for, scoring_net
 from cxrscreen.model.quantize import (
     Int8Unavailable,
     calibrate_int8,
     calibration_path,
     int8_net,
+    int8_unready,
     load_calibration,
     save_calibration,
 )
@@ -55,6 +57,17 @@ def test_int8_net_is_quantized_and_tracks_the_float_network(random_model, calibr
     assert ref.std() > 0.05  # distinct scores to track
     # int8 rounding moves logits a little, never the ordering as a whole
     assert torch.corrcoef(torch.stack([ref, got]))[0, 1] > 0.9
+
+
+def test_the_classifier_stays_float_so_scores_do_not_tie(random_model, calibrated):
+    """A quantized logit lies on a 7-bit grid: many films would share one probability (worklist ties)."""
+    q = int8_net(random_model.net, calibrated)
+    assert type(q.fc) is torch.nn.Linear  # not torch.ao.nn.quantized.Linear
+    x = _inputs(32, seed=14)
+    with torch.inference_mode():
+        logits = q(x).reshape(-1)
+    assert logits.dtype == torch.float32
+    assert len(torch.unique(logits)) == len(x)
 
 
 def test_calibration_round_trip_rebuilds_the_same_network(random_model, calibrated, tmp_path):
@@ -124,3 +137,50 @@ def test_int8_build_does_not_import_the_compiler(random_model_path, calibrated, 
             "print('torch._inductor' in sys.modules, 'torch.export._trace' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.fixture
+def model_copy(random_model_path, tmp_path):
+    for f in random_model_path.parent.glob(random_model_path.stem + ".*"):
+        shutil.copy(f, tmp_path / f.name)
+    return load_model(tmp_path / random_model_path.name)
+
+
+@pytest.fixture
+def avx2_cpu(monkeypatch):
+    """A CPU without native bf16 whose kernels run AVX2 code: an AVX2-only server, as auto sees it."""
+    monkeypatch.setenv("CXRSCREEN_DISABLE_BF16", "1")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+
+
+def test_auto_scores_in_int8_on_a_cpu_without_bf16_once_the_model_is_calibrated(model_copy, calibrated, avx2_cpu,
+                                                                                  caplog):
+    caplog.set_level("INFO", logger=inference.__name__)
+    rt = runtime_for(model_copy, "cpu", "auto")
+    assert not rt.int8 and rt.autocast_dtype is None  # fp32, and the log says why not int8
+    assert "no int8 calibration" in caplog.text
+    save_calibration(calibrated, calibration_path(model_copy.path))
+    assert int8_unready(model_copy.path, model_copy.sha256) is None
+    rt = runtime_for(model_copy, "auto", "auto")
+    assert rt == choose_runtime("cpu", "int8")
+    assert "precision auto: int8" in caplog.text
+    # what is asked for explicitly still holds
+    assert runtime_for(model_copy, "cpu", "fp32") == choose_runtime("cpu", "fp32")
+    assert runtime_for(model_copy, "cpu", "bf16") == choose_runtime("cpu", "bf16")
+
+
+def test_auto_keeps_native_bf16_and_needs_avx2_and_this_torch_release(model_copy, calibrated, monkeypatch):
+    save_calibration(calibrated, calibration_path(model_copy.path))
+    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: True)
+    assert runtime_for(model_copy, "cpu", "auto") == choose_runtime("cpu", "bf16")
+    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    assert "AVX2" in int8_unready(model_copy.path, model_copy.sha256)
+    assert runtime_for(model_copy, "cpu", "auto") == choose_runtime("cpu", "fp32")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert runtime_for(model_copy, "cpu", "auto").int8
+    # a calibration made with another torch release (torch names the activations) is not trusted by auto
+    other = dataclasses.replace(calibrated, torch_version="2.99.0+cpu")
+    save_calibration(other, calibration_path(model_copy.path))
+    assert "torch 2.99.0+cpu" in int8_unready(model_copy.path, model_copy.sha256)
+    assert runtime_for(model_copy, "cpu", "auto") == choose_runtime("cpu", "fp32")

@@ -12,7 +12,9 @@ import typer
 # Help of the options shared by several commands; Typer lists their choices (cxrscreen.options) itself.
 DEVICE_HELP = "auto: CUDA when available, else the CPU."
 TRAIN_PRECISION_HELP = "auto: bf16 on CPUs that support it, AMP on CUDA, else fp32."
-PRECISION_HELP = TRAIN_PRECISION_HELP + " int8: CPU only, needs the model's .int8.json calibration."
+PRECISION_HELP = ("auto: AMP on CUDA, bf16 on CPUs that support it, else int8 when the model has an int8 "
+                  "calibration for this torch release, else fp32. int8: CPU only, needs the model's .int8.json "
+                  "calibration.")
 
 
 class ExitCode(IntEnum):
@@ -36,12 +38,12 @@ def fail(message: str, code: ExitCode = ExitCode.USAGE) -> NoReturn:
 def load_model_and_manifest(model: Path, manifest: Path, split: str, device: str, precision: str) -> tuple:
     """(LoadedModel, manifest rows of ``split``, Runtime), or exit 2 with the reason."""
     from cxrscreen.model.files import ModelIntegrityError, load_model
-    from cxrscreen.model.inference import choose_runtime
+    from cxrscreen.model.inference import runtime_for
     from cxrscreen.training.data import ManifestError, read_manifest
 
     try:
         lm = load_model(None if str(model) == "default" else model)
-        return lm, read_manifest(manifest, split), choose_runtime(device, precision)
+        return lm, read_manifest(manifest, split), runtime_for(lm, device, precision)
     except (ManifestError, FileNotFoundError, ModelIntegrityError, ValueError, RuntimeError) as exc:
         fail(str(exc))
 

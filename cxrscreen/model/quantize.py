@@ -12,6 +12,7 @@ decisions: ``benchmarks/int8.py``, docs/benchmarks.md.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import warnings
 from collections.abc import Iterable, Iterator
@@ -24,7 +25,7 @@ import torch
 
 ENGINE = "x86"
 SUFFIX = ".int8.json"
-FORMAT = "cxrscreen-int8/1"
+FORMAT = "cxrscreen-int8/2"  # /2: the classifier (nn.Linear) stays float
 
 
 class Int8Unavailable(RuntimeError):
@@ -87,9 +88,13 @@ def _prepared(net: torch.nn.Module, example: torch.Tensor) -> torch.fx.GraphModu
     if ENGINE not in torch.backends.quantized.supported_engines:
         raise Int8Unavailable(f"this torch build has no {ENGINE!r} quantized engine")
     torch.backends.quantized.engine = ENGINE
+    # The classifier stays float: a quantized logit lies on a 7-bit grid (about 0.26 apart), which
+    # left 116 distinct probabilities on the 1,418 test films and ties all through the worklist's
+    # priority order; a float Linear on the dequantized pooled features gives 1,309 (fp32: 1,312), at
+    # the same speed (docs/benchmarks.md).
+    qconfig = get_default_qconfig_mapping(ENGINE).set_object_type(torch.nn.Linear, None)
     with _quiet_fx():
-        return prepare_fx(copy.deepcopy(net).float().eval(), get_default_qconfig_mapping(ENGINE),
-                          example_inputs=(example,))
+        return prepare_fx(copy.deepcopy(net).float().eval(), qconfig, example_inputs=(example,))
 
 
 def _observers(gm: torch.nn.Module) -> dict[str, Any]:
@@ -151,9 +156,36 @@ def load_calibration(model_json: Path, model_sha256: str) -> Int8Calibration:
     try:
         calib = Int8Calibration.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, KeyError, TypeError, IndexError) as exc:
-        raise Int8Unavailable(f"--precision int8: {path.name} is not a valid int8 calibration ({exc})") from exc
+        raise Int8Unavailable(f"--precision int8: {path.name} is not a valid int8 calibration ({exc}); recalibrate "
+                              "it (tools/int8_calibration.py)") from exc
     if calib.model_sha256 != model_sha256:
         raise Int8Unavailable(f"--precision int8: {path.name} was calibrated for other weights "
                               f"(sha256 {calib.model_sha256[:12]}, model {model_sha256[:12]}); recalibrate it "
                               "(tools/int8_calibration.py)")
     return calib
+
+
+def _release(version: str) -> str:
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+def int8_unready(model_json: Path, model_sha256: str) -> str | None:
+    """Why precision "auto" may not score this model in int8 on this machine; None when it may.
+
+    It needs the ``x86`` quantized engine on a CPU with AVX2 (fbgemm's int8 kernels), torch's FX
+    quantization, and a calibration of these weights made with this torch release (the activations
+    are named by torch's tracer). ``--precision int8`` asks for int8 whatever this says.
+    """
+    if ENGINE not in torch.backends.quantized.supported_engines:
+        return f"this torch build has no {ENGINE!r} quantized engine"
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        return "the CPU has no AVX2, which fbgemm's int8 kernels need"
+    if importlib.util.find_spec("torch.ao.quantization.quantize_fx") is None:
+        return "this torch release has no torch.ao.quantization.quantize_fx"
+    try:
+        calib = load_calibration(model_json, model_sha256)
+    except Int8Unavailable as exc:
+        return str(exc).removeprefix("--precision int8: ")
+    if _release(calib.torch_version) != _release(torch.__version__):
+        return f"its int8 calibration was made with torch {calib.torch_version}, this is {torch.__version__}"
+    return None

@@ -11,7 +11,7 @@ from pathlib import Path
 from cxrscreen.ingest import isolation
 from cxrscreen.ingest.discover import discover
 from cxrscreen.model.files import LoadedModel, load_model
-from cxrscreen.model.inference import choose_runtime
+from cxrscreen.model.inference import runtime_for
 from cxrscreen.model.quantize import Int8Unavailable, load_calibration
 from cxrscreen.options import Device, Precision, ReportPolicy, parse
 from cxrscreen.outputs.dicom import DICOM_DIR, write_dicom_results
@@ -119,7 +119,7 @@ def scan(
         raise ScanInputError("--batch-size must be at least 1")
     lm = model if isinstance(model, LoadedModel) else load_model(model)
     thr = float(lm.threshold if threshold is None else threshold)
-    rt = choose_runtime(device, precision)
+    rt = runtime_for(lm, device, precision)
     if rt.int8:  # refuse before anything is scanned, with the reason (a usage problem, exit 2)
         try:
             load_calibration(lm.path, lm.sha256)
