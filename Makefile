@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.cxrscreen-installed
 TORCH  ?= torch==2.13.0
 DEMO_OUT ?= demo-out
 
-.PHONY: setup demo test test-avx2 lint sysdeps clean
+.PHONY: setup demo test test-fast test-avx2 lint sysdeps clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,12 @@ lint: setup
 
 test: setup lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The suite without the tests marked slow (subprocesses of cxrscreen or python, Orthanc, dciodvfy,
+# kill -9, the fuzz runs, model training, int8 calibration, the longer scans): a quick check while
+# editing; `make test` runs them all.
+test-fast: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
 
 # The suite as an AVX2-only CPU runs it, on any x86-64 CPU: no bf16 (precision "auto" → int8 for a
 # model with an int8 calibration, else fp32), and ATen / oneDNN / fbgemm limited to AVX2 kernels.

@@ -39,9 +39,12 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from statistics import median
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+import harness
+from harness import REPO
+
 DATA = REPO.parent / "shared" / "data" / "cxr224"
 CACHE = Path(tempfile.gettempdir()) / "cxrscreen-int8"
 BATCH = 16
@@ -158,10 +161,7 @@ def child_env(avx2: bool) -> dict[str, str]:
 def run_child(flag: str, cfg: dict[str, Any], avx2: bool) -> dict[str, Any]:
     out = subprocess.run([sys.executable, __file__, flag, json.dumps(cfg)], env=child_env(avx2), cwd=REPO,
                          capture_output=True, text=True, check=False)
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-    if out.returncode or not lines:
-        raise RuntimeError(f"child {flag} failed ({out.returncode}):\n{out.stderr[-3000:]}")
-    return json.loads(lines[-1][7:])
+    return harness.read_result(flag, out.returncode, out.stdout, out.stderr)
 
 
 def run_speed(model: str, avx2: bool, rounds: int, batches: int) -> dict[str, Any]:
@@ -170,11 +170,6 @@ def run_speed(model: str, avx2: bool, rounds: int, batches: int) -> dict[str, An
 
 
 # --------------------------------------------------------------------------- main
-def median(v: list[float]) -> float:
-    s = sorted(v)
-    return s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
-
-
 def accuracy(lm: Any, calib_n: int, test_n: int) -> dict[str, Any]:
     """Scores of every form on the test split; int8 calibrated on the validation split."""
     import numpy as np
@@ -244,17 +239,10 @@ def render(res: dict[str, Any]) -> str:
 
 
 def machine() -> str:
-    import torch
-
-    model = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    flags = Path("/proc/cpuinfo").read_text()
-    feats = [f for f in ("avx2", "avx512_vnni", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
-    return (f"{model}, {os.cpu_count()} cores ({', '.join(feats)}), Linux {platform.release()}; "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
+    flags = harness.cpu_flags()
+    feats = [f for f in ("avx2", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags]
+    return (f"{harness.cpu_model()}, {os.cpu_count()} cores ({', '.join(feats)}), Linux {platform.release()}; "
+            f"{harness.software(with_pydicom=False)}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -271,13 +259,13 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO))
     if args._speed:
-        print("RESULT " + json.dumps(speed_child(json.loads(args._speed))), flush=True)
+        harness.print_result(speed_child(json.loads(args._speed)))
         return
     if args._accuracy:
         cfg = json.loads(args._accuracy)
         from cxrscreen.model.files import load_model
 
-        print("RESULT " + json.dumps(accuracy(load_model(cfg["model"]), cfg["calib_n"], cfg["test_n"])), flush=True)
+        harness.print_result(accuracy(load_model(cfg["model"]), cfg["calib_n"], cfg["test_n"]))
         return
     from cxrscreen.model.files import DEFAULT_MODEL, load_model
 
@@ -292,8 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         prepare_fx(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3)).eval(), get_default_qconfig_mapping("x86"),
                    example_inputs=(torch.zeros(1, 1, 8, 8),))
     res: dict[str, Any] = {
-        "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": " ".join([".venv/bin/python", "benchmarks/int8.py", *(argv or sys.argv[1:])]),
+        "machine": machine(), "date": harness.utc_now(), "command": harness.command("int8.py", argv),
         "model_note": f"{lm.name} (sha256 {lm.sha256[:12]}, {lm.spec.input_size} px)",
         "warnings": "; ".join(sorted({f"{w.category.__name__}: {str(w.message).splitlines()[0]}" for w in caught})),
     }

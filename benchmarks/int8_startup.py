@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
+
+import harness
 
 CHILD = r"""
 import functools, json, sys, time
@@ -36,18 +36,14 @@ print(json.dumps({"wall": time.perf_counter() - w, "cpu": time.process_time() - 
 
 
 def one(form: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, form], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return harness.run_code(CHILD, form)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args()
-    runs: dict[str, list[dict]] = {"baseline": [], "shipped": []}
-    for r in range(args.rounds):
-        for form in (("baseline", "shipped") if r % 2 == 0 else ("shipped", "baseline")):
-            runs[form].append(one(form))
+    runs = harness.alternate(args.rounds, one)
     print("| build | wall s (median) | CPU s (median) | imports torch._inductor |")
     print("|---|---|---|---|")
     for form, label in (("baseline", "FX stack traces recorded (before)"), ("shipped", "stack traces off (shipped)")):

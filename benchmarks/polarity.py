@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -46,6 +45,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
+
+import harness  # noqa: E402
 
 from cxrscreen import qc  # noqa: E402
 from cxrscreen.ingest.decode import DecodeError, decode_dataset, extract_tags, read_dataset  # noqa: E402
@@ -169,12 +170,7 @@ def report_sources(n_bench: int, n_large: int) -> Iterator[tuple[str, Iterator[t
 
 # --------------------------------------------------------------------------- report
 def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "")
-    except OSError:
-        model = ""
-    return f"{model or platform.processor() or platform.machine()}, {platform.system()} {platform.release()}"
+    return f"{harness.cpu_model()}, {platform.system()} {platform.release()}"
 
 
 def time_check(shape: tuple[int, int], n: int = 2000) -> float:

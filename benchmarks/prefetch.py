@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
-from pathlib import Path
+from functools import partial
 
-INPUTS = Path(tempfile.gettempdir()) / "cxrscreen-throughput" / "v2-1024x1024-b12-n200" / "raw"
+import harness
+
+INPUTS = harness.input_folder(1024, 1024, 12, 200, "raw")  # throughput.py --quick's inputs
 
 CHILD = r"""
 import json, sys, tempfile, time
@@ -51,9 +51,7 @@ print(json.dumps({"img_s": s["files_processed"] / wall, "wait": s["durations_s"]
 
 
 def one(form: str, precision: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, form, str(INPUTS), precision], capture_output=True,
-                         text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return harness.run_code(CHILD, form, str(INPUTS), precision)
 
 
 def main() -> None:
@@ -68,10 +66,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     runs = {}
     for precision in args.precisions.split(","):
-        got: dict[str, list[dict]] = {"baseline": [], "shipped": []}
-        for r in range(args.rounds):
-            for form in (("baseline", "shipped") if r % 2 == 0 else ("shipped", "baseline")):
-                got[form].append(one(form, precision))
+        got = harness.alternate(args.rounds, partial(one, precision=precision))
         rate = {f: statistics.median(x["img_s"] for x in v) for f, v in got.items()}
         wait = {f: statistics.median(x["wait"] or 0.0 for x in v) for f, v in got.items()}
         print(f"| {precision} | {rate['baseline']:.1f} | {wait['baseline']:.2f} s | {rate['shipped']:.1f} | "

@@ -17,12 +17,13 @@ import argparse
 import hashlib
 import io
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT = Path(tempfile.gettempdir()) / "cxrscreen-throughput" / "v1-1024x1024-b12-n96" / "raw"
+import harness
+from harness import REPO
+
+DEFAULT = harness.input_folder(1024, 1024, 12, 96, "raw")  # what the throughput.py --prepare command above makes
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,12 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import harness
 import numpy as np
-import pydicom
+from harness import REPO
 
 from cxrscreen.testing import dicom
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_dicoms(folder: Path, n: int, side: int = 8) -> None:
@@ -42,21 +41,6 @@ def tiny_dicoms(folder: Path, n: int, side: int = 8) -> None:
                            study_date="20260101")
         dicom.set_pixels(ds, rng.integers(0, 4096, (side, side), dtype=np.uint16), bits=12)
         dicom.write(ds, folder / f"d{i // 100:03d}" / f"img{i:06d}.dcm")
-
-
-def random_model(path: Path) -> Path:
-    """A random-weight 64 px ResNet50 (only its load time matters here)."""
-    import torch
-
-    from cxrscreen.model.architecture import build_resnet50
-    from cxrscreen.model.files import save_model
-    from cxrscreen.preprocess import PreprocessSpec
-
-    torch.manual_seed(0)
-    meta = {"name": "bench-random", "version": "bench", "preprocess": PreprocessSpec(input_size=64).to_dict(),
-            "threshold": 0.5, "labels": {"0": "normal", "1": "abnormal"}}
-    save_model(build_resnet50(), meta, path, dtype=torch.float16)
-    return path.with_suffix(".json")
 
 
 def scan(folder: Path, out: Path, model: Path) -> tuple[float, dict]:
@@ -72,18 +56,8 @@ def scan(folder: Path, out: Path, model: Path) -> tuple[float, dict]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release().split('-')[0]}, "
-            f"Python {platform.python_version()}, torch {torch.__version__}, pydicom {pydicom.__version__}")
+    return (f"{harness.cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release().split('-')[0]}, "
+            f"{harness.software()}")
 
 
 def main() -> None:
@@ -98,7 +72,7 @@ def main() -> None:
         t0 = time.perf_counter()
         tiny_dicoms(folder, args.n)
         print(f"built {args.n} files in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        model = args.model or random_model(base / "model" / "bench.json")
+        model = args.model or harness.random_model(base / "model" / "bench.json", 64)  # only its load time matters
         wall, s = scan(folder, out, model)
         print(f"first scan (fills the ledger): {wall:.1f} s, {s['files_processed']} files", file=sys.stderr)
         runs = []

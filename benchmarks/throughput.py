@@ -45,13 +45,9 @@ test-avx2``); every child inherits them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import platform
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,10 +55,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+import harness
+from harness import CACHE, GEN_VERSION, REPO
+
 FULLRES = REPO.parent / "shared" / "data" / "fullres"
-CACHE = Path(tempfile.gettempdir()) / "cxrscreen-throughput"
-GEN_VERSION = 2  # bump when the generated files change (2: cxrscreen.testing.dicom, integer window)
 SYNTAXES = {"raw": "ExplicitVRLittleEndian", "j2k": "JPEG2000Lossless", "jls": "JPEGLSLossless"}
 SYNTAX_NAMES = {"raw": "uncompressed", "j2k": "JPEG 2000 lossless", "jls": "JPEG-LS lossless"}
 MODEL_BATCH = 16
@@ -87,7 +83,7 @@ class Kind:
         return f"{self.cols}²" if self.cols == self.rows else f"{self.cols}×{self.rows}"
 
     def folder(self, bits: int, syntax: str) -> Path:
-        return CACHE / f"v{GEN_VERSION}-{self.cols}x{self.rows}-b{bits}-n{self.n}" / syntax
+        return harness.input_folder(self.cols, self.rows, bits, self.n, syntax)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -269,32 +265,14 @@ def resolve_model(arg: Path | None, calib: Path) -> tuple[Path, str]:
                                f"{meta['preprocess'].get('input_size')} px)")
     path = CACHE / "random224-calibrated.json"
     if not path.is_file():
-        import torch
-
-        from cxrscreen.model.architecture import build_resnet50
-        from cxrscreen.model.files import save_model
-        from cxrscreen.preprocess import PreprocessSpec
-
-        torch.manual_seed(0)
-        net = build_resnet50()
-        calibrate_head(net, calib)
-        meta = {"name": "bench-random", "version": "bench", "preprocess": PreprocessSpec(input_size=224).to_dict(),
-                "threshold": 0.5, "labels": {"0": "normal", "1": "abnormal"},
-                "training": {"note": "random weights built by benchmarks/throughput.py; speed only"}}
-        save_model(net, meta, path, dtype=torch.float16)
+        harness.random_model(path, 224, note="random weights built by benchmarks/throughput.py; speed only",
+                             adjust=lambda net: calibrate_head(net, calib))
     return path, ("a random-weight ResNet50 at 224 px built the way tests/conftest.py `_random_model` does "
                   "(`cxrscreen/models/default.json` does not exist yet; weights do not change speed), its last "
                   "layer rescaled so that scores spread around 0.5 instead of all ≈ 1.0")
 
 
 # --------------------------------------------------------------------------- children
-def _rusage() -> dict[str, float]:
-    """Peak RSS (MB) of this process and of its largest reaped child (DataLoader workers)."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"rss_main_mb": round(own, 1), "rss_worker_mb": round(kids, 1)}
-
-
 def child_model(cfg: dict[str, Any]) -> dict[str, Any]:
     """Model-only rate: random batches at the model's input size."""
     import torch
@@ -360,193 +338,13 @@ def child_scan(cfg: dict[str, Any]) -> dict[str, Any]:
             "probs": probs, "notes": notes, "reports": reports}
 
 
-def child_naive(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Per file: dcmread → pixel_array → skimage resize (anti-aliased) → fp32 forward at batch 1."""
-    import numpy as np
-    import pydicom
-    import torch
-    from skimage.transform import resize
-
-    from cxrscreen.model.files import load_model
-
-    lm = load_model(cfg["model"])
-    net = lm.net.float().eval()
-    size = lm.spec.input_size
-    files = sorted(Path(cfg["folder"]).glob("*.dcm"))[: cfg["max_n"]]
-
-    def one(path: Path) -> tuple[float, float, float]:
-        t0 = time.perf_counter()
-        arr = pydicom.dcmread(path).pixel_array.astype(np.float32)
-        t1 = time.perf_counter()
-        img = resize(arr, (size, size), anti_aliasing=True)
-        lo, hi = float(img.min()), float(img.max())
-        img = ((img - lo) / max(hi - lo, 1e-6) - 0.5) / 0.25
-        x = torch.from_numpy(img.astype(np.float32))[None, None]
-        t2 = time.perf_counter()
-        with torch.no_grad():
-            torch.sigmoid(net(x)).item()
-        return t1 - t0, t2 - t1, time.perf_counter() - t2
-
-    one(files[-1])  # warm-up, not timed
-    parts = np.zeros(3)
-    n, t0 = 0, time.perf_counter()
-    for path in files:
-        parts += one(path)
-        n += 1
-        if time.perf_counter() - t0 >= cfg["seconds"] and n >= 5:
-            break
-    dt = time.perf_counter() - t0
-    return {"img_s": n / dt, "images": n, "ms_read_decode": 1e3 * parts[0] / n, "ms_resize": 1e3 * parts[1] / n,
-            "ms_forward": 1e3 * parts[2] / n, "threads": torch.get_num_threads()}
-
-
-CHILDREN = {"model": child_model, "scan": child_scan, "naive": child_naive}
-
-
-def child_main(arg: str) -> None:
-    cfg = json.loads(arg)
-    sys.path.insert(0, str(REPO))
-    out = CHILDREN[cfg["what"]](cfg)
-    out.update(_rusage())
-    print("RESULT " + json.dumps(out), flush=True)
+CHILDREN = {"model": child_model, "scan": child_scan, "naive": harness.naive_loop}
 
 
 # --------------------------------------------------------------------------- parent side
-def _tree(root: int) -> list[int]:
-    """``root`` and its live descendants (from /proc)."""
-    parent: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as fh:
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        parent.setdefault(ppid, []).append(int(entry.name))
-    out, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        out.append(pid)
-        stack.extend(parent.get(pid, []))
-    return out
-
-
-def _mem_kb(pid: int) -> tuple[int, int]:
-    """(RSS, PSS) in kB of one process; zeros when it is gone."""
-    rss = pss = 0
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith("Rss:"):
-                    rss = int(line.split()[1])
-                elif line.startswith("Pss:"):
-                    pss = int(line.split()[1])
-    except OSError:
-        pass
-    return rss, pss
-
-
-LOAD_LOG: list[tuple[str, float, float]] = []  # (child, other processes' cores, steal cores)
-
-
-def _cpu_jiffies() -> tuple[int, int]:
-    """(busy, steal) jiffies of the whole machine since boot, from /proc/stat."""
-    f = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (f + [0] * 8)[:8]
-    return user + nice + system + irq + softirq, steal
-
-
-NOISY_CORES = 0.25  # other processes using more than this during a measurement make it suspect
-SETTINGS = {"retries": 2}  # reruns of a configuration that other processes disturbed (``--retries``)
-QUIET_WAIT_S = 120.0
-
-
-def others_busy(seconds: float = 2.0) -> float:
-    """Cores used by everything else over ``seconds`` (this process sleeps meanwhile)."""
-    hz = os.sysconf("SC_CLK_TCK")
-    b0, _ = _cpu_jiffies()
-    time.sleep(seconds)
-    b1, _ = _cpu_jiffies()
-    return (b1 - b0) / hz / seconds
-
-
-def wait_for_quiet(limit_s: float = QUIET_WAIT_S) -> float:
-    """Wait (up to ``limit_s``) until other processes use < ``NOISY_CORES``; the last reading."""
-    t0 = time.perf_counter()
-    busy = others_busy()
-    while busy >= NOISY_CORES and time.perf_counter() - t0 < limit_s:
-        busy = others_busy()
-    return busy
-
-
 def run_child(cfg: dict[str, Any], log_dir: Path, name: str) -> dict[str, Any]:
-    """:func:`run_once`, repeated (after waiting for a quiet machine) while other processes interfered.
-
-    Keeps the least disturbed attempt; ``noisy`` marks a result that other processes still disturbed.
-    """
-    best: dict[str, Any] | None = None
-    for attempt in range(SETTINGS["retries"] + 1):
-        if attempt:
-            busy = wait_for_quiet()
-            print(f"  {name}: other processes used {best['others_cores']:.2f} cores; retrying "
-                  f"(now {busy:.2f})", file=sys.stderr, flush=True)
-        again = {**cfg, "out": f"{cfg['out']}-try{attempt}"} if attempt and "out" in cfg else cfg  # fresh output
-        res = run_once(again, log_dir, f"{name}-try{attempt}" if attempt else name)
-        res["attempts"] = attempt + 1
-        if best is None or res["others_cores"] < best["others_cores"]:
-            best = res
-        if best["others_cores"] < NOISY_CORES:
-            break
-    assert best is not None
-    best["noisy"] = best["others_cores"] >= NOISY_CORES
-    LOAD_LOG.append((name, best["others_cores"], best["steal_cores"]))
-    return best
-
-
-def run_once(cfg: dict[str, Any], log_dir: Path, name: str) -> dict[str, Any]:
-    """Run one configuration in a fresh interpreter; its result plus the sampled tree peaks.
-
-    Also measures the CPU that *other* processes used meanwhile (machine busy time minus this child's
-    and this parent's), in cores: anything well above 0 means the numbers are pessimistic.
-    """
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", json.dumps(cfg)]
-    log_dir.mkdir(parents=True, exist_ok=True)
-    out_path, err_path = log_dir / f"{name}.out", log_dir / f"{name}.err"
-    peak_rss = peak_pss = peak_procs = 0
-    hz = os.sysconf("SC_CLK_TCK")
-    busy0, steal0 = _cpu_jiffies()
-    self0 = os.times()
-    t0 = time.perf_counter()
-    with open(out_path, "w") as out, open(err_path, "w") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=REPO)
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                proc.returncode = os.waitstatus_to_exitcode(status)
-                break
-            pids = _tree(proc.pid)
-            mem = [_mem_kb(p) for p in pids]
-            peak_rss = max(peak_rss, sum(m[0] for m in mem))
-            peak_pss = max(peak_pss, sum(m[1] for m in mem))
-            peak_procs = max(peak_procs, len(pids))
-            time.sleep(0.1)
-    wall = time.perf_counter() - t0
-    busy1, steal1 = _cpu_jiffies()
-    self1 = os.times()
-    child_cpu = usage.ru_utime + usage.ru_stime
-    own_cpu = (self1.user - self0.user) + (self1.system - self0.system)
-    others = max(0.0, (busy1 - busy0) / hz - child_cpu - own_cpu) / wall
-    lines = [ln for ln in out_path.read_text().splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        tail = err_path.read_text()[-3000:]
-        raise RuntimeError(f"child {name} failed ({proc.returncode}):\n{tail}")
-    res = json.loads(lines[-1][len("RESULT "):])
-    res.update({"process_wall_s": wall, "tree_rss_mb": peak_rss / 1024, "tree_pss_mb": peak_pss / 1024,
-                "tree_procs": peak_procs, "cpu_cores_used": child_cpu / wall, "others_cores": others,
-                "steal_cores": (steal1 - steal0) / hz / wall})
-    print(f"  {name}: {_brief(res)}", file=sys.stderr, flush=True)
-    return res
+    """One configuration in a fresh interpreter (``--_child``), rerun while other processes disturbed it."""
+    return harness.run_child(Path(__file__).resolve(), cfg, log_dir, name, _brief)
 
 
 def _brief(r: dict[str, Any]) -> str:
@@ -573,39 +371,6 @@ def threshold_for(probs: list[float], q: float = 0.9) -> float:
 
 
 # --------------------------------------------------------------------------- report
-def machine() -> dict[str, str]:
-    cpu, mem_gb = platform.processor() or platform.machine(), 0.0
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(ln.split(":", 1)[1].strip() for ln in subprocess.run(
-            ["lscpu"], capture_output=True, text=True).stdout.splitlines() if ln.startswith("Model name"))
-    try:
-        mem_kb = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
-                      if ln.startswith("MemTotal"))
-        mem_gb = mem_kb / 1024**2
-    except (OSError, StopIteration):
-        pass
-    import pydicom
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    isa = ", ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "no bf16"
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "ram": f"{mem_gb:.1f} GiB", "isa": isa, "gpu": gpu,
-            "os": f"{platform.system()} {platform.release()}",
-            "sw": f"Python {platform.python_version()}, torch {torch.__version__}, pydicom {pydicom.__version__}"}
-
-
-def _load_line(load: list[Any]) -> str:
-    """One sentence on how busy the machine was with other work during the measurements."""
-    if not load:
-        return ""
-    mean = sum(x[1] for x in load) / len(load)
-    worst = max(load, key=lambda x: x[1])
-    steal = max(x[2] for x in load)
-    return (f"Other processes used {mean:.2f} cores on average during the measurements (most: {worst[1]:.2f} "
-            f"during `{worst[0]}`; hypervisor steal ≤ {steal:.2f} cores).  ")
-
-
 def _mb(x: float) -> str:
     return f"{x / 1024:.2f} GB" if x >= 1024 else f"{x:.0f} MB"
 
@@ -656,7 +421,7 @@ def render(res: dict[str, Any]) -> str:
              f"GPU: {m['gpu']}" + (" — no GPU was available for this measurement." if m["gpu"] == "none" else "."),
              f"Date: {res['date']}. Command: `{res['command']}` (total {res['total_s'] / 60:.1f} min, input "
              f"generation {res['gen_s']:.0f} s of it).  ",
-             _load_line(res.get("load", [])),
+             harness.load_line(res.get("load", [])),
              f"Model: {res['model_note']}. Inputs: {a['bits']} bits stored in 16 allocated, VOI window in the "
              f"header, one study per file, made from {res['source_note']}.", ""]
     bests = res["model_best"]
@@ -839,13 +604,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._child:
-        child_main(args._child)
+        harness.child_main(args._child, CHILDREN)
         return
     sys.path.insert(0, str(REPO))
     if args.quick:
         args.n, args.sizes, args.syntaxes, args.no_reports = 200, "1024", "raw", True
         args.sweep_n, args.flat_factor, args.naive_seconds, args.model_seconds, args.retries = 0, 0, 10.0, 5.0, 0
-    SETTINGS["retries"] = max(0, args.retries)
+    harness.SETTINGS["retries"] = max(0, args.retries)
 
     t_start = time.perf_counter()
     syntaxes = _csv(args.syntaxes)
@@ -861,9 +626,8 @@ def main(argv: list[str] | None = None) -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="cxrscreen-throughput-run-"))
     logs = work / "logs"
-    command = " ".join([".venv/bin/python", "benchmarks/throughput.py", *(argv or sys.argv[1:])])
-    res: dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                           "command": command,
+    res: dict[str, Any] = {"machine": harness.machine(), "date": harness.utc_now(),
+                           "command": harness.command("throughput.py", argv),
                            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                            "kinds": {}, "gen_s": 0.0}
     res["source_note"] = (f"the {len(_sources())} pediatric JPEGs in ../shared/data/fullres (random crops and "
@@ -966,7 +730,7 @@ def main(argv: list[str] | None = None) -> None:
         res["model_best"] = {p: max((r for r in res["model"] if r["precision"] == p), key=lambda r: r["img_s"])
                              for p in precisions}
         res["targets"] = targets(res)
-        res["load"] = LOAD_LOG
+        res["load"] = harness.LOAD_LOG
         res["total_s"] = time.perf_counter() - t_start
         text = render(res)
         print(text)

@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -26,7 +27,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+import harness
+from harness import REPO
+
 BATCH = 16
 
 
@@ -84,11 +87,6 @@ def measure(lm: Any, precision: str, rounds: int, cache: Path) -> dict[str, Any]
     return out
 
 
-def median(v: list[float]) -> float:
-    s = sorted(v)
-    return s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", help="model .json (default: the embedded default model)")
@@ -102,8 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     from cxrscreen.model.files import load_model
 
     lm = load_model(args.model)
-    res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
-                           "results": {}}
+    res: dict[str, Any] = {"date": harness.utc_now(), "torch": torch.__version__, "results": {}}
     with tempfile.TemporaryDirectory(prefix="cxrscreen-ts-") as tmp:
         for p in dict.fromkeys(p.strip() for p in args.precisions.split(",")):
             print(f"precision {p}", file=sys.stderr, flush=True)
@@ -113,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
              "| max \\|Δp\\| vs eager | eager img/s (1 thread, CPU time) | TorchScript img/s | × |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for p, r in res["results"].items():
-        e, s = median(r["rates_cpu1"]["eager"]), median(r["rates_cpu1"]["torchscript"])
+        e, s = statistics.median(r["rates_cpu1"]["eager"]), statistics.median(r["rates_cpu1"]["torchscript"])
         lines.append(f"| {p} | {r['runtime']} | {r['build_s']:.1f} s | {r['save_s']:.2f} s | {r['load_s']:.2f} s "
                      f"({r['file_mb']:.0f} MB) | {' / '.join(f'{v:.2f}' for v in r['first_batches_cpu_s'])} | "
                      f"{r['max_dp']:.1e} | {e:.1f} | {s:.1f} | {s / e:.2f}× |")

@@ -1,16 +1,16 @@
 """The choices the API and the CLI accept, one Enum each: the one place their values are listed.
 
-Each is a ``str`` Enum, so ``Precision.fp32 == "fp32"`` and the API accepts either the member or its
-value; Typer shows the values as the option's choices.
+Each is a :class:`~enum.StrEnum`, so ``Precision.fp32 == "fp32"``, ``str(Precision.fp32) == "fp32"`` and the
+API accepts either the member or its value; Typer shows the values as the option's choices.
 """
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import TypeVar
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     """Where the network runs: ``auto`` = CUDA when available, else the CPU."""
 
     auto = "auto"
@@ -18,7 +18,7 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
-class Precision(str, Enum):
+class Precision(StrEnum):
     """Arithmetic of the forward pass: ``auto`` = AMP on CUDA, bf16 on CPUs with native bf16, else int8
     when scoring a model with a usable ``.int8.json`` calibration (training: fp32), else fp32;
     ``int8`` = CPU only, needs that calibration."""
@@ -31,12 +31,12 @@ class Precision(str, Enum):
 
 
 # Training runs the float network: every precision but the quantized one (derived, not listed again).
-TrainPrecision = Enum("TrainPrecision", {m.name: m.value for m in Precision if m is not Precision.int8}, type=str,
-                     module=__name__)
+TrainPrecision = StrEnum("TrainPrecision", {m.name: m.value for m in Precision if m is not Precision.int8},
+                         module=__name__)
 TrainPrecision.__doc__ = "Arithmetic of training and adaptation: a :class:`Precision` other than ``int8``."
 
 
-class ReportPolicy(str, Enum):
+class ReportPolicy(StrEnum):
     """Which studies get a PDF report: ``flagged`` = abnormal + review."""
 
     flagged = "flagged"
@@ -44,7 +44,7 @@ class ReportPolicy(str, Enum):
     none = "none"
 
 
-class TrainLayers(str, Enum):
+class TrainLayers(StrEnum):
     """What site adaptation may change: a new head on the frozen backbone, or gradient fine-tuning."""
 
     head = "head"
@@ -52,28 +52,28 @@ class TrainLayers(str, Enum):
     all = "all"
 
 
-class Optimizer(str, Enum):
+class Optimizer(StrEnum):
     """Optimizer of ``cxrscreen train``."""
 
     adamax = "adamax"
     adamw = "adamw"
 
 
-class ExportLevel(str, Enum):
+class ExportLevel(StrEnum):
     """Rows of ``cxrscreen export``: one per image or one per study."""
 
     images = "images"
     studies = "studies"
 
 
-class ExportFormat(str, Enum):
+class ExportFormat(StrEnum):
     """File format of ``cxrscreen export``."""
 
     csv = "csv"
     json = "json"
 
 
-class Modality(str, Enum):
+class Modality(StrEnum):
     """Modalities ``pull`` fetches: the projection radiographs the model reads."""
 
     CR = "CR"

@@ -80,6 +80,7 @@ class ImageRecord:
     mtime_ns: int = 0
     sha256: str = ""  # of the bytes that were read and scored ('' when unreadable)
     threshold: float | None = None  # the decision threshold applied
+    population: str = ""  # the operating point's population (cxrscreen.populations); "" before scoring
     model_sha256: str = ""  # weights that scored it
     run_id: str = ""  # the run that scored it
     scored_at: str = ""  # local time, ISO 8601

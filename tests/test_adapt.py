@@ -62,6 +62,7 @@ def test_set_trainable(random_model) -> None:
         set_trainable(net, "everything")
 
 
+@pytest.mark.slow
 def test_adapt_passes_writes_a_model_scan_can_use(site, tmp_path: Path, random_model_path: Path) -> None:
     out = tmp_path / "model_dir"
     res = adapt(config(site, out, random_model_path, min_auroc_gain=-1.0, sensitivity_margin=1.0))
@@ -90,6 +91,7 @@ def test_adapt_passes_writes_a_model_scan_can_use(site, tmp_path: Path, random_m
         adapt(config(site, out, random_model_path))
 
 
+@pytest.mark.slow
 def test_adapt_refused_by_the_gate_through_the_cli(site, tmp_path: Path, random_model_path: Path) -> None:
     films, labels = site
     out = tmp_path / "refused"
@@ -114,6 +116,7 @@ def test_adapt_cli_usage_errors(tmp_path: Path, random_model_path: Path) -> None
     assert res.exit_code == 2
 
 
+@pytest.mark.slow
 def test_adapt_layer4_fine_tuning(site, tmp_path: Path, random_model_path: Path) -> None:
     """The gradient path (for GPUs): one epoch, the checkpoint and the best weights end up in the model."""
     out = tmp_path / "layer4"

@@ -130,6 +130,7 @@ def test_clean_run_exit_0_and_json(tmp_path: Path, random_model_path: Path):
     assert set(summary["durations_s"]) >= {"discover", "decode", "preprocess", "infer"}
 
 
+@pytest.mark.slow
 def test_errors_exit_1_without_traceback(tmp_path: Path, random_model_path: Path):
     make_dicom(tmp_path / "in" / "a.dcm")
     (tmp_path / "in" / "broken.dcm").write_bytes(b"\x00" * 300)
@@ -138,6 +139,7 @@ def test_errors_exit_1_without_traceback(tmp_path: Path, random_model_path: Path
     assert "could not be read" in res.output and "Traceback" not in res.output
 
 
+@pytest.mark.slow
 def test_quiet_prints_nothing(tmp_path: Path, random_model_path: Path):
     make_dicom(tmp_path / "in" / "a.dcm")
     res = runner.invoke(app, scan_args(tmp_path / "in", tmp_path / "o", random_model_path, "--quiet"))

@@ -203,6 +203,7 @@ def scanned(tmp_path_factory, random_model_path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_export_equals_the_scan_worklists(scanned: Path, tmp_path: Path) -> None:
     for level, worklist in (("images", "worklist_images.csv"), ("studies", "worklist_studies.csv")):
         to = tmp_path / f"{level}.csv"
@@ -212,6 +213,7 @@ def test_export_equals_the_scan_worklists(scanned: Path, tmp_path: Path) -> None
         assert to.read_text() == (scanned / worklist).read_text()
 
 
+@pytest.mark.slow
 def test_export_frame_filters_real_scan(scanned: Path) -> None:
     df = export_frame(scanned, decisions=["review"])
     assert df["path"].tolist() == ["ct.dcm"] and df["rank"].tolist() == [1]

@@ -20,6 +20,7 @@ from cxrscreen.outputs.dicom.sr import PROBABILITY, QC_STATUS, TRIAGE_DECISION
 from cxrscreen.pipeline import scan
 from cxrscreen.records import ImageRecord
 from cxrscreen.state.ledger import Ledger
+from cxrscreen.studies import group_studies
 from cxrscreen.testing import dicom
 from tests.factory import chest_phantom
 from tests.test_logs import isolated_logging  # noqa: F401 (a fixture)
@@ -95,7 +96,7 @@ def test_objects_sit_in_the_source_study(out, scanned, random_model):
     stale = out / DICOM_DIR / STUDY_B / "1.2.3.dcm"  # an object of study B from an earlier run
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"old")
-    paths = write_dicom_results(out, records, random_model)
+    paths = write_dicom_results(out, group_studies(records), random_model)
     assert {p.parent.name for p in paths} == {STUDY_A}  # study B has no scored image: no object, stale one gone
     assert not (out / DICOM_DIR / STUDY_B).exists()
     objects = read_objects(paths)
@@ -116,7 +117,7 @@ def test_objects_sit_in_the_source_study(out, scanned, random_model):
 def test_sr_holds_each_probability_status_and_reference(out, scanned, random_model):
     _, records = scanned
     sources = {r.tag("SOPInstanceUID"): r for r in study_records(records, STUDY_A)}
-    sr = read_objects(write_dicom_results(out, records, random_model))[ComprehensiveSRStorage]
+    sr = read_objects(write_dicom_results(out, group_studies(records), random_model))[ComprehensiveSRStorage]
 
     evidence = {sop.ReferencedSOPInstanceUID for study in sr.CurrentRequestedProcedureEvidenceSequence
                 for series in study.ReferencedSeriesSequence for sop in series.ReferencedSOPSequence}
@@ -155,7 +156,7 @@ def test_sr_holds_each_probability_status_and_reference(out, scanned, random_mod
 
 def test_pdf_holds_the_report_bytes(out, scanned, random_model):
     _, records = scanned
-    pdf = read_objects(write_dicom_results(out, records, random_model))[EncapsulatedPDFStorage]
+    pdf = read_objects(write_dicom_results(out, group_studies(records), random_model))[EncapsulatedPDFStorage]
     report = (out / study_records(records, STUDY_A)[0].report).read_bytes()
     assert pdf.EncapsulatedDocument[: pdf.EncapsulatedDocumentLength] == report
     assert len(pdf.EncapsulatedDocument) % 2 == 0 and len(pdf.EncapsulatedDocument) - len(report) in (0, 1)
@@ -174,9 +175,9 @@ def without_time(ds: Dataset) -> Dataset:
 
 def test_rerun_replaces_rather_than_duplicates(out, scanned, random_model):
     _, records = scanned
-    first = write_dicom_results(out, records, random_model)
+    first = write_dicom_results(out, group_studies(records), random_model)
     before = {p: pydicom.dcmread(p) for p in first}
-    second = write_dicom_results(out, records, random_model)
+    second = write_dicom_results(out, group_studies(records), random_model)
     assert second == first
     assert sorted((out / DICOM_DIR).rglob("*")) == sorted([*first, first[0].parent])
     for p in second:
@@ -184,16 +185,17 @@ def test_rerun_replaces_rather_than_duplicates(out, scanned, random_model):
 
     # another threshold: new UIDs, and the study's earlier objects are removed
     moved = [r.evolve(threshold=0.25) for r in records]
-    third = write_dicom_results(out, moved, random_model)
+    third = write_dicom_results(out, group_studies(moved), random_model)
     assert len(third) == 2 and not set(third) & set(first)
     assert sorted((out / DICOM_DIR / STUDY_A).iterdir()) == sorted(third)
 
 
+@pytest.mark.slow
 def test_every_object_passes_dciodvfy(out, scanned, random_model):
     if shutil.which("dciodvfy") is None:
         pytest.skip("dciodvfy absent (Debian package dicom3tools; `make sysdeps` installs it when root)")
     _, records = scanned
-    for path in write_dicom_results(out, records, random_model):
+    for path in write_dicom_results(out, group_studies(records), random_model):
         run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
         report = run.stdout + run.stderr
         assert report.strip(), "dciodvfy printed nothing"
@@ -229,7 +231,7 @@ def test_a_study_that_cannot_be_encoded_is_skipped_without_phi(out, scanned, ran
     earlier.parent.mkdir(parents=True)
     earlier.write_bytes(b"old")
     with caplog.at_level("WARNING", logger="cxrscreen"):
-        paths = write_dicom_results(out, [*records, *odd], random_model)
+        paths = write_dicom_results(out, group_studies([*records, *odd]), random_model)
     assert {p.parent.name for p in paths} == {STUDY_A}
     assert not (out / DICOM_DIR / other).exists()
     assert "skipped" in caplog.text
@@ -243,7 +245,7 @@ def test_highdicom_messages_reach_the_log_scrubbed(out, scanned, random_model, t
     odd = [r.evolve(tags={**r.tags, "PatientName": "Covid0000"}) for r in records]
     log = tmp_path / "cxrscreen.log"
     setup_logging(quiet=True, log_file=log)
-    assert write_dicom_results(out, odd, random_model)
+    assert write_dicom_results(out, group_studies(odd), random_model)
     text = log.read_text(encoding="utf-8")
     assert "highdicom UserWarning" in text and "person name" in text
     assert "Covid0000" not in text

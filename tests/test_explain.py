@@ -52,6 +52,7 @@ def test_hook_is_inert_for_other_forwards(random_model) -> None:
     assert torch.equal(ref, inside)
 
 
+@pytest.mark.slow
 def test_compute_cams_batched_range_and_side_effects(random_model) -> None:
     net = random_model.net.eval()
     x = torch.randn(5, 1, 64, 64)
@@ -77,6 +78,7 @@ def test_valid_mask_zeroes_padding(random_model) -> None:
     assert content_box(valid[0]) == (10, 54, 0, 64)
 
 
+@pytest.mark.slow
 def test_matches_monai_gradcam_without_its_flipping_normalizer(random_model) -> None:
     """Same maps as MONAI's GradCAM (identity post-processing); MONAI's default normaliser would flip them."""
     net = random_model.net.eval()
@@ -202,6 +204,7 @@ def to_model_space(mask: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return placement(mask.shape, spec).to_model(mask.astype(np.float32)) > 0.5
 
 
+@pytest.mark.slow
 def test_trained_model_cam_points_at_the_blob_on_average(blob_cam_model_dir) -> None:
     """24 held-out blob images (12 per side) through the real preprocessing, ResNet50 and Grad-CAM.
 

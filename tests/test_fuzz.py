@@ -23,6 +23,7 @@ N_MUTANTS = 80  # ≈ 35 s on 2 busy cores
 SEED = 1
 
 
+@pytest.mark.slow
 def test_seeded_mutants_all_end_in_a_known_status() -> None:
     res = subprocess.run([sys.executable, "-m", "tests.fuzz.harness", "--n", str(N_MUTANTS), "--seed", str(SEED)],
                          capture_output=True, text=True, cwd=REPO, timeout=1800)
@@ -55,6 +56,7 @@ def test_huge_sequence_mutant_is_read_without_blowing_up(tmp_path: Path) -> None
         assert finding is None and harness.STATUS.match(status), (seed, status, finding)
 
 
+@pytest.mark.slow
 def test_atheris_short_run(tmp_path: Path) -> None:
     pytest.importorskip("atheris")
     corpus = tmp_path / "corpus"

@@ -16,13 +16,13 @@ from pypdf import PdfReader
 from cxrscreen.logs import file_handle
 from cxrscreen.outputs.export import export
 from cxrscreen.outputs.layout import clean
-from cxrscreen.outputs.pages import Study
 from cxrscreen.outputs.report import _NAME_RE, REPORT_DIR, report_relpath
 from cxrscreen.outputs.worklist import read_csv
 from cxrscreen.pipeline import scan
 from cxrscreen.records import ImageRecord
 from cxrscreen.safetext import FORBIDDEN, FORMULA_TRIGGERS, MAX_CELL_CHARS
 from cxrscreen.state.ledger import Ledger
+from cxrscreen.studies import Study
 from tests.hostile import PATIENT, SAMPLE_JPEG, corrupt_jpeg, hostile_file, hostile_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,11 +162,12 @@ def test_report_names_stay_inside_out(hostile):
 def test_report_name_from_any_accession_is_a_plain_file_name(value: str):
     record = ImageRecord(path="x.dcm", status="ok", tags={"AccessionNumber": value, "PatientID": value,
                                                           "StudyInstanceUID": "1.2.3"})
-    rel = report_relpath(Study("1.2.3", [record], "review"))
+    rel = report_relpath(Study("1.2.3", (record,), "review"))
     folder, name = rel.split("/")
     assert folder == REPORT_DIR and _NAME_RE.match(name) and not name.startswith(("-", "."))
 
 
+@pytest.mark.slow
 def test_cli_quiet_log_and_stderr_hold_no_name_or_path(tmp_path: Path, random_model_path: Path):
     """A folder named like a patient, an invalid PN and UI naming her, a truncated file, and a damaged
     JPEG that libjpeg complains about on fd 2 when decoded in process (test_logs checks that capture

@@ -31,6 +31,7 @@ def _with_bn_statistics(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return net.eval()
 
 
+@pytest.mark.slow
 def test_fold_batchnorm_keeps_the_function(random_model):
     net = _with_bn_statistics(copy.deepcopy(random_model.net))
     folded = fold_batchnorm(copy.deepcopy(net))

@@ -66,6 +66,7 @@ def test_in_process_panic_is_still_one_row(tmp_path: Path, prepare) -> None:
     assert got.status == "error:decoder_crash"
 
 
+@pytest.mark.slow
 def test_jpegls_hang_becomes_decoder_timeout(tmp_path: Path, prepare, fresh_helpers) -> None:
     """CharLS loops forever on this stream in most tries (tests/crashers.py): up to 6 tries, each in a
     fresh helper (a timeout replaces it); every try ends in a row, and one is the timeout."""
@@ -107,6 +108,7 @@ def test_helper_that_cannot_start_is_an_internal_error(tmp_path: Path, prepare, 
         prepare(path)
 
 
+@pytest.mark.slow
 def test_no_helper_outlives_a_scan(tmp_path: Path, random_model_path) -> None:
     from cxrscreen.pipeline import scan
 

@@ -9,6 +9,7 @@ from cxrscreen.model.files import DEFAULT_MODEL, ModelIntegrityError, load_model
 from cxrscreen.model.inference import choose_runtime, predict_batch, prepare
 
 
+@pytest.mark.slow
 def test_architecture_is_torchvision_resnet50():
     net = build_resnet50()
     assert net.conv1.kernel_size == (7, 7) and net.conv1.stride == (2, 2) and net.conv1.in_channels == 1
@@ -17,6 +18,7 @@ def test_architecture_is_torchvision_resnet50():
     assert net(torch.zeros(2, 1, 64, 64)).shape == (2, 1)
 
 
+@pytest.mark.slow
 def test_roundtrip_identical_outputs(tmp_path: Path):
     torch.manual_seed(0)
     net = build_resnet50().eval()
@@ -89,6 +91,7 @@ def test_embedded_default_model_loads_and_is_calibrated():
     assert DEFAULT_MODEL.with_suffix(".safetensors").stat().st_size <= 50 * 1024 * 1024
 
 
+@pytest.mark.slow
 def test_loading_skips_random_init_but_restores_torch_init(tmp_path: Path):
     """Built without random initialisation, yet identical to the saved network; torch.nn.init is restored."""
     before = {name: getattr(torch.nn.init, name) for name in ("kaiming_normal_", "uniform_", "constant_")}

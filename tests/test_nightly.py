@@ -33,6 +33,8 @@ from cxrscreen.state.lock import folder_lock
 from tests.crashers import jpegls_hang_file, rle_panic_file
 from tests.factory import chest_phantom, make_dicom, truncate
 
+pytestmark = pytest.mark.slow  # every test runs the real CLI in a subprocess (or shares its scan)
+
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 4
 N_BIG = 32  # 8 batches: enough to kill mid-run

@@ -16,6 +16,8 @@ from cxrscreen.pacs import pull, send
 from cxrscreen.pipeline import scan
 from tests.orthanc import orthanc_server, require_orthanc
 
+pytestmark = pytest.mark.slow  # Orthanc, a scan with DICOM results, dciodvfy
+
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_dicoms"
 
 

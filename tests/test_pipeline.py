@@ -67,6 +67,7 @@ def test_bad_inputs_each_get_one_clear_row(bad_folder: Path, tmp_path: Path, ran
     assert res.summary["statuses"]["error:truncated"] == 1
 
 
+@pytest.mark.slow
 def test_real_dicom_outcomes(shared_data, tmp_path: Path, random_model_path):
     res = scan(shared_data / "dicom", out=tmp_path / "out", model=random_model_path, workers=0, reports="none")
     images = _read(res.images_csv)
@@ -92,6 +93,7 @@ def test_prepare_file_polarity_invariance(tmp_path: Path):
     assert float((a.image - b.image).abs().max()) < 0.02  # model-input units (std 0.25 of [0,1])
 
 
+@pytest.mark.slow
 def test_worklists_columns_order_and_studies(tmp_path: Path, random_model_path):
     d = tmp_path / "in"
     study = "1.2.3.4.5"
@@ -125,6 +127,7 @@ def test_empty_folder_writes_empty_worklists(tmp_path: Path, random_model_path):
     assert res.exit_code == 0 and _read(res.images_csv).empty
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_result(tmp_path: Path, random_model_path):
     d = tmp_path / "in"
     for i in range(5):
@@ -160,6 +163,7 @@ def test_choose_schedule_follows_the_measured_costs():
     assert choose_schedule(0.5, 0.5, 0.01, cores=1, gpu=False).workers == 0
 
 
+@pytest.mark.slow
 def test_auto_schedule_switches_to_workers_without_losing_a_file(tmp_path: Path, random_model_path, monkeypatch):
     """Probe batch in process, then workers for the rest: same rows as all in process, each file once."""
     import json
@@ -192,6 +196,7 @@ def test_auto_schedule_switches_to_workers_without_losing_a_file(tmp_path: Path,
                                b["probability"].replace("", "nan").astype(float), atol=0.02)
 
 
+@pytest.mark.slow
 def test_ledger_fingerprint_is_the_content_that_was_scored(tmp_path: Path, random_model_path):
     from cxrscreen.state.atomic import sha256_file
     from cxrscreen.state.ledger import Ledger
@@ -208,6 +213,7 @@ def test_ledger_fingerprint_is_the_content_that_was_scored(tmp_path: Path, rando
         assert (k.size, k.mtime_ns) == (f.stat().st_size, f.stat().st_mtime_ns)
 
 
+@pytest.mark.slow
 def test_output_permissions(tmp_path: Path, random_model_path):
     d = tmp_path / "in"
     make_dicom(d / "x.dcm")
@@ -234,6 +240,7 @@ SAMPLE_EXPECTED = {
 }
 
 
+@pytest.mark.slow
 def test_sample_dicoms_outcomes(tmp_path: Path, random_model_path):
     folder = Path(__file__).resolve().parents[1] / "sample_dicoms"
     res = scan(folder, out=tmp_path / "out", model=random_model_path, workers=1, reports="none")
@@ -245,6 +252,7 @@ def test_sample_dicoms_outcomes(tmp_path: Path, random_model_path):
     assert acc3["n_images"] == "2"
 
 
+@pytest.mark.slow
 def test_embedded_model_on_the_real_files(shared_data, tmp_path: Path):
     """The README of ../shared/data lists RG1 as abnormal and the NIH film as normal."""
     from cxrscreen.model.files import DEFAULT_MODEL
@@ -261,6 +269,7 @@ def test_embedded_model_on_the_real_files(shared_data, tmp_path: Path):
     assert abs(probs["RG1_J2KR.dcm"] - probs["RG1_UNCR.dcm"]) < 0.01  # reduced-resolution J2K decode
 
 
+@pytest.mark.slow
 def test_j2k_twins_score_like_their_uncompressed_originals(tmp_path: Path):
     """Reduced-resolution JPEG 2000 decoding keeps scores: |Δp| < 0.03 against the uncompressed twin.
 

@@ -88,6 +88,7 @@ def test_date_range_and_safe_name():
     assert "/" not in safe_name("../../etc/passwd") and safe_name("../x").startswith("h")
 
 
+@pytest.mark.slow
 def test_pull_fetches_every_cr_dx_film_byte_for_byte_and_resumes(pacs, tmp_path):
     dest = tmp_path / "in"
     expected = _expected(pacs.films)
@@ -121,6 +122,7 @@ def test_pull_fetches_every_cr_dx_film_byte_for_byte_and_resumes(pacs, tmp_path)
     assert {p: p.stat().st_mtime_ns for p in before} == before  # the others were not written again
 
 
+@pytest.mark.slow
 def test_cli_pull_date_range_and_modality(pacs, tmp_path):
     dest = tmp_path / "day"
     res = runner.invoke(app, ["pull", "--from", str(pacs.dicom), "--to", str(dest), "--since", "20261124",
@@ -139,6 +141,7 @@ def test_cli_pull_date_range_and_modality(pacs, tmp_path):
     assert set(_pulled(dest)) == set(expected) and len(expected) == 3
 
 
+@pytest.mark.slow
 def test_pull_log_holds_no_patient_data(pacs, tmp_path):
     log = tmp_path / "pull.log"
     dest = tmp_path / "in"
@@ -153,6 +156,7 @@ def test_pull_log_holds_no_patient_data(pacs, tmp_path):
     assert not [s for s in identifiers if s in text]
 
 
+@pytest.mark.slow
 def test_wrong_called_aet_is_refused_with_exit_2(tmp_path):
     with orthanc_server(tmp_path / "orthanc", DicomCheckCalledAet=True) as server:
         wrong = Address("NOT" + AET, server.dicom.host, server.dicom.port)

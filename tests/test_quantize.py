@@ -45,6 +45,7 @@ def test_runtime_int8_is_cpu_only():
         choose_runtime("cuda", "int8")
 
 
+@pytest.mark.slow
 def test_int8_net_is_quantized_and_tracks_the_float_network(random_model, calibrated):
     q = int8_net(random_model.net, calibrated)
     assert any("Quantized" in type(m).__name__ or type(m).__module__.startswith("torch.ao.nn.quantized")
@@ -59,6 +60,7 @@ def test_int8_net_is_quantized_and_tracks_the_float_network(random_model, calibr
     assert torch.corrcoef(torch.stack([ref, got]))[0, 1] > 0.9
 
 
+@pytest.mark.slow
 def test_the_classifier_stays_float_so_scores_do_not_tie(random_model, calibrated):
     """A quantized logit lies on a 7-bit grid: many films would share one probability (worklist ties)."""
     q = int8_net(random_model.net, calibrated)
@@ -70,6 +72,7 @@ def test_the_classifier_stays_float_so_scores_do_not_tie(random_model, calibrate
     assert len(torch.unique(logits)) == len(x)
 
 
+@pytest.mark.slow
 def test_calibration_round_trip_rebuilds_the_same_network(random_model, calibrated, tmp_path):
     assert calibration_path(tmp_path / "m.json") == tmp_path / "m.int8.json"
     save_calibration(calibrated, calibration_path(tmp_path / "m.json"))
@@ -80,6 +83,7 @@ def test_calibration_round_trip_rebuilds_the_same_network(random_model, calibrat
         assert torch.equal(int8_net(random_model.net, calibrated)(x), int8_net(random_model.net, again)(x))
 
 
+@pytest.mark.slow
 def test_scoring_net_finds_the_calibration_beside_the_model(random_model_path, calibrated, tmp_path):
     for f in random_model_path.parent.glob(random_model_path.stem + ".*"):
         shutil.copy(f, tmp_path / f.name)
@@ -92,6 +96,7 @@ def test_scoring_net_finds_the_calibration_beside_the_model(random_model_path, c
     assert p.shape == (3,) and p.dtype == torch.float32 and bool(((p >= 0) & (p <= 1)).all())
 
 
+@pytest.mark.slow
 def test_calibration_of_other_weights_or_a_broken_file_is_refused(random_model, calibrated, tmp_path):
     model_json = tmp_path / "m.json"
     save_calibration(calibrated, calibration_path(model_json))
@@ -109,6 +114,7 @@ def test_int8_runtime_without_calibration_is_refused(random_model):
         inference_net(copy.deepcopy(random_model.net), choose_runtime("cpu", "int8"))
 
 
+@pytest.mark.slow
 def test_int8_build_records_no_stack_traces_and_puts_the_fx_setting_back(random_model, calibrated, monkeypatch):
     import torch.fx.config as fx_config
 
@@ -125,6 +131,7 @@ def test_int8_build_records_no_stack_traces_and_puts_the_fx_setting_back(random_
         assert torch.equal(q(x), traced(x))
 
 
+@pytest.mark.slow
 def test_int8_build_does_not_import_the_compiler(random_model_path, calibrated, tmp_path):
     """FX's per-node stack traces imported torch._inductor (1.4 s of an int8 scan's start-up)."""
     for f in random_model_path.parent.glob(random_model_path.stem + ".*"):
@@ -153,6 +160,7 @@ def avx2_cpu(monkeypatch):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
 
 
+@pytest.mark.slow
 def test_auto_scores_in_int8_on_a_cpu_without_bf16_once_the_model_is_calibrated(model_copy, calibrated, avx2_cpu,
                                                                                   caplog):
     caplog.set_level("INFO", logger=inference.__name__)
@@ -169,6 +177,7 @@ def test_auto_scores_in_int8_on_a_cpu_without_bf16_once_the_model_is_calibrated(
     assert runtime_for(model_copy, "cpu", "bf16") == choose_runtime("cpu", "bf16")
 
 
+@pytest.mark.slow
 def test_auto_keeps_native_bf16_and_needs_avx2_and_this_torch_release(model_copy, calibrated, monkeypatch):
     save_calibration(calibrated, calibration_path(model_copy.path))
     monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: True)

@@ -12,6 +12,7 @@ import torch
 from pydicom.uid import generate_uid
 from pypdf import PdfReader
 
+from cxrscreen import studies as ST
 from cxrscreen.model.files import load_model
 from cxrscreen.outputs import layout as LY
 from cxrscreen.outputs import pages as PG
@@ -74,6 +75,7 @@ def study_reports(out: Path) -> dict[str, str]:
     return dict(zip(st["AccessionNumber"], st["report"], strict=True))
 
 
+@pytest.mark.slow
 def test_report_contents_pages_and_worklist_links(scanned: Path, random_model) -> None:
     out = scanned
     images = read_csv(out / "worklist_images.csv")
@@ -101,6 +103,7 @@ def test_report_contents_pages_and_worklist_links(scanned: Path, random_model) -
     assert len(err) == 1 and "truncated" in err[0] and "Image cannot be shown" in err[0]
 
 
+@pytest.mark.slow
 def test_hostile_tags_stay_inside_the_reports_folder(scanned: Path) -> None:
     out, tmp_path = scanned, scanned.parent
     reports = (out / "reports").resolve()
@@ -114,6 +117,7 @@ def test_hostile_tags_stay_inside_the_reports_folder(scanned: Path) -> None:
     assert not list((out / "reports").glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_unchanged_study_is_not_rewritten_and_changes_make_a_new_report(folder: Path, tmp_path: Path,
                                                                          random_model) -> None:
     out = tmp_path / "out"
@@ -153,11 +157,12 @@ def _uid(out: Path, accession: str) -> str:
     return st.loc[st["AccessionNumber"] == accession, "StudyInstanceUID"].iloc[0]
 
 
+@pytest.mark.slow
 def test_policies_flagged_all(folder: Path, tmp_path: Path, random_model) -> None:
     out = tmp_path / "out"
     run(folder, out, random_model, threshold=0.999999, reports="flagged")
     with Ledger(out / ".cxrscreen" / "ledger.sqlite") as ledger:
-        studies = PG.group_studies(ledger.records())
+        studies = ST.group_studies(ledger.records())
     flagged = {s.first("AccessionNumber") for s in studies if s.decision != NORMAL}
     linked = {acc for acc, rel in study_reports(out).items() if rel}
     assert linked == flagged
@@ -177,13 +182,13 @@ def test_grouping_decision_rule_and_selection() -> None:
             _rec("b1", "1.2.4", NORMAL, 0.2), _rec("b2", "1.2.4", REVIEW, None, "not_assessable:body_part_knee"),
             _rec("c1", "1.2.5", NORMAL, 0.1), _rec("d1", "", REVIEW, None, "error:truncated"),
             _rec("d2", "", REVIEW, None, "error:truncated")]
-    studies = {s.key: s for s in PG.group_studies(recs)}
+    studies = {s.key: s for s in ST.group_studies(recs)}
     assert studies["1.2.3"].decision == ABNORMAL and [r.path for r in studies["1.2.3"].records] == ["a2", "a1"]
     assert studies["1.2.4"].decision == REVIEW and studies["1.2.5"].decision == NORMAL
     assert {"file:d1", "file:d2"} <= set(studies)  # no StudyInstanceUID: each file is its own study
-    assert [PG.wanted(s, "flagged") for s in studies.values()].count(True) == 4
-    assert all(PG.wanted(s, "all") for s in studies.values())
-    assert not any(PG.wanted(s, "none") for s in studies.values())
+    assert [ST.wanted(s, "flagged") for s in studies.values()].count(True) == 4
+    assert all(ST.wanted(s, "all") for s in studies.values())
+    assert not any(ST.wanted(s, "none") for s in studies.values())
 
 
 def test_names_are_sanitised_hashed_and_keyed() -> None:
@@ -192,10 +197,10 @@ def test_names_are_sanitised_hashed_and_keyed() -> None:
     assert R.sanitize("-rf ACC/7\x00") == "rf_ACC_7"
     assert R.sanitize("Ñandú-42") == "Nandu-42"
     assert len(R.sanitize("A" * 200)) == 24
-    study = PG.Study("1.2.3", [_rec("a1", "1.2.3", ABNORMAL, 0.9)], ABNORMAL)
+    study = ST.Study.of("1.2.3", [_rec("a1", "1.2.3", ABNORMAL, 0.9)])
     rel = R.report_relpath(study)
     assert NAME_RE.match(rel) and rel.startswith("reports/A1_")
-    moved = PG.Study("1.2.3", [_rec("a1", "1.2.3", ABNORMAL, 0.91)], ABNORMAL)
+    moved = ST.Study.of("1.2.3", [_rec("a1", "1.2.3", ABNORMAL, 0.91)])
     assert R.report_stem(moved) == R.report_stem(study) and R.report_relpath(moved) != rel
 
 
@@ -274,6 +279,7 @@ def test_each_film_is_read_once_with_reports_for_all(folder: Path, tmp_path: Pat
     assert len(pages) == 4 and sum("No Grad-CAM" in t for t in pages) == 2  # the lateral's and the truncated film's
 
 
+@pytest.mark.slow
 def test_study_flagged_by_a_later_film_gets_its_earlier_films_pages(tmp_path: Path, random_model, monkeypatch) -> None:
     """A normal film scored before the film that flags its study waits in memory: still read once."""
     root = tmp_path / "in"
@@ -293,6 +299,7 @@ def test_study_flagged_by_a_later_film_gets_its_earlier_films_pages(tmp_path: Pa
     assert len(text) == 2 and sum("No Grad-CAM" in t for t in text) == 1  # the truncated film's page only
 
 
+@pytest.mark.slow
 def test_films_scored_by_an_earlier_run_are_read_again_for_their_report(folder: Path, tmp_path: Path, random_model,
                                                                        monkeypatch) -> None:
     """Reports asked for later (nothing left to score): the report stage reads those films itself."""

@@ -89,6 +89,7 @@ def test_outbox_tracks_content_per_destination(tmp_path):
     assert (tmp_path / "outbox.sqlite").stat().st_mode & 0o777 == 0o640
 
 
+@pytest.mark.slow
 def test_send_stores_new_objects_once_and_resends_changed_ones(orthanc, tmp_path):
     out = tmp_path / "out"
     files = [sr(out), pdf(out), image(out)]
@@ -115,6 +116,7 @@ def test_send_stores_new_objects_once_and_resends_changed_ones(orthanc, tmp_path
     assert orthanc.sop_uids() == uids
 
 
+@pytest.mark.slow
 def test_transient_refusals_are_retried_with_exponential_back_off(orthanc, tmp_path):
     out = tmp_path / "out"
     sr(out)
@@ -125,6 +127,7 @@ def test_transient_refusals_are_retried_with_exponential_back_off(orthanc, tmp_p
     assert (result.sent, result.failed) == (1, 1) and not result.unreachable
 
 
+@pytest.mark.slow
 def test_cli_partial_failure_has_its_own_exit_code(orthanc, tmp_path):
     out = tmp_path / "out"
     good = sr(out)
@@ -144,6 +147,7 @@ def test_cli_partial_failure_has_its_own_exit_code(orthanc, tmp_path):
     assert (json.loads(res.stdout)["sent"], json.loads(res.stdout)["already_acknowledged"]) == (0, 1)
 
 
+@pytest.mark.slow
 def test_only_unaccepted_objects_left_is_a_partial_failure_not_unreachable(orthanc, tmp_path):
     out = tmp_path / "out"
     unknown_sop_class(out)

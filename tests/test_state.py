@@ -200,6 +200,7 @@ def _read_lines(fd: int, n: int, timeout: float = 120.0) -> list[str]:
     return data.decode(errors="replace").splitlines()
 
 
+@pytest.mark.slow
 def test_lock_dies_with_its_process_not_with_forked_children(tmp_path: Path) -> None:
     state = tmp_path / ".cxrscreen"
     # its own process group: whatever happens, the finally below kills the holder and its forked child

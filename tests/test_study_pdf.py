@@ -13,8 +13,9 @@ from reportlab import rl_config
 from cxrscreen import __version__
 from cxrscreen.outputs import study_pdf as SP
 from cxrscreen.outputs.layout import DISCLAIMER, fonts, wrap
-from cxrscreen.outputs.pages import Page, Study
+from cxrscreen.outputs.pages import Page
 from cxrscreen.records import ABNORMAL, REVIEW, ImageRecord
+from cxrscreen.studies import Study
 from tests.factory import chest_phantom
 
 SHA = "2ddb267344a8" + "f" * 52
@@ -43,7 +44,7 @@ def lateral(tags: dict[str, str]) -> Page:
 
 
 def render(pages: list[Page], decision: str = ABNORMAL, thr: float = 0.5) -> bytes:
-    study = Study("1.2.3", [p.record for p in pages], decision)
+    study = Study("1.2.3", tuple(p.record for p in pages), decision)
     fh = io.BytesIO()
     SP.render_study(fh, study, pages, CTX, thr)
     return fh.getvalue()
@@ -145,7 +146,7 @@ def test_hostile_text_never_breaks_the_page(name: str) -> None:
 
 def test_hostile_report_context_is_cut_to_the_footer() -> None:
     ctx = SP.ReportContext("m<b>" * 100, "v&1\x00", SHA, "2026-11-26 <b>")
-    study = Study("1.2.3", [], ABNORMAL)
+    study = Study("1.2.3", (), ABNORMAL)
     fh = io.BytesIO()
     SP.render_study(fh, study, [scored(TAGS)], ctx, 0.5)
     (text,) = texts(fh.getvalue())

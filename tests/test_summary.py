@@ -19,6 +19,7 @@ def text_of(path: Path) -> str:
     return "\n".join(p.extract_text() or "" for p in PdfReader(path).pages)
 
 
+@pytest.mark.slow
 def test_scan_writes_the_summary(tmp_path: Path, random_model) -> None:
     root = tmp_path / "in"
     make_dicom(root / "a.dcm", chest_phantom(512, 448, seed=1), accession="ACC0101")

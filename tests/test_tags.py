@@ -128,3 +128,10 @@ def test_pydicom_validation_settings_are_left_alone():
         tags = read_back({"SOPInstanceUID": ("UI", b"DOE^JANE")})
     assert tags["SOPInstanceUID"] == "" and tag_notes(tags) == ("invalid_tag:SOPInstanceUID",)
     assert pydicom.config.settings.reading_validation_mode == pydicom.config.WARN
+
+
+def test_patient_age_kept_as_an_age_string_and_bare_years_read_as_years():
+    assert read_back({"PatientAge": ("AS", b"045Y")})["PatientAge"] == "045Y"
+    assert read_back({"PatientAge": ("AS", b"81")})["PatientAge"] == "081Y"
+    tags = read_back({"PatientAge": ("AS", b"45 years")})
+    assert tags["PatientAge"] == "" and tag_notes(tags) == ("invalid_tag:PatientAge",)

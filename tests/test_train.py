@@ -24,6 +24,7 @@ FP32 = choose_runtime("cpu", "fp32")  # every CPU scores alike (precision "auto"
 PINNED = ["--device", "cpu", "--precision", "fp32"]
 
 
+@pytest.mark.slow
 def test_training_learns_the_blob(blob_model_dir: Path, blob_manifest: Path):
     meta = json.loads((blob_model_dir / "model.json").read_text())
     assert meta["training"]["best"]["auroc"] > 0.9
@@ -35,6 +36,7 @@ def test_training_learns_the_blob(blob_model_dir: Path, blob_manifest: Path):
     assert auroc(test["label"].to_numpy(), scores) > 0.9
 
 
+@pytest.mark.slow
 def test_resume_continues_from_checkpoint(blob_model_dir: Path, blob_manifest: Path, tmp_path: Path):
     res = runner.invoke(app, ["train", str(blob_manifest), "--out", str(blob_model_dir)])
     assert res.exit_code == 2 and "--resume" in res.output
@@ -43,6 +45,7 @@ def test_resume_continues_from_checkpoint(blob_model_dir: Path, blob_manifest: P
     assert res.exit_code == 0, res.output  # all epochs done: nothing to redo, model kept
 
 
+@pytest.mark.slow
 def test_evaluate_writes_reports(blob_model_dir: Path, blob_manifest: Path, tmp_path: Path):
     out = tmp_path / "ev"
     res = runner.invoke(app, ["evaluate", str(blob_model_dir / "model.json"), str(blob_manifest), "--split", "test",
@@ -55,6 +58,7 @@ def test_evaluate_writes_reports(blob_model_dir: Path, blob_manifest: Path, tmp_
         assert (out / name).stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_calibrate_sets_threshold_and_new_model(blob_model_dir: Path, blob_manifest: Path, tmp_path: Path):
     out = tmp_path / "cal" / "calibrated.json"
     res = runner.invoke(app, ["calibrate", str(blob_model_dir / "model.json"), str(blob_manifest), "--split", "val",
@@ -69,6 +73,7 @@ def test_calibrate_sets_threshold_and_new_model(blob_model_dir: Path, blob_manif
     assert sens >= 0.95
 
 
+@pytest.mark.slow
 def test_calibrate_refuses_test_split(blob_model_dir: Path, blob_manifest: Path, tmp_path: Path):
     res = runner.invoke(app, ["calibrate", str(blob_model_dir / "model.json"), str(blob_manifest), "--split", "test",
                               "--out", str(tmp_path / "x.json")])
@@ -82,6 +87,7 @@ def test_bad_manifest_is_a_usage_error(tmp_path: Path):
     assert res.exit_code == 2 and "lacks column" in res.output
 
 
+@pytest.mark.slow
 def test_init_from_a_cxrscreen_model_fine_tunes_all_weights(blob_model_dir: Path):
     import torch
 
@@ -93,6 +99,7 @@ def test_init_from_a_cxrscreen_model_fine_tunes_all_weights(blob_model_dir: Path
     assert torch.equal(net.fc.weight, ref.fc.weight) and torch.equal(net.conv1.weight, ref.conv1.weight)
 
 
+@pytest.mark.slow
 def test_evaluate_record_keeps_weights_valid(blob_model_dir: Path, blob_manifest: Path, tmp_path: Path):
     import shutil
 

@@ -3,6 +3,7 @@ import pytest
 
 from cxrscreen.outputs.worklist import IMAGE_COLUMNS, STUDY_COLUMNS, images_frame, studies_frame
 from cxrscreen.records import ImageRecord, decide
+from cxrscreen.studies import group_studies
 
 
 def rec(path, study, status="ok", prob=None, thr=0.3, notes=()):
@@ -31,7 +32,7 @@ def test_image_order_and_columns():
 
 
 def study_row(*records: ImageRecord) -> pd.Series:
-    studies = studies_frame(images_frame(records, "m"))
+    studies = studies_frame(group_studies(records), "m")
     assert len(studies) == 1
     return studies.iloc[0]
 
@@ -43,7 +44,7 @@ def test_study_aggregation():
         rec("s3a", "s3", prob=0.8), rec("s3b", "s3", "error:truncated"),  # abnormal wins
         rec("x", "", "error:not_dicom"),  # no study: its own row
     ]
-    studies = studies_frame(images_frame(records, "m"))
+    studies = studies_frame(group_studies(records), "m")
     assert list(studies.columns) == STUDY_COLUMNS
     by = {r.paths: r for r in studies.itertuples()}
     assert by["s1a;s1b"].decision == "normal" and by["s1a;s1b"].probability == 0.2
@@ -104,5 +105,5 @@ def test_qc_note_on_the_scored_image_makes_the_study_review():
 
 
 def test_empty():
-    assert studies_frame(images_frame([], "m")).empty
+    assert studies_frame([], "m").empty
     assert isinstance(images_frame([], "m"), pd.DataFrame)

@@ -34,6 +34,7 @@ TAG_KEYWORDS: tuple[str, ...] = (
     "PatientID",
     "PatientBirthDate",
     "PatientSex",
+    "PatientAge",
     "AccessionNumber",
     "StudyID",
     "ReferringPhysicianName",

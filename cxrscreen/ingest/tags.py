@@ -10,7 +10,8 @@ repertoires, number ranges) plus what they leave out:
 * at most :data:`MAX_VALUES` values, and one where the dictionary says VM 1.
 
 Padding (trailing NULs, surrounding spaces) is dropped and CS values are upper-cased first (lower
-case is a common, harmless deviation). Character sets come from the file's SpecificCharacterSet
+case is a common, harmless deviation); an AS value of bare digits (``81``, as several public
+exports write an age in years) is read as years (``081Y``). Character sets come from the file's SpecificCharacterSet
 (pydicom decodes every text value with it). A value that fails becomes ``""`` and its keyword is
 listed under :data:`INVALID_KEY`; :func:`tag_notes` turns that into ``invalid_tag:<keyword>`` notes.
 An invalid value is never kept, in part or whole.
@@ -58,6 +59,8 @@ def _text(vr: str, value: Any) -> str:
     text = text.rstrip("\x00").strip()
     if vr == "CS":
         text = text.upper()
+    if vr == "AS" and text.isdigit() and len(text) <= 3:  # "81": a common export of an age in years
+        text = f"{int(text):03d}Y"
     if "\\" in text:
         raise InvalidValue("backslash in a single value")
     try:

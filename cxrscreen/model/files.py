@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cxrscreen.model.architecture import ARCHITECTURE, build_resnet50
+from cxrscreen.populations import OperatingPoints
 from cxrscreen.preprocess import PreprocessSpec
 from cxrscreen.state.atomic import atomic_write_bytes, atomic_write_text, sha256_file
 
@@ -39,7 +40,13 @@ class LoadedModel:
 
     @property
     def threshold(self) -> float:
+        """The default population's threshold (the only one of a single-threshold model)."""
         return float(self.meta["threshold"])
+
+    @property
+    def points(self) -> OperatingPoints:
+        """The model's operating points (one point ``all`` for a single-threshold model)."""
+        return OperatingPoints.from_meta(self.meta)
 
     @property
     def sha256(self) -> str:
@@ -107,6 +114,10 @@ def read_meta(path: Path | str | None) -> tuple[Path, dict[str, Any]]:
     for key in ("sha256", "weights_file", "preprocess", "threshold"):
         if key not in meta:
             raise ValueError(f"{json_path}: model metadata lacks '{key}'")
+    try:
+        OperatingPoints.from_meta(meta)
+    except ValueError as exc:
+        raise ValueError(f"{json_path}: {exc}") from exc
     return json_path, meta
 
 

@@ -23,6 +23,7 @@ from cxrscreen.records import DECISION_ORDER
 from cxrscreen.safetext import escape_forbidden
 from cxrscreen.state.atomic import atomic_write_text
 from cxrscreen.state.ledger import LEDGER_NAME, STATE_DIR, Ledger, ledger_path
+from cxrscreen.studies import group_studies
 
 DECISIONS = tuple(DECISION_ORDER)
 
@@ -103,17 +104,17 @@ def export_frame(
     try:
         with ReadOnlyLedger(db_path) as ledger:
             names = _model_names(ledger)
-            images = images_frame(ledger.records(), "")
+            records = list(ledger.records())
     except sqlite3.DatabaseError as exc:
         raise ExportError(f"{db_path}: not a readable cxrscreen ledger ({exc})") from exc
-    images["model"] = images["model_sha256"].map(names).fillna("")
+    images = images_frame(records, names)
     recent = images
     if since is not None:
         recent = images[images["scored_at"].str[:10] >= since.isoformat()]
     if level is ExportLevel.images:
         df = recent
     else:
-        df = studies_frame(images)
+        df = studies_frame(group_studies(records), names)
         if since is not None:
             keys = set(study_keys(recent)) if len(recent) else set()
             own = df["StudyInstanceUID"].where(df["StudyInstanceUID"] != "", "file:" + df["paths"])

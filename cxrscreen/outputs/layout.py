@@ -33,6 +33,7 @@ DISCLAIMER = "Research use only — not a diagnostic device"
 NOTE_TEXT = {
     "polarity_suspect": "polarity looks inverted (bone dark, air bright): check the film",
     "percentile_window": "no window in the header (percentile window)",
+    "age_unknown": "no usable patient age in the header: the default population's threshold applies",
 }
 
 

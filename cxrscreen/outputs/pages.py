@@ -5,7 +5,7 @@ was decoded for scoring) and its Grad-CAM mapped onto it through the chain's one
 :class:`~cxrscreen.preprocess.Placement`. :class:`PageStore` receives every scored batch, makes the
 pages that batch's films will need (their study is flagged, or every study with ``--reports all``)
 and keeps them on disk under the state folder until the report stage draws them; memory stays at
-one batch. Also the grouping of records into studies that reports are made of.
+one batch.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import hashlib
 import logging
 import shutil
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -29,10 +29,9 @@ from cxrscreen.explain import compute_cams
 from cxrscreen.model.files import LoadedModel
 from cxrscreen.model.inference import Runtime, prepare, to_device
 from cxrscreen.options import ReportPolicy
-from cxrscreen.outputs.worklist import images_frame, studies_frame
 from cxrscreen.prepare import Prepared
 from cxrscreen.preprocess import PreprocessSpec, placement
-from cxrscreen.records import ABNORMAL, REVIEW, ImageRecord
+from cxrscreen.records import ImageRecord
 
 log = logging.getLogger("cxrscreen")
 
@@ -44,40 +43,6 @@ ALPHA_MAX = 0.6  # overlay opacity at CAM = 1; opacity ∝ CAM, so weak evidence
 #: (≈ 1.2 MB each at the default model size: the decoded film in float32 and the model input);
 #: beyond this the oldest is dropped and, if needed after all, read again by the report stage.
 MAX_PENDING = 64
-
-
-# --------------------------------------------------------------------------- studies
-@dataclass
-class Study:
-    """The records of one study and the study-level decision (worklist rule)."""
-
-    key: str  # StudyInstanceUID, or "file:<path>" for a file without one
-    records: list[ImageRecord]
-    decision: str
-
-    def first(self, keyword: str) -> str:
-        return next((r.tag(keyword) for r in self.records if r.tag(keyword)), "")
-
-
-def group_studies(records: Iterable[ImageRecord]) -> list[Study]:
-    """Group by study; decisions come from ``outputs.worklist.studies_frame`` (one rule, one place)."""
-    records = list(records)
-    groups: dict[str, list[ImageRecord]] = {}
-    for r in records:
-        groups.setdefault(r.study_key, []).append(r)
-    frame = studies_frame(images_frame(records, ""))
-    decisions = {(row.StudyInstanceUID or f"file:{row.paths}"): row.decision for row in frame.itertuples()}
-    return [Study(k, sorted(v, key=page_order), decisions.get(k, REVIEW)) for k, v in sorted(groups.items())]
-
-
-def page_order(r: ImageRecord) -> tuple:
-    """Scored images first, most suspicious first; then the rest by path."""
-    return (r.probability is None, -(r.probability or 0.0), r.path)
-
-
-def wanted(study: Study, policy: ReportPolicy | str) -> bool:
-    policy = ReportPolicy(policy)
-    return policy is ReportPolicy.all or (policy is ReportPolicy.flagged and study.decision in (ABNORMAL, REVIEW))
 
 
 # --------------------------------------------------------------------------- pages

@@ -15,6 +15,7 @@ import time
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,14 @@ from cxrscreen.model.files import LoadedModel
 from cxrscreen.model.inference import Runtime, prepare
 from cxrscreen.options import ReportPolicy
 from cxrscreen.outputs.layout import describe_status
-from cxrscreen.outputs.pages import Page, PageStore, Study, group_studies, make_pages, wanted
+from cxrscreen.outputs.pages import Page, PageStore, make_pages
 from cxrscreen.outputs.study_pdf import ReportContext, render_study
 from cxrscreen.prepare import prepare_file
 from cxrscreen.preprocess import build_transform
 from cxrscreen.records import ImageRecord
 from cxrscreen.state.atomic import atomic_open
 from cxrscreen.state.ledger import Ledger
+from cxrscreen.studies import Study, wanted
 
 log = logging.getLogger("cxrscreen")
 
@@ -101,29 +103,44 @@ def reread(root: Path, record: ImageRecord, lm: LoadedModel, rt: Runtime,
     return page
 
 
-def write_reports(out: Path, root: Path, lm: LoadedModel, rt: Runtime, ledger: Ledger, policy: ReportPolicy | str,
-                  pages: PageStore | None = None, emit: Emit | None = None, durations: Counter | None = None
-                  ) -> set[str]:
+def _ignore(_event: dict[str, Any]) -> None:
+    pass
+
+
+@dataclass
+class ReportSetup:
+    """Where reports go and what makes them: the output folder, the scanned folder (films scored by an
+    earlier run are read again from it), the model, the ledger whose report column is kept, the pages
+    made while scoring, and where progress and ``durations`` (``report_pages``, ``report_rereads``,
+    ``pdf``, in seconds) go."""
+
+    out: Path
+    root: Path
+    lm: LoadedModel
+    rt: Runtime
+    ledger: Ledger
+    pages: PageStore | None = None
+    emit: Emit = _ignore
+    durations: Counter = field(default_factory=Counter)
+
+
+def write_reports(setup: ReportSetup, studies: Iterable[Study], policy: ReportPolicy | str
+                  ) -> tuple[set[str], list[Study]]:
     """Make the missing or outdated reports of ``policy`` studies and record their paths in the ledger.
 
-    Pages come from ``pages`` (made while the scoring pass held the films); a film it does not hold
-    (scored by an earlier run) is read again. ``durations`` (when given) gets ``report_pages``
-    (pages taken or re-read, with their Grad-CAM), ``report_rereads`` (how many films were read again)
-    and ``pdf`` (rendering and writing), in seconds. Returns the keys of the studies whose report was written.
+    Returns the keys of the studies whose report was written, and ``studies`` with each image's
+    report path as the ledger now has it.
     """
-    writer = ReportWriter(out, root, lm, rt, ledger, pages, emit or (lambda _e: None),
-                          Counter() if durations is None else durations)
-    return writer.run(policy)
+    return ReportWriter(setup).run(policy, studies)
 
 
 class ReportWriter:
     """One report stage: which studies need a new report, their pages, the PDFs, the ledger's report column."""
 
-    def __init__(self, out: Path, root: Path, lm: LoadedModel, rt: Runtime, ledger: Ledger,
-                 pages: PageStore | None, emit: Emit, durations: Counter) -> None:
-        self.out, self.root, self.lm, self.rt, self.ledger = out, root, lm, rt, ledger
-        self.store, self.emit, self.durations = pages, emit, durations
-        self.folder = out / REPORT_DIR
+    def __init__(self, setup: ReportSetup) -> None:
+        self.out, self.root, self.lm, self.rt, self.ledger = setup.out, setup.root, setup.lm, setup.rt, setup.ledger
+        self.store, self.emit, self.durations = setup.pages, setup.emit, setup.durations
+        self.folder = self.out / REPORT_DIR
         self._net: torch.nn.Module | None = None
 
     def net(self) -> torch.nn.Module:
@@ -131,31 +148,33 @@ class ReportWriter:
             self._net = self.store.net if self.store is not None else prepare(self.lm.net, self.rt)
         return self._net
 
-    def run(self, policy: ReportPolicy | str) -> set[str]:
+    def run(self, policy: ReportPolicy | str, studies: Iterable[Study]) -> tuple[set[str], list[Study]]:
         self.folder.mkdir(parents=True, exist_ok=True)
         _remove_temporaries(self.folder)
         self.existing = index_reports(self.folder)
-        todo: list[tuple[Study, str]] = []
-        for study in group_studies(self.ledger.records()):
+        todo: list[tuple[int, str]] = []
+        result = list(studies)
+        for i, study in enumerate(result):
             rel = report_relpath(study)
             names = self.existing.get(report_stem(study), set())
             exists = Path(rel).name in names and (self.out / rel).is_file()
             if wanted(study, policy) and not exists:
-                todo.append((study, rel))
+                todo.append((i, rel))
                 continue
-            _set_report(self.ledger, study, rel if exists else "")
+            result[i] = _set_report(self.ledger, study, rel if exists else "")
             _remove(self.folder, names - {Path(rel).name})
         if not todo:
-            return set()
+            return set(), result
         self.ctx = ReportContext(str(self.lm.name), str(self.lm.meta.get("version", "")), self.lm.sha256,
                                  datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z").strip())
         done = set()
-        for study, rel in todo:
-            if self.write(study, rel):
-                done.add(study.key)
+        for i, rel in todo:
+            if self.write(result[i], rel):
+                result[i] = result[i].with_report(rel)
+                done.add(result[i].key)
                 self.emit({"event": "report", "done": len(done), "total": len(todo)})
         log.info("reports: %d of %d written", len(done), len(todo))
-        return done
+        return done, result
 
     def page(self, record: ImageRecord) -> Page:
         page = self.store.take(record) if self.store is not None else None
@@ -206,10 +225,11 @@ def index_reports(folder: Path) -> dict[str, set[str]]:
     return index
 
 
-def _set_report(ledger: Ledger, study: Study, rel: str) -> None:
+def _set_report(ledger: Ledger, study: Study, rel: str) -> Study:
     for r in study.records:
         if r.report != rel:
             ledger.set_report(r.path, rel)
+    return study.with_report(rel)
 
 
 def _remove(folder: Path, names: Iterable[str]) -> None:

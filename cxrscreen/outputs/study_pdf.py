@@ -52,8 +52,10 @@ from cxrscreen.outputs.layout import (
     person_name,
     wrap,
 )
-from cxrscreen.outputs.pages import Page, Study, overlay
+from cxrscreen.outputs.pages import Page, overlay
+from cxrscreen.populations import ALL
 from cxrscreen.records import ImageRecord
+from cxrscreen.studies import Study
 
 PAGE = landscape(A4)
 
@@ -273,7 +275,8 @@ def details(page: Page, thr_default: float) -> Table:
     left = [
         ("Image decision", r.decision.upper()),
         ("Probability (abnormal)", fmt_prob(r.probability)),
-        ("Threshold", fmt_threshold(threshold_of(r, thr_default))),
+        ("Threshold", fmt_threshold(threshold_of(r, thr_default))
+         + (f" ({clean(r.population)} operating point)" if r.population not in ("", ALL) else "")),
         ("QC status", describe_status(r.status)),
         ("QC notes", describe_notes(r.qc_notes)),
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from collections import Counter
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -53,7 +53,7 @@ DECISIONS = (ABNORMAL, REVIEW, NORMAL)
 def run_started(run_id: str) -> str:
     """``20261125T224129Z`` → ``2026-11-25 22:41:29 UTC`` (the run id is the UTC start time)."""
     try:
-        started = datetime.strptime(run_id, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        started = datetime.strptime(run_id, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
         return started.strftime("%Y-%m-%d %H:%M:%S UTC")
     except ValueError:
         return clean(run_id)
@@ -181,13 +181,26 @@ def _histogram(images: pd.DataFrame | None, studies: pd.DataFrame, thr: float, s
     return [Image(io.BytesIO(png), width=170 * mm, height=170 * mm * 2.5 / 6.8)]
 
 
+def _thresholds_text(summary: Mapping[str, Any], meta: Mapping[str, Any], thr: float) -> str:
+    """One threshold (and where it came from), or one per population with its age band."""
+    op = summary.get("operating_points")
+    if not op:
+        return fmt_threshold(thr) + (f" ({clean(meta['threshold_source'])})" if meta.get("threshold_source") else "")
+    parts = []
+    for p in op["points"]:
+        lo, hi = p.get("min_age_years") or 0, p.get("max_age_years")
+        band = f"< {hi:g} y" if not lo and hi is not None else (f"≥ {lo:g} y" if hi is None else f"{lo:g}–{hi:g} y")
+        default = ", also age unknown" if p["population"] == op["default"] else ""
+        parts.append(f"{clean(p['population'])} ({band}{default}): {fmt_threshold(float(p['threshold']))}")
+    return "; ".join(parts)
+
+
 def _model_table(summary: Mapping[str, Any], lm: LoadedModel, thr: float) -> Table:
     meta = lm.meta
     rows = [
         ["Model", f"{lm.name} {meta.get('version', '')}".strip()],
         ["Weights sha256", lm.sha256[:16] + "…"],
-        ["Threshold", fmt_threshold(thr) + (f" ({clean(meta['threshold_source'])})" if meta.get("threshold_source")
-                                            else "")],
+        ["Threshold", _thresholds_text(summary, meta, thr)],
         ["Runtime", clean(summary.get("runtime", "")) or "—"],
         ["Software", f"cxrscreen {summary.get('software_version', __version__)}"],
     ]

@@ -1,9 +1,9 @@
-"""Priority-sorted worklists (pandas, UTF-8 CSV): one row per image, one row per study."""
+"""Priority-sorted worklists (pandas, UTF-8 CSV): one row per image, one row per study (:mod:`cxrscreen.studies`)."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -11,18 +11,19 @@ import pandas as pd
 
 from cxrscreen import __version__
 from cxrscreen.ingest.tags import tag_notes
-from cxrscreen.records import ABNORMAL, DECISION_ORDER, NORMAL, REVIEW, ImageRecord, Status
+from cxrscreen.records import ABNORMAL, DECISION_ORDER, ImageRecord
 from cxrscreen.safetext import FORBIDDEN, FORMULA_TRIGGERS, MAX_CELL_CHARS, neutralise_cell, unneutralise
 from cxrscreen.state.atomic import atomic_open
+from cxrscreen.studies import Study
 
 IMAGE_COLUMNS = [
-    "rank", "decision", "probability", "threshold", "status", "qc_notes",
+    "rank", "decision", "probability", "threshold", "population", "status", "qc_notes",
     "PatientID", "AccessionNumber", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
     "StudyDate", "Modality", "ViewPosition", "BodyPartExamined", "path", "report",
     "model", "model_sha256", "software_version", "scored_at",
 ]
 STUDY_COLUMNS = [
-    "rank", "decision", "probability", "threshold", "n_images", "n_assessable", "n_abnormal",
+    "rank", "decision", "probability", "threshold", "population", "n_images", "n_assessable", "n_abnormal",
     "n_not_assessable", "n_error", "statuses", "not_analysed", "PatientID", "AccessionNumber", "StudyInstanceUID",
     "StudyDate", "Modality", "paths", "report", "model", "model_sha256", "software_version",
 ]
@@ -40,14 +41,15 @@ def _sort(df: pd.DataFrame, key_cols: list[str]) -> pd.DataFrame:
     return df
 
 
-def images_frame(records: Iterable[ImageRecord], model_name: str) -> pd.DataFrame:
-    """The image worklist as a DataFrame (sorted, ranked)."""
+def images_frame(records: Iterable[ImageRecord], model_name: str | Mapping[str, str]) -> pd.DataFrame:
+    """The image worklist as a DataFrame (sorted, ranked); ``model_name`` as for :func:`studies_frame`."""
     rows = []
     for r in records:
         rows.append({
             "decision": r.decision,
             "probability": None if r.probability is None else round(float(r.probability), 6),
             "threshold": float("nan") if r.threshold is None else round(float(r.threshold), 6),
+            "population": r.population,
             "status": str(r.status),
             "qc_notes": ";".join(dict.fromkeys((*r.qc_notes, *tag_notes(r.tags)))),
             **{k: r.tag(k) for k in ("PatientID", "AccessionNumber", "StudyInstanceUID", "SeriesInstanceUID",
@@ -55,7 +57,7 @@ def images_frame(records: Iterable[ImageRecord], model_name: str) -> pd.DataFram
                                      "BodyPartExamined")},
             "path": r.path,
             "report": r.report,
-            "model": model_name,
+            "model": _model_of(r, model_name),
             "model_sha256": r.model_sha256[:12],
             "software_version": __version__,
             "scored_at": r.scored_at,
@@ -70,73 +72,52 @@ def study_keys(images: pd.DataFrame) -> pd.Series:
     return uid.where(uid != "", "file:" + images["path"])
 
 
-def studies_frame(images: pd.DataFrame) -> pd.DataFrame:
-    """One row per study, decided by its assessable frontal images (the rules, in order):
+def _joined(values: Iterable[str], unique: bool) -> str:
+    """``";".join(sorted(...))``, blanks dropped."""
+    kept = [v for v in values if v]
+    return ";".join(sorted(set(kept) if unique else kept))
 
-    1. ``abnormal`` if any image is abnormal;
-    2. ``review`` if any image casts a doubt: an ``error:*``, a ``not_assessable:*`` other than a
-       supplementary view (wrong body part or modality, blank, raw data…), or a scored image whose
-       own decision is ``review`` (a QC note such as ``polarity_suspect``);
-    3. ``review`` if no image was scored (no assessable frontal image);
-    4. ``normal`` otherwise. Lateral, oblique and decubitus views (``Status.is_supplementary_view``)
-       are listed in ``not_analysed`` but do not make a study with a scored frontal image ``review``.
 
-    ``probability`` is the maximum over the scored images.
+def _model_of(record: ImageRecord, model_name: str | Mapping[str, str]) -> str:
+    return model_name if isinstance(model_name, str) else model_name.get(record.model_sha256[:12], "")
+
+
+def studies_frame(studies: Iterable[Study], model_name: str | Mapping[str, str]) -> pd.DataFrame:
+    """One row per study (its :func:`cxrscreen.studies.study_decision`; sorted, ranked).
+
+    ``probability`` is the maximum over the scored images; ``threshold`` and ``population`` are those
+    of the study's lead image (the most suspicious scored one). ``model_name``: the model's name, or
+    names by weights sha256 prefix (``export``, over the runs of several models).
     """
-    if images.empty:
-        return pd.DataFrame(columns=STUDY_COLUMNS)
-    key = study_keys(images)
-    df = images.assign(_study=key)
-    status = df["status"].fillna("")
-
-    def joined(col: str, unique: bool) -> pd.Series:  # ";".join(sorted(...)) per study, blanks dropped
-        part = df[["_study", col]]
-        part = part[part[col].fillna("") != ""]
-        if unique:
-            part = part.drop_duplicates()
-        part = part.sort_values(["_study", col], kind="mergesort")
-        return part.groupby("_study", sort=True)[col].agg(";".join)
-
-    parsed = status.map(lambda v: Status(v) if v else None)  # blank (never written): a doubt, like any non-ok
-    kind = parsed.map(lambda st: st.kind if st else "")
-    ok = kind == "ok"
-    supplementary = parsed.map(lambda st: bool(st and st.is_supplementary_view)).astype(bool)
-    doubt = (~ok & ~supplementary) | (ok & (df["decision"] == REVIEW))
-    df["_not_analysed"] = (df["path"] + " (" + status + ")").where(~ok, "")
-    n_abn = (df["decision"] == ABNORMAL).groupby(key).sum()
-    n_ok = ok.groupby(key).sum()
-    any_doubt = doubt.groupby(key).any()
-    prob = df["probability"].astype(float).where(ok).groupby(key).max()
-    first = df.drop_duplicates("_study", keep="first").set_index("_study")
-    reports = df[df["report"].fillna("") != ""].drop_duplicates("_study", keep="first").set_index("_study")["report"]
-    out = pd.DataFrame({
-        "decision": NORMAL,
-        "probability": prob,
-        "threshold": first["threshold"].astype(float),
-        "n_images": df.groupby("_study", sort=True).size(),
-        "n_assessable": n_ok,
-        "n_abnormal": n_abn,
-        "n_not_assessable": (kind == "not_assessable").groupby(key).sum(),
-        "n_error": (kind == "error").groupby(key).sum(),
-        "statuses": joined("status", unique=True),
-        "not_analysed": joined("_not_analysed", unique=False),
-        "PatientID": first["PatientID"],
-        "AccessionNumber": first["AccessionNumber"],
-        "StudyInstanceUID": first["StudyInstanceUID"].where(~first.index.str.startswith("file:"), ""),
-        "StudyDate": first["StudyDate"],
-        "Modality": joined("Modality", unique=True),
-        "paths": joined("path", unique=False),
-        "report": reports,
-        "model": first["model"],
-        "model_sha256": first["model_sha256"],
-        "software_version": first["software_version"],
-    })
-    text = ["statuses", "not_analysed", "Modality", "report"]
-    out[text] = out[text].fillna("")
-    out.loc[any_doubt | (n_ok == 0) | prob.isna(), "decision"] = REVIEW
-    out.loc[n_abn > 0, "decision"] = ABNORMAL
-    out = out.reset_index(drop=True)[[c for c in STUDY_COLUMNS if c != "rank"]]
-    return _sort(out, ["StudyInstanceUID", "paths"])[STUDY_COLUMNS]
+    rows = []
+    for st in studies:
+        lead, recs = st.lead, st.records
+        prob = st.probability
+        rows.append({
+            "decision": st.decision,
+            "probability": float("nan") if prob is None else round(prob, 6),
+            "threshold": float("nan") if st.threshold is None else round(float(st.threshold), 6),
+            "population": st.population,
+            "n_images": len(recs),
+            "n_assessable": sum(r.status.is_ok for r in recs),
+            "n_abnormal": sum(r.decision == ABNORMAL for r in recs),
+            "n_not_assessable": sum(r.status.kind == "not_assessable" for r in recs),
+            "n_error": sum(r.status.is_error for r in recs),
+            "statuses": _joined((str(r.status) for r in recs), unique=True),
+            "not_analysed": _joined((f"{r.path} ({r.status})" for r in recs if not r.status.is_ok), unique=False),
+            "PatientID": st.first("PatientID"),
+            "AccessionNumber": st.first("AccessionNumber"),
+            "StudyInstanceUID": st.study_uid,
+            "StudyDate": st.first("StudyDate"),
+            "Modality": _joined((r.tag("Modality") for r in recs), unique=True),
+            "paths": _joined((r.path for r in recs), unique=False),
+            "report": st.report,
+            "model": _model_of(lead, model_name),
+            "model_sha256": lead.model_sha256[:12],
+            "software_version": __version__,
+        })
+    df = pd.DataFrame(rows, columns=[c for c in STUDY_COLUMNS if c != "rank"])
+    return _sort(df, ["StudyInstanceUID", "paths"])[STUDY_COLUMNS]
 
 
 _STARTS_LIKE_FORMULA = re.compile("^[" + re.escape("".join(FORMULA_TRIGGERS)) + "]", re.MULTILINE)

@@ -16,6 +16,7 @@ from cxrscreen.model.files import LoadedModel
 from cxrscreen.model.inference import Runtime
 from cxrscreen.options import ReportPolicy
 from cxrscreen.outputs.pages import PageStore
+from cxrscreen.populations import OperatingPoints
 from cxrscreen.state.ledger import Ledger
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -50,7 +51,7 @@ class RunContext:
     out: Path
     lm: LoadedModel
     rt: Runtime
-    threshold: float
+    points: OperatingPoints  # the model's, or every one at --threshold
     reports: ReportPolicy
     batch_size: int
     workers: int | None  # None: chosen after timing the first batch
@@ -61,6 +62,11 @@ class RunContext:
     durations: Counter[str] = field(default_factory=Counter)
     pages: PageStore | None = None  # report pages made while the scoring pass holds the pixels
     schedule: dict[str, Any] | None = None  # what scoring ran with (for run.json)
+
+    @property
+    def threshold(self) -> float:
+        """The default population's threshold (the only one of a single-threshold model)."""
+        return self.points[self.points.default].threshold
 
     @property
     def run_dir(self) -> Path:

@@ -16,7 +16,7 @@ from cxrscreen.model.quantize import Int8Unavailable, load_calibration
 from cxrscreen.options import Device, Precision, ReportPolicy, parse
 from cxrscreen.outputs.dicom import DICOM_DIR, write_dicom_results
 from cxrscreen.outputs.pages import PageStore
-from cxrscreen.outputs.report import write_reports
+from cxrscreen.outputs.report import ReportSetup, write_reports
 from cxrscreen.outputs.summary import write_summary_pdf
 from cxrscreen.outputs.worklist import images_frame, studies_frame, write_csv
 from cxrscreen.pipeline.context import (
@@ -31,6 +31,7 @@ from cxrscreen.pipeline.scoring import score
 from cxrscreen.state.atomic import atomic_write_text
 from cxrscreen.state.ledger import STATE_DIR, Ledger, file_sha256, ledger_path
 from cxrscreen.state.lock import folder_lock
+from cxrscreen.studies import Study, group_studies
 
 log = logging.getLogger("cxrscreen")
 
@@ -118,7 +119,7 @@ def scan(
     if batch_size < 1:
         raise ScanInputError("--batch-size must be at least 1")
     lm = model if isinstance(model, LoadedModel) else load_model(model)
-    thr = float(lm.threshold if threshold is None else threshold)
+    points = lm.points if threshold is None else lm.points.overridden(threshold)
     rt = runtime_for(lm, device, precision)
     if rt.int8:  # refuse before anything is scanned, with the reason (a usage problem, exit 2)
         try:
@@ -131,18 +132,17 @@ def scan(
           isolation.helpers()):
         run_id = new_run_id(lambda rid: (out / "runs" / rid).exists() or ledger.has_run(rid))
         pages = None if policy is ReportPolicy.none else PageStore(state / "pages", policy, lm, rt)
-        ctx = RunContext(folder, out, lm, rt, thr, policy, batch_size, workers, ledger, run_id,
+        ctx = RunContext(folder, out, lm, rt, points, policy, batch_size, workers, ledger, run_id,
                          dicom_results=dicom_results, emit=progress or (lambda _e: None), pages=pages)
         return _run(ctx, rescan, t_start)
 
 
-def _dicom_results(ctx: RunContext, changed: set[str], everything: bool) -> None:
+def _dicom_results(ctx: RunContext, studies: list[Study], changed: set[str], everything: bool) -> None:
     """(Re)write the DICOM results of the studies this run changed (new images, a new report), of
     every study when the threshold changed, and of scored studies that have none yet."""
     root = ctx.out / DICOM_DIR
-    records = [r for r in ctx.ledger.records()
-               if everything or r.study_key in changed or not (root / r.study_key).is_dir()]
-    written = write_dicom_results(ctx.out, records, ctx.lm)
+    todo = [s for s in studies if everything or s.key in changed or not (root / s.key).is_dir()]
+    written = write_dicom_results(ctx.out, todo, ctx.lm)
     log.info("DICOM results: %d objects written", len(written))
 
 
@@ -157,7 +157,7 @@ def _run(ctx: RunContext, rescan: bool, t_start: float) -> ScanResult:
     d["discover"] = time.perf_counter() - t
     t = time.perf_counter()
     todo, skipped = plan(files, ctx.folder, ledger, ctx.lm.sha256, rescan)
-    redecided = ledger.redecide(ctx.lm.sha256, ctx.threshold)
+    redecided = ledger.redecide(ctx.lm.sha256, ctx.points)
     d["plan"] = time.perf_counter() - t
     log.info("run %s: %d files found, %d already scored, %d to process", ctx.run_id, len(files), skipped, len(todo))
     ctx.emit({"event": "start", "files": len(files), "todo": len(todo), "skipped": skipped, "run_id": ctx.run_id})
@@ -168,9 +168,11 @@ def _run(ctx: RunContext, rescan: bool, t_start: float) -> ScanResult:
         if resumed:
             own = {r.path for r in new_records}
             new_records = [r for rid in resumed for r in ledger.records(rid) if r.path not in own] + new_records
+        all_studies = group_studies(ledger.records())  # the one study decision of this run
         if ctx.reports is not ReportPolicy.none:
             t = time.perf_counter()
-            reported = write_reports(ctx.out, ctx.folder, ctx.lm, ctx.rt, ledger, ctx.reports, ctx.pages, ctx.emit, d)
+            setup = ReportSetup(ctx.out, ctx.folder, ctx.lm, ctx.rt, ledger, ctx.pages, ctx.emit, d)
+            reported, all_studies = write_reports(setup, all_studies, ctx.reports)
             d["reports"] = time.perf_counter() - t
     finally:
         if ctx.pages is not None:
@@ -178,19 +180,21 @@ def _run(ctx: RunContext, rescan: bool, t_start: float) -> ScanResult:
     if ctx.dicom_results:
         t = time.perf_counter()
         changed = {r.study_key for r in new_records} | reported
-        _dicom_results(ctx, changed, everything=redecided > 0)
+        _dicom_results(ctx, all_studies, changed, everything=redecided > 0)
         d["dicom_results"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    images = images_frame(ledger.records(), ctx.lm.name)
-    studies = studies_frame(images)
+    records = [r for s in all_studies for r in s.records]
+    images = images_frame(records, ctx.lm.name)
+    studies = studies_frame(all_studies, ctx.lm.name)
     images_csv = write_csv(images, ctx.out / "worklist_images.csv")
     studies_csv = write_csv(studies, ctx.out / "worklist_studies.csv")
     new_paths = {r.path for r in new_records}
     new_images = images[images["path"].isin(new_paths)].reset_index(drop=True)
     new_images["rank"] = range(1, len(new_images) + 1)
     write_csv(new_images, ctx.run_dir / "new_images.csv")
-    write_csv(studies_frame(new_images), ctx.run_dir / "new_studies.csv")
+    write_csv(studies_frame(group_studies(r for r in records if r.path in new_paths), ctx.lm.name),
+              ctx.run_dir / "new_studies.csv")
     d["worklists"] = time.perf_counter() - t
 
     exit_code = 1 if any(r.status.is_error for r in new_records) else 0

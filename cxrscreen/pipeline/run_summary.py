@@ -24,7 +24,7 @@ def summarize(ctx: RunContext, files: list[Path], skipped: int, new_records: lis
     probs = np.array([r.probability for r in new_records if r.probability is not None], dtype=float)
     n_scored = int(probs.size)
     infer = ctx.durations.get("score_wall", 0.0)
-    return {
+    out = {
         "run_id": ctx.run_id,
         "software_version": __version__,
         "folder": str(ctx.folder),
@@ -51,6 +51,11 @@ def summarize(ctx: RunContext, files: list[Path], skipped: int, new_records: lis
         "exit_code": exit_code,
         "schedule": ctx.schedule,
     }
+    if not ctx.points.single:  # a model with one threshold per population
+        out["operating_points"] = ctx.points.to_meta()
+        out["images_scored_by_population"] = dict(Counter(r.population for r in new_records
+                                                          if r.probability is not None))
+    return out
 
 
 def drift_check(current: dict, previous: list[dict]) -> dict[str, Any]:

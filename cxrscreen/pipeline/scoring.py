@@ -235,11 +235,14 @@ class _Scorer:
         for it in batch:
             path, known_sha = self.todo[it.index]
             prob = probs.get(it.index)
+            point = ctx.points.assign(it.tags)
+            notes = (*it.notes, *point.notes) if it.status.is_ok else it.notes
             rec = ImageRecord(path=path.relative_to(ctx.folder).as_posix(), status=it.status, tags=it.tags,
-                              qc_notes=it.notes, probability=prob, decision=decide(it.status, prob, ctx.threshold,
-                                                                                    it.notes),
+                              qc_notes=notes, probability=prob,
+                              decision=decide(it.status, prob, point.threshold, notes),
                               size=it.size, mtime_ns=it.mtime_ns, sha256=it.sha256 or known_sha or "",
-                              threshold=ctx.threshold, model_sha256=ctx.lm.sha256, run_id=ctx.run_id)
+                              threshold=point.threshold, population=point.population, model_sha256=ctx.lm.sha256,
+                              run_id=ctx.run_id)
             d["decode"] += it.t_decode
             d["preprocess"] += it.t_preprocess
             if rec.status.is_error:

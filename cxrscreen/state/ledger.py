@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cxrscreen.populations import OperatingPoints
 from cxrscreen.records import ImageRecord, Status, decide
 from cxrscreen.state.atomic import sha256_file
 from cxrscreen.state.sqlite import Database
@@ -29,6 +30,7 @@ CREATE TABLE IF NOT EXISTS images (
     qc_notes TEXT NOT NULL DEFAULT '',
     probability REAL,
     threshold REAL NOT NULL,
+    population TEXT NOT NULL DEFAULT '',
     decision TEXT NOT NULL,
     report TEXT NOT NULL DEFAULT '',
     tags TEXT NOT NULL DEFAULT '{}',
@@ -44,6 +46,9 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 """
 
+
+#: Columns added after the first release: (name, declaration), added to an existing ledger on open.
+ADDED_COLUMNS = (("population", "TEXT NOT NULL DEFAULT ''"),)
 
 STATE_DIR = ".cxrscreen"  # under OUT: the ledger, the lock, pages kept for reports
 LEDGER_NAME = "ledger.sqlite"
@@ -69,6 +74,15 @@ class Ledger(Database):
 
     SCHEMA = SCHEMA
 
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        for column, decl in ADDED_COLUMNS:  # a ledger written by an earlier release
+            if column not in self.columns():
+                self.db.execute(f"ALTER TABLE images ADD COLUMN {column} {decl}")
+
+    def columns(self) -> set[str]:
+        return {row[1] for row in self.db.execute("PRAGMA table_info(images)")}
+
     def known(self) -> dict[str, Known]:
         rows = self.db.execute("SELECT path, size, mtime_ns, sha256, model_sha256 FROM images")
         return {r[0]: Known(r[1], r[2], r[3], r[4]) for r in rows}
@@ -85,27 +99,38 @@ class Ledger(Database):
             if r.threshold is None or not r.model_sha256 or not r.run_id:
                 raise ValueError(f"record {r.path!r} lacks its threshold, model or run")
             rows.append((r.path, r.size, r.mtime_ns, r.sha256, r.tag("SOPInstanceUID"), r.model_sha256, str(r.status),
-                         ";".join(r.qc_notes), r.probability, r.threshold, r.decision, r.report,
+                         ";".join(r.qc_notes), r.probability, r.threshold, r.population, r.decision, r.report,
                          json.dumps(r.tags, sort_keys=True), r.run_id, r.scored_at or now))
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany(
                 "INSERT OR REPLACE INTO images (path, size, mtime_ns, sha256, sop_uid, model_sha256, status, "
-                "qc_notes, probability, threshold, decision, report, tags, run_id, scored_at) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "qc_notes, probability, threshold, population, decision, report, tags, run_id, scored_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
 
-    def redecide(self, model_sha256: str, threshold: float) -> int:
-        """Apply a new threshold to rows scored by the same weights (no decoding needed)."""
+    def redecide(self, model_sha256: str, points: OperatingPoints) -> int:
+        """Apply new operating points to rows scored by the same weights (no decoding needed): each row
+        takes its population's threshold; a row without a population (an earlier release) gets one from
+        its stored tags."""
         rows = self.db.execute(
-            "SELECT path, status, probability, qc_notes FROM images WHERE model_sha256=? AND threshold!=?",
-            (model_sha256, threshold),
+            "SELECT path, status, probability, qc_notes, threshold, population, tags FROM images WHERE model_sha256=?",
+            (model_sha256,),
         ).fetchall()
-        updates = [(decide(st, p, threshold, tuple(n.split(";"))), threshold, path) for path, st, p, n in rows]
+        updates = []
+        for path, st, p, n, thr, stored, tags in rows:
+            notes, pop = tuple(x for x in n.split(";") if x), stored
+            if pop not in points.names:
+                a = points.assign(json.loads(tags))
+                pop, notes = a.population, (*notes, *(x for x in a.notes if x not in notes))
+            new = points.threshold_of(pop)
+            if new != thr or pop != stored:
+                updates.append((decide(st, p, new, notes), new, pop, ";".join(notes), path))
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany("UPDATE images SET decision=?, threshold=? WHERE path=?", updates)
+            self.db.executemany("UPDATE images SET decision=?, threshold=?, population=?, qc_notes=? WHERE path=?",
+                                updates)
         return len(updates)
 
     def set_report(self, path: str, report: str) -> None:
@@ -113,8 +138,9 @@ class Ledger(Database):
             self.db.execute("UPDATE images SET report=? WHERE path=?", (report, path))
 
     def records(self, run_id: str | None = None) -> Iterator[ImageRecord]:
+        population = "population" if "population" in self.columns() else "''"  # read-only, earlier release
         sql = ("SELECT path, status, tags, qc_notes, probability, decision, report, size, mtime_ns, threshold, "
-               "model_sha256, run_id, scored_at, sha256 FROM images")
+               f"model_sha256, run_id, scored_at, sha256, {population} FROM images")
         args: tuple = ()
         if run_id is not None:
             sql += " WHERE run_id=?"
@@ -124,11 +150,11 @@ class Ledger(Database):
 
     @staticmethod
     def _record(row: tuple) -> ImageRecord:
-        path, status, tags, notes, prob, decision, report, size, mtime, thr, msha, run_id, when, sha = row
+        path, status, tags, notes, prob, decision, report, size, mtime, thr, msha, run_id, when, sha, pop = row
         return ImageRecord(path=path, status=Status(status), tags=json.loads(tags),
                            qc_notes=tuple(n for n in notes.split(";") if n), probability=prob, decision=decision,
                            report=report, size=size, mtime_ns=mtime, sha256=sha, threshold=float(thr),
-                           model_sha256=msha, run_id=run_id, scored_at=when)
+                           population=pop, model_sha256=msha, run_id=run_id, scored_at=when)
 
     def start_run(self, run_id: str) -> None:
         with self.db:

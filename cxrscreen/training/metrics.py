@@ -59,8 +59,8 @@ def wilson_ci(successes: int, total: int, level: float = 0.95) -> tuple[float, f
     return float(ci.low), float(ci.high)
 
 
-def confusion(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, int]:
-    """Counts with ``score >= threshold`` called abnormal."""
+def confusion(labels: np.ndarray, scores: np.ndarray, threshold: float | np.ndarray) -> dict[str, int]:
+    """Counts with ``score >= threshold`` called abnormal (``threshold``: one, or one per image)."""
     pred = (np.asarray(scores) >= threshold).astype(int)
     tn, fp, fn, tp = skm.confusion_matrix(np.asarray(labels).astype(int), pred, labels=[0, 1]).ravel()
     return {"tp": int(tp), "fn": int(fn), "tn": int(tn), "fp": int(fp)}
@@ -72,13 +72,17 @@ def _rate(num: int, den: int, level: float) -> dict[str, float]:
 
 
 def threshold_metrics(
-    labels: np.ndarray, scores: np.ndarray, threshold: float, level: float = 0.95
+    labels: np.ndarray, scores: np.ndarray, threshold: float | np.ndarray, level: float = 0.95
 ) -> dict[str, Any]:
-    """Sensitivity, specificity, PPV, NPV, accuracy with Wilson CIs, and the confusion matrix."""
+    """Sensitivity, specificity, PPV, NPV, accuracy with Wilson CIs, and the confusion matrix.
+
+    ``threshold``: one, or one per image (operating points per population); ``threshold`` in the
+    result is None when the images' thresholds differ."""
     c = confusion(labels, scores, threshold)
     tp, fn, tn, fp = c["tp"], c["fn"], c["tn"], c["fp"]
+    distinct = np.unique(np.asarray(threshold, dtype=np.float64))
     return {
-        "threshold": float(threshold),
+        "threshold": float(distinct[0]) if distinct.size == 1 else None,
         "confusion": c,
         "sensitivity": _rate(tp, tp + fn, level),
         "specificity": _rate(tn, tn + fp, level),
@@ -89,7 +93,7 @@ def threshold_metrics(
 
 
 def summarize(
-    labels: np.ndarray, scores: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0
+    labels: np.ndarray, scores: np.ndarray, threshold: float | np.ndarray, n_boot: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
     """All metrics for one group of images."""
     point, lo, hi = auroc_ci(labels, scores, n_boot=n_boot, seed=seed)

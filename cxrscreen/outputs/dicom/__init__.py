@@ -25,9 +25,8 @@ from pydicom.dataset import Dataset
 from cxrscreen.model.files import LoadedModel
 from cxrscreen.outputs.dicom import pdf, sr
 from cxrscreen.outputs.dicom.source import StudyResult
-from cxrscreen.outputs.pages import group_studies
-from cxrscreen.records import ImageRecord
 from cxrscreen.state.atomic import atomic_open
+from cxrscreen.studies import Study
 
 log = logging.getLogger("cxrscreen")
 
@@ -35,10 +34,10 @@ DICOM_DIR = "dicom"
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
-def write_dicom_results(out: Path, records: Iterable[ImageRecord], model: LoadedModel) -> list[Path]:
-    """Write the DICOM result objects of every study in ``records`` that has an image scored by ``model``.
+def write_dicom_results(out: Path, studies: Iterable[Study], model: LoadedModel) -> list[Path]:
+    """Write the DICOM result objects of every study in ``studies`` that has an image scored by ``model``.
 
-    Only the studies present in ``records`` are touched: their folder under ``OUT/dicom`` ends up
+    Only these studies are touched: their folder under ``OUT/dicom`` ends up
     holding exactly this call's objects (a study with nothing scored keeps none). A study whose
     objects cannot be built is logged (no PHI) and left with none; the others are still written.
     Returns the paths written.
@@ -47,7 +46,7 @@ def write_dicom_results(out: Path, records: Iterable[ImageRecord], model: Loaded
     root = out / DICOM_DIR
     written: list[Path] = []
     failed = 0
-    for n, study in enumerate(group_studies(records), 1):
+    for n, study in enumerate(studies, 1):
         if not _UID.fullmatch(study.key):  # "file:<path>": not in any study
             continue
         folder = root / study.key

@@ -14,8 +14,8 @@ from pydicom.uid import UID, generate_uid
 
 from cxrscreen import __version__
 from cxrscreen.model.files import LoadedModel
-from cxrscreen.outputs.pages import Study
 from cxrscreen.records import ImageRecord
+from cxrscreen.studies import Study
 
 #: Patient and General Study attributes copied from the source study (Type 2 ones are written empty).
 PATIENT_STUDY_KEYWORDS = (

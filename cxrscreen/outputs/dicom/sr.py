@@ -6,7 +6,7 @@ Content tree (no template is claimed: TID 1500 has no place for per-image QC tex
       HAS OBS CONTEXT  device observer (TID 1004): cxrscreen, model name
       HAS CONCEPT MOD  TID 4019 Algorithm Identification: name = model name, version = weights sha256
       CONTAINS CODE    (99CXRSCREEN TRIAGE "Triage decision") = SCT Abnormal | SCT Normal | 99CXRSCREEN REVIEW
-      CONTAINS NUM     (99CXRSCREEN THRESHOLD "Decision threshold"), UCUM "1"
+      CONTAINS NUM     (99CXRSCREEN THRESHOLD "Decision threshold"), UCUM "1" (the lead image's)
       CONTAINS TEXT    (DCM 121106 "Comment") = research-use disclaimer
       CONTAINS CONTAINER (99CXRSCREEN IMAGE "Image assessment"), one per image of the study:
         CONTAINS IMAGE|COMPOSITE (DCM 121324 "Source image") → the source instance
@@ -14,6 +14,8 @@ Content tree (no template is claimed: TID 1500 has no place for per-image QC tex
         CONTAINS TEXT  (99CXRSCREEN QCNOTES)  = QC notes, when any
         CONTAINS NUM   (99CXRSCREEN PABN "Probability of abnormality"), UCUM "1"   (scored images)
           INFERRED FROM IMAGE → the source instance
+        CONTAINS NUM   (99CXRSCREEN THRESHOLD) = the image's own threshold            (scored images)
+        CONTAINS TEXT  (99CXRSCREEN POPULATION) = its operating point's population    (scored images)
         CONTAINS CODE  (99CXRSCREEN TRIAGE) = the image's own decision                (scored images)
 
 Every source instance of the study is listed in the Current Requested Procedure Evidence Sequence.
@@ -44,6 +46,7 @@ IMAGE_ASSESSMENT = Code("IMAGE", SCHEME, "Image assessment")
 PROBABILITY = Code("PABN", SCHEME, "Probability of abnormality")
 QC_STATUS = Code("QCSTATUS", SCHEME, "Quality control status")
 QC_NOTES = Code("QCNOTES", SCHEME, "Quality control notes")
+POPULATION = Code("POPULATION", SCHEME, "Operating point population")
 DECISIONS: dict[str, Code] = {
     ABNORMAL: codes.SCT.Abnormal,
     NORMAL: codes.SCT.Normal,
@@ -77,6 +80,11 @@ def _image_assessment(record: ImageRecord, scored: bool) -> hd.sr.ContainerConte
         if is_referenceable(record):
             num.ContentSequence = hd.sr.ContentSequence([_reference(record, _INFERRED_FROM)])
         items.append(num)
+        if record.threshold is not None:
+            items.append(hd.sr.NumContentItem(name=DECISION_THRESHOLD, value=float(record.threshold), unit=NO_UNITS,
+                                              relationship_type=_CONTAINS))
+        if record.population:
+            items.append(hd.sr.TextContentItem(name=POPULATION, value=record.population, relationship_type=_CONTAINS))
         items.append(hd.sr.CodeContentItem(name=TRIAGE_DECISION, value=DECISIONS[record.decision],
                                            relationship_type=_CONTAINS))
     container.ContentSequence = hd.sr.ContentSequence(items)
