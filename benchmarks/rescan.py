@@ -6,9 +6,11 @@ Builds N tiny (8×8 px) DICOM files in a temporary folder (100 per sub-folder, o
 one real ``cxrscreen scan`` to fill the ledger (tiny films are ``not_assessable:too_small``, so that
 first scan reads every header and hashes every file but runs no inference: a real fill, not a
 shortcut), then times ``cxrscreen scan`` again on the unchanged folder, end to end as cron runs it
-(new Python process, model load, discovery, ledger check, worklists and run.json rewritten for
-N rows). ``--reports none``: report generation belongs to another benchmark. Without ``--model``
-a random-weight 64 px ResNet50 is built (its load time is that of the real model: same weights size).
+(new Python process, the model's metadata read — with nothing to score, neither torch nor the
+weights are loaded —, discovery, ledger check, worklists and run.json rewritten for N rows).
+``--reports none``: report generation belongs to another benchmark. Without ``--model`` a
+random-weight 64 px ResNet50 is built (what a run that loads it spends is that of the real model:
+same weights size).
 
 Prints one Markdown table row: what, median seconds (stage breakdown from run.json), machine, date.
 """
@@ -80,7 +82,7 @@ def main() -> None:
             wall, s = scan(folder, out, model)
             assert s["files_processed"] == 0 and s["files_skipped_already_scored"] == args.n, s
             runs.append((wall, s))
-            print(f"rescan: {wall:.2f} s (in-process {s['wall_s']:.2f} s)", file=sys.stderr)
+            print(f"rescan: {wall:.2f} s (in-process {s['wall_s']:.2f} s; runtime: {s['runtime']})", file=sys.stderr)
     wall, s = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
     d = s["durations_s"]
     stages = ", ".join(f"{k} {d[k]:.2f} s" for k in ("discover", "plan", "worklists") if k in d)

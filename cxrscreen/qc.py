@@ -139,8 +139,8 @@ def polarity_features(pixels: np.ndarray) -> np.ndarray:
     anti-correlated with local texture (the fine structure — vessels, rib edges — lies in the dark lungs,
     while mediastinum and abdomen are bright and smooth), which holds on any crop of the chest. Inverting
     the film negates every one (texture, a local RMS deviation, does not change). The image is read on a
-    strided ~64×64 grid (only the grid is copied; no averaging), so one call costs well under a
-    millisecond whatever the film's size.
+    strided ~64×64 grid (only the grid is copied; no averaging), so its cost does not grow with the
+    film's size.
     """
     from scipy.ndimage import uniform_filter
 

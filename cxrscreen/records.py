@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from cxrscreen.ingest.tags import tag_notes
+
 ABNORMAL, REVIEW, NORMAL = "abnormal", "review", "normal"
 DECISION_ORDER = {ABNORMAL: 0, REVIEW: 1, NORMAL: 2}
 STATUS_KINDS = ("ok", "not_assessable", "error")
@@ -101,6 +103,16 @@ class ImageRecord:
     def flags_study(self) -> bool:
         """Whether this image alone makes its study ``abnormal`` or ``review`` (``outputs.worklist`` rules)."""
         return self.decision == ABNORMAL or (self.decision == REVIEW and not self.status.is_supplementary_view)
+
+    @property
+    def all_notes(self) -> tuple[str, ...]:
+        """Its QC notes, then an ``invalid_tag:<keyword>`` note per header value dropped as invalid
+        (:func:`cxrscreen.ingest.tags.tag_notes`), each once: what worklists, reports and SR show."""
+        return tuple(dict.fromkeys((*self.qc_notes, *tag_notes(self.tags))))
+
+    def threshold_or(self, default: float) -> float:
+        """The decision threshold applied to it; ``default`` (the model's) when none was recorded."""
+        return default if self.threshold is None else self.threshold
 
     def evolve(self, **changes: Any) -> ImageRecord:
         return replace(self, **changes)

@@ -219,7 +219,7 @@ def test_display_window_matches_pydicom(tmp_path: Path, func, window, rescale, p
 
 
 def test_jpeg_ls_prefers_charls(tmp_path: Path):
-    """JPEG-LS goes through pyjpegls (CharLS, ~2× faster than GDCM here) and stays lossless."""
+    """JPEG-LS goes through pyjpegls (CharLS, faster than GDCM: docs/benchmarks.md) and stays lossless."""
     from pydicom.pixels.decoders import JPEGLSLosslessDecoder
 
     from cxrscreen.ingest import decode

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import sys
 import tracemalloc
 from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.encaps import generate_fragments
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from cxrscreen import faults
@@ -161,6 +163,31 @@ def test_jpeg_frame_header_larger_than_the_budget_is_rejected(tmp_path: Path) ->
     with pytest.raises(DecodeError) as info:
         isolation.check_pixel_budget(ds)
     assert info.value.reason == "image_too_large"
+
+
+def test_jpeg_frame_header_of_jpeg_and_jpeg_ls(tmp_path: Path) -> None:
+    """Precision, rows, columns and components from the SOF, past the segments before it (APP0, DQT)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (80, 48)).save(buf, format="JPEG")
+    assert isolation.jpeg_frame_header(buf.getvalue()) == (8, 48, 80, 1)
+    ds = pydicom.dcmread(make_dicom(tmp_path / "f.dcm", chest_phantom(320, 288, seed=2),
+                                    transfer_syntax=JPEGLSLossless))
+    fragments = generate_fragments(ds.PixelData)
+    next(fragments)  # the basic offset table
+    assert isolation.jpeg_frame_header(next(fragments)) == (ds.BitsStored, ds.Rows, ds.Columns, 1)
+
+
+@pytest.mark.parametrize("stream", [
+    b"", b"\xff\xd8", b"\x00" * 16,  # empty, SOI only, not JPEG
+    b"\xff\xd8\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00",  # a scan before any frame header
+    b"\xff\xd8\xff\xe0\xff\xff\x00",  # an APP segment longer than the stream
+    b"\xff\xd8\xff\xc0\x00\x0b\x08\x00",  # a frame header cut short
+    b"\xff\xd8\x12\x34\x00\x04",  # not a marker where one must be
+])
+def test_jpeg_frame_header_is_none_without_a_whole_one(stream: bytes) -> None:
+    assert isolation.jpeg_frame_header(stream) is None
 
 
 def test_settings_from_the_environment(monkeypatch) -> None:

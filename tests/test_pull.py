@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from cxrscreen.cli.app import app
 from cxrscreen.pacs import Address, pull
-from cxrscreen.pacs.pull import MAX_CONTEXTS, SOP_CLASSES, TRANSFER_SYNTAXES, date_range, safe_name, storage_contexts
+from cxrscreen.pacs.net import MAX_CONTEXTS
+from cxrscreen.pacs.pull import SOP_CLASSES, TRANSFER_SYNTAXES, date_range, safe_name, storage_contexts
 from cxrscreen.testing import dicom
 from tests.orthanc import AET, free_port, orthanc_server, require_orthanc
 

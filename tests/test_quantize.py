@@ -133,7 +133,7 @@ def test_int8_build_records_no_stack_traces_and_puts_the_fx_setting_back(random_
 
 @pytest.mark.slow
 def test_int8_build_does_not_import_the_compiler(random_model_path, calibrated, tmp_path):
-    """FX's per-node stack traces imported torch._inductor (1.4 s of an int8 scan's start-up)."""
+    """FX's per-node stack traces imported torch._inductor: start-up time for nothing (docs/benchmarks.md)."""
     for f in random_model_path.parent.glob(random_model_path.stem + ".*"):
         shutil.copy(f, tmp_path / f.name)
     model = tmp_path / random_model_path.name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cxrscreen.ingest.tags import INVALID_KEY
 from cxrscreen.records import ABNORMAL, NORMAL, REVIEW, ImageRecord, Status
 
 
@@ -28,6 +29,18 @@ def test_record_status_is_typed_even_when_given_text() -> None:
     assert isinstance(r.status, Status) and r.status.reason == "lateral_view"
     assert r.threshold is None and r.model_sha256 == "" and r.run_id == ""
     assert "_threshold" not in r.tags
+
+
+def test_all_notes_adds_the_invalid_tags_once() -> None:
+    tags = {"PatientID": "", INVALID_KEY: "PatientID;StudyDate"}
+    r = ImageRecord(path="a.dcm", status="ok", tags=tags, qc_notes=("invalid_tag:PatientID", "reduced_x2"))
+    assert r.all_notes == ("invalid_tag:PatientID", "reduced_x2", "invalid_tag:StudyDate")
+    assert ImageRecord(path="b.dcm", status="ok").all_notes == ()
+
+
+def test_threshold_or_falls_back_only_when_none_was_recorded() -> None:
+    r = ImageRecord(path="a.dcm", status="ok")
+    assert r.threshold_or(0.4) == 0.4 and r.evolve(threshold=0.25).threshold_or(0.4) == 0.25
 
 
 def test_study_key_and_which_images_flag_their_study() -> None:

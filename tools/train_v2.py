@@ -36,6 +36,7 @@ from cxrscreen.model.files import load_model
 from cxrscreen.model.inference import choose_runtime
 from cxrscreen.preprocess import PreprocessSpec, base_transforms
 from cxrscreen.training.augment import source_breaking_chain
+from cxrscreen.training.loop import Optimisation, train_step
 from cxrscreen.training.site import prepare_site
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +114,8 @@ def val_metrics(table: pd.DataFrame, prob: np.ndarray) -> dict[str, float]:
     m["auroc/covid_vs_openist"] = auc((d == "covid_db") & (y == 1), d == "openist")
     adult = d != "kermany"
     m["auroc/adult"] = auc(adult & (y == 1), adult & (y == 0))
-    m["merit"] = min(m["auroc/covid_db"], m["auroc/kermany"], m[f"auroc/{SITE}"], m["auroc/site_abn_vs_openist"])
+    m["merit"] = float(np.mean([m["auroc/covid_db"], m["auroc/kermany"], m[f"auroc/{SITE}"],
+                                m["auroc/site_abn_vs_openist"]]))
     return m
 
 
@@ -130,13 +132,13 @@ def train(args: argparse.Namespace) -> None:
     train_rows = table.index[table.role == "train"].to_numpy()
     val_rows = table.index[table.role == "val"].to_numpy()
     val_table = table.loc[val_rows].reset_index(drop=True)
-    cells = {k: train_rows[(table.dataset.to_numpy()[train_rows] == k[0]) & (table.label.to_numpy()[train_rows] == k[1])]
-             for k in DEFAULT_WEIGHTS}
+    ds, lab = table.dataset.to_numpy()[train_rows], table.label.to_numpy()[train_rows]
+    cells = {k: train_rows[(ds == k[0]) & (lab == k[1])] for k in DEFAULT_WEIGHTS}
     keys = [k for k in cells if len(cells[k])]
     p = np.array([DEFAULT_WEIGHTS[k] for k in keys])
     p = p / p.sum()
-    print("cells: " + ", ".join(f"{d}/{c} {len(cells[d, c])} films p={w:.3f}" for (d, c), w in zip(keys, p, strict=True)),
-          flush=True)
+    print("cells: " + ", ".join(f"{d}/{c} {len(cells[d, c])} films p={w:.3f}"
+                                for (d, c), w in zip(keys, p, strict=True)), flush=True)
 
     net = load_model(None).net.train().to(memory_format=torch.channels_last)
     fc = list(net.fc.parameters())
@@ -146,7 +148,7 @@ def train(args: argparse.Namespace) -> None:
     steps = args.per_epoch // args.batch
     total = steps * args.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, total, warmup=min(150, total // 10)))
-    loss_fn = torch.nn.BCEWithLogitsLoss()
+    step = Optimisation(net, opt, torch.nn.BCEWithLogitsLoss(), rt, sched)
     history: list[dict] = []
     start = 0
     ckpt = work / "checkpoint.pt"
@@ -168,19 +170,11 @@ def train(args: argparse.Namespace) -> None:
         for step in range(steps):
             ks = rng.choice(len(keys), size=args.batch, p=p)
             idx = [int(cells[keys[k]][rng.integers(len(cells[keys[k]]))]) for k in ks]
-            x = torch.stack([chain(images[i].float()) for i in idx])
-            x = ((x - spec.mean) / spec.std).contiguous(memory_format=torch.channels_last)
-            y = torch.tensor([float(keys[k][1]) for k in ks])
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                logits = net(x).float().reshape(-1)
-            loss = loss_fn(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            x = (torch.stack([chain(images[i].float()) for i in idx]) - spec.mean) / spec.std
+            loss = train_step(step, x, torch.tensor([float(keys[k][1]) for k in ks]))
             seen += len(idx)
             done_steps += 1
-            loss_sum += loss.item() * len(idx)
+            loss_sum += loss * len(idx)
             if (step + 1) % 25 == 0 or step + 1 == steps:
                 rate = done_steps / (time.time() - t_run)
                 left = (total - epoch * steps - step - 1) / rate

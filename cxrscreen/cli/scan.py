@@ -40,14 +40,14 @@ def scan_command(
     from cxrscreen.state.lock import LockedError, folder_lock
 
     state = out / STATE_DIR
-    if state.is_dir():  # fast refusal before torch is imported; scan() takes the lock for real
+    if state.is_dir():  # fast refusal before anything is loaded; scan() takes the lock for real
         try:
             with folder_lock(state):
                 pass
         except LockedError as exc:
             fail(f"{exc}; not starting a second run", ExitCode.LOCKED)
 
-    from cxrscreen.model.files import ModelIntegrityError
+    from cxrscreen.model.meta import ModelIntegrityError  # no torch: a scan with nothing to score imports none
     from cxrscreen.pipeline import ScanInputError, scan
 
     if not folder.exists():

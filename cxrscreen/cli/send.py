@@ -11,6 +11,7 @@ import typer
 
 from cxrscreen.cli.common import ExitCode, fail, pacs_address
 from cxrscreen.logs import setup_logging
+from cxrscreen.outputs import DICOM_DIR
 
 
 def send_command(
@@ -31,7 +32,7 @@ def send_command(
     address = pacs_address(to, "--to", calling_aet)
     if not out.is_dir():
         fail(f"{out}: no such folder")
-    if not (out / "dicom").is_dir():
+    if not (out / DICOM_DIR).is_dir():
         fail(f"{out}: holds no dicom/ folder; run 'cxrscreen scan --dicom-results' first")
     setup_logging(quiet=quiet or as_json, log_file=log_file)
     try:

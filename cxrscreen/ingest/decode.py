@@ -63,8 +63,8 @@ TAG_KEYWORDS: tuple[str, ...] = (
 PERCENTILE_WINDOW = (0.5, 99.5)
 
 JPEG_LS = (JPEGLSLossless, JPEGLSNearLossless)
-#: CharLS (pyjpegls) decodes JPEG-LS about 2× faster than GDCM, pydicom's first choice
-#: (130 vs 254 ms for a 2500×3000 16-bit film here); the others remain the fallback.
+#: CharLS (pyjpegls) decodes JPEG-LS faster than GDCM, pydicom's first choice (figures in
+#: docs/benchmarks.md); the others remain the fallback.
 _PREFERRED_JPEG_LS = "pyjpegls"
 
 
@@ -201,8 +201,8 @@ def _block_mean(arr: np.ndarray, factor: int) -> np.ndarray:
 
     Same values as ``skimage.transform.downscale_local_mean`` on the cropped array, by strided
     sums: whole rows first (cache-friendly, and the float32 copy is ``factor`` times smaller),
-    then columns. 3–15× faster here (0.7 vs 11 ms on a 1024² 16-bit film, 4 ms for 2500×3000),
-    because it skips the generic block view and the float64 reduction.
+    then columns. It skips the generic block view and the float64 reduction, which makes it the faster
+    of the two (figures in docs/benchmarks.md).
     """
     if factor < 2:
         return arr.astype(np.float32, copy=False)
@@ -235,7 +235,7 @@ def _linear_window(ds: Dataset) -> tuple[float, float] | None:
 
     Same mapping as pydicom's ``apply_voi_lut`` followed by scaling its output range to [0, 1]
     (PS3.3 C.11.2.1.2: LINEAR uses ``center − 0.5`` and ``width − 1``), but one float32 pass instead of
-    three float64 masked passes: 0.06 vs 3.3 ms on a 512² image. ``None`` for a VOI LUT sequence,
+    three float64 masked passes (docs/benchmarks.md). ``None`` for a VOI LUT sequence,
     SIGMOID, or an invalid width: those go through pydicom.
     """
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0:

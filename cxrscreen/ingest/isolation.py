@@ -36,7 +36,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
-from pydicom.pixels.utils import _get_jpg_parameters, get_expected_length
+from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import JPEG2000TransferSyntaxes, RLELossless
 
 from cxrscreen import faults
@@ -46,13 +46,15 @@ ISOLATION_ENV = "CXRSCREEN_DECODE_ISOLATION"
 TIMEOUT_ENV = "CXRSCREEN_DECODE_TIMEOUT_S"
 MEMORY_ENV = "CXRSCREEN_DECODE_MEMORY_MB"
 MODES = ("compressed", "all", "none")
-DEFAULT_TIMEOUT_S = 60.0  # a 2500×3000 JPEG-LS film decodes in 0.13 s here
-START_TIMEOUT_S = 300.0  # a fresh helper imports pydicom and the codecs (≈ 0.5 s; more on a busy machine)
+DEFAULT_TIMEOUT_S = 60.0  # far above any sane film's decode (docs/benchmarks.md): only a hung codec reaches it
+START_TIMEOUT_S = 300.0  # a fresh helper imports pydicom and the codecs: a one-off, slower on a busy machine
 DEFAULT_MEMORY_MB = 4096
 #: Largest decoded frame accepted (256 MiB: a 11 585² 16-bit image); chest films are 10–40 MiB.
 MAX_DECODED_BYTES = 1 << 28
 #: RLE (PS3.5 G.3.1): a 2-byte replicate run decodes to at most 128 bytes.
 RLE_MAX_EXPANSION = 64
+#: Start-of-frame markers: SOF0–SOF15 of JPEG (ISO/IEC 10918-1 B.1.1.3; not DHT, JPG or DAC) and SOF55 of JPEG-LS.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
 
 
 def isolation_mode() -> str:
@@ -104,14 +106,39 @@ def check_pixel_budget(ds: Dataset) -> None:
         try:
             fragments = generate_fragments(data)
             next(fragments)  # the basic offset table
-            params = _get_jpg_parameters(next(fragments))
+            frame = jpeg_frame_header(next(fragments))
         except Exception:
-            params = {}  # not JPEG, or unparsable: the codec says so
-        if params:
-            size = params["height"] * params["width"] * max(1, params["components"])
-            size *= math.ceil(max(1, params["precision"]) / 8)
+            frame = None
+        if frame is not None:  # else not JPEG, or unparsable: the codec says so
+            precision, rows, columns, components = frame
+            size = rows * columns * max(1, components) * math.ceil(max(1, precision) / 8)
             if size > MAX_DECODED_BYTES:
                 raise DecodeError("image_too_large", f"codestream frame of {size} bytes > {MAX_DECODED_BYTES}")
+
+
+def jpeg_frame_header(codestream: bytes) -> tuple[int, int, int, int] | None:
+    """``(precision, rows, columns, components)`` of a JPEG or JPEG-LS codestream's frame header (SOF).
+
+    Walks the marker segments from SOI to the first SOF by their lengths; None when the stream does
+    not start with SOI, a scan or EOI comes first, or it ends before the frame header does.
+    """
+    if codestream[:2] != b"\xff\xd8":
+        return None
+    offset = 2
+    while offset + 4 <= len(codestream):
+        if codestream[offset] != 0xFF:
+            return None
+        marker = codestream[offset + 1]
+        if marker in _SOF_MARKERS:  # length, precision, rows, columns, components
+            if offset + 10 > len(codestream):
+                return None
+            rows = int.from_bytes(codestream[offset + 5:offset + 7], "big")
+            columns = int.from_bytes(codestream[offset + 7:offset + 9], "big")
+            return codestream[offset + 4], rows, columns, codestream[offset + 9]
+        if marker in (0xDA, 0xD9):  # SOS, EOI: no frame header before them
+            return None
+        offset += 2 + int.from_bytes(codestream[offset + 2:offset + 4], "big")  # the length counts itself
+    return None
 
 
 def _short(exc: BaseException, limit: int = 160) -> str:

@@ -19,19 +19,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
 import numpy as np
-import torch
 from PIL import Image
 
-from cxrscreen.explain import compute_cams
-from cxrscreen.model.files import LoadedModel
-from cxrscreen.model.inference import Runtime, prepare, to_device
 from cxrscreen.options import ReportPolicy
-from cxrscreen.prepare import Prepared
-from cxrscreen.preprocess import PreprocessSpec, placement
 from cxrscreen.records import ImageRecord
+
+if TYPE_CHECKING:  # torch and MONAI are imported by the functions that use them: a report stage
+    import torch  # with no page to make imports neither
+
+    from cxrscreen.model.files import LoadedModel
+    from cxrscreen.model.inference import Runtime
+    from cxrscreen.model.lazy import LazyModel
+    from cxrscreen.prepare import Prepared
+    from cxrscreen.preprocess import PreprocessSpec
 
 log = logging.getLogger("cxrscreen")
 
@@ -78,6 +81,12 @@ def make_pages(items: Sequence[tuple[ImageRecord, np.ndarray | None, torch.Tenso
     """Pages for ``(record, film, model input)`` triples: display from the film, Grad-CAM (in batches,
     fp32) from the very tensor that was scored, mapped onto the display by the film's placement.
     Without ``net`` no Grad-CAM is made; ``rt`` says where ``net`` runs (default: the CPU)."""
+    import torch
+
+    from cxrscreen.explain import compute_cams
+    from cxrscreen.model.inference import to_device
+    from cxrscreen.preprocess import placement
+
     pages, cam_items = [], []
     for rec, film, tensor in items:
         page = Page(rec)
@@ -100,6 +109,8 @@ def make_pages(items: Sequence[tuple[ImageRecord, np.ndarray | None, torch.Tenso
 
 @cache
 def _lut() -> np.ndarray:
+    import matplotlib
+
     return matplotlib.colormaps[CMAP](np.linspace(0.0, 1.0, 256))[:, :3].astype(np.float32)
 
 
@@ -124,7 +135,7 @@ class PageStore:
     stage and deletes it; :meth:`close` removes what is left.
     """
 
-    def __init__(self, folder: Path, policy: ReportPolicy | str, lm: LoadedModel, rt: Runtime) -> None:
+    def __init__(self, folder: Path, policy: ReportPolicy | str, lm: LoadedModel | LazyModel, rt: Runtime) -> None:
         self.folder, self.policy, self.lm, self.rt = folder, ReportPolicy(policy), lm, rt
         shutil.rmtree(folder, ignore_errors=True)  # a killed run's leftovers
         folder.mkdir(parents=True, exist_ok=True)
@@ -137,6 +148,8 @@ class PageStore:
     def net(self) -> torch.nn.Module:
         """The fp32 network Grad-CAM runs on (made on first use)."""
         if self._net is None:
+            from cxrscreen.model.inference import prepare
+
             self._net = prepare(self.lm.net, self.rt)
         return self._net
 

@@ -18,22 +18,23 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from cxrscreen.model.files import LoadedModel
-from cxrscreen.model.inference import Runtime, prepare
 from cxrscreen.options import ReportPolicy
 from cxrscreen.outputs.layout import describe_status
 from cxrscreen.outputs.pages import Page, PageStore, make_pages
 from cxrscreen.outputs.study_pdf import ReportContext, render_study
-from cxrscreen.prepare import prepare_file
-from cxrscreen.preprocess import build_transform
 from cxrscreen.records import ImageRecord
 from cxrscreen.state.atomic import atomic_open
 from cxrscreen.state.ledger import Ledger
 from cxrscreen.studies import Study, wanted
+
+if TYPE_CHECKING:  # torch and the decoders are imported only when a page has to be made
+    import torch
+
+    from cxrscreen.model.files import LoadedModel
+    from cxrscreen.model.inference import Runtime
+    from cxrscreen.model.lazy import LazyModel
 
 log = logging.getLogger("cxrscreen")
 
@@ -63,7 +64,7 @@ SHOWN_TAGS = ("PatientName", "PatientID", "AccessionNumber", "StudyDate", "Insti
 def content_key(study: Study) -> str:
     """Hash of what the report shows: a change in any of it (a rescore, a corrected header) means a new report."""
     items = [(r.path, None if r.probability is None else round(r.probability, 6), r.decision, r.status,
-              list(r.qc_notes), r.model_sha256, str(r.threshold), [r.tag(k) for k in SHOWN_TAGS])
+              list(r.all_notes), r.model_sha256, str(r.threshold), [r.tag(k) for k in SHOWN_TAGS])
              for r in study.records]
     blob = json.dumps([LAYOUT_VERSION, study.decision, items], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
@@ -91,6 +92,9 @@ def reread(root: Path, record: ImageRecord, lm: LoadedModel, rt: Runtime,
         return Page(record, note="the file is no longer in the scanned folder")
     if record.status.is_error:
         return Page(record)
+    from cxrscreen.prepare import prepare_file
+    from cxrscreen.preprocess import build_transform
+
     prep = prepare_file(path, lm.spec, build_transform(lm.spec, augment=False), keep_film=True)
     if prep.film is None:
         note = "" if not record.status.is_ok else f"file could not be read again ({describe_status(prep.status)})"
@@ -116,8 +120,8 @@ class ReportSetup:
 
     out: Path
     root: Path
-    lm: LoadedModel
-    rt: Runtime
+    lm: LoadedModel | LazyModel
+    rt: Runtime | None  # None: the lazy model's own, asked for only when a page must be made
     ledger: Ledger
     pages: PageStore | None = None
     emit: Emit = _ignore
@@ -138,13 +142,21 @@ class ReportWriter:
     """One report stage: which studies need a new report, their pages, the PDFs, the ledger's report column."""
 
     def __init__(self, setup: ReportSetup) -> None:
-        self.out, self.root, self.lm, self.rt, self.ledger = setup.out, setup.root, setup.lm, setup.rt, setup.ledger
+        self.out, self.root, self.lm, self._rt, self.ledger = setup.out, setup.root, setup.lm, setup.rt, setup.ledger
         self.store, self.emit, self.durations = setup.pages, setup.emit, setup.durations
         self.folder = self.out / REPORT_DIR
         self._net: torch.nn.Module | None = None
 
+    @property
+    def rt(self) -> Runtime:
+        if self._rt is None:
+            self._rt = self.lm.rt  # a LazyModel: torch is imported here, when a page is needed
+        return self._rt
+
     def net(self) -> torch.nn.Module:
         if self._net is None:
+            from cxrscreen.model.inference import prepare
+
             self._net = self.store.net if self.store is not None else prepare(self.lm.net, self.rt)
         return self._net
 
@@ -203,7 +215,7 @@ class ReportWriter:
         t = time.perf_counter()
         try:
             with atomic_open(path, "wb", 0o640) as fh:
-                render_study(fh, study, pages, self.ctx, study.records[0].threshold or self.lm.threshold)
+                render_study(fh, study, pages, self.ctx, study.records[0].threshold_or(self.lm.threshold))
         except Exception as exc:
             log.warning("report for study %s failed (%s); retried next run", report_stem(study)[-12:],
                         type(exc).__name__)

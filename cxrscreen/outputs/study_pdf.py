@@ -54,7 +54,6 @@ from cxrscreen.outputs.layout import (
 )
 from cxrscreen.outputs.pages import Page, overlay
 from cxrscreen.populations import ALL
-from cxrscreen.records import ImageRecord
 from cxrscreen.studies import Study
 
 PAGE = landscape(A4)
@@ -264,10 +263,6 @@ def pictures(page: Page, img_h: float) -> Table:
 
 
 # --------------------------------------------------------------------------- details
-def threshold_of(record: ImageRecord, default: float) -> float:
-    return record.threshold if record.threshold is not None else default
-
-
 def details(page: Page, thr_default: float) -> Table:
     """Image decision (in its colour), probability, threshold, QC; view, series, file, note."""
     st = _styles()
@@ -275,10 +270,10 @@ def details(page: Page, thr_default: float) -> Table:
     left = [
         ("Image decision", r.decision.upper()),
         ("Probability (abnormal)", fmt_prob(r.probability)),
-        ("Threshold", fmt_threshold(threshold_of(r, thr_default))
+        ("Threshold", fmt_threshold(r.threshold_or(thr_default))
          + (f" ({clean(r.population)} operating point)" if r.population not in ("", ALL) else "")),
         ("QC status", describe_status(r.status)),
-        ("QC notes", describe_notes(r.qc_notes)),
+        ("QC notes", describe_notes(r.all_notes)),
     ]
     right = [
         ("View / modality", " / ".join(v for v in (clean(r.tag("ViewPosition")), clean(r.tag("Modality"))) if v)

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 
 from cxrscreen import __version__
-from cxrscreen.ingest.tags import tag_notes
 from cxrscreen.records import ABNORMAL, DECISION_ORDER, ImageRecord
 from cxrscreen.safetext import FORBIDDEN, FORMULA_TRIGGERS, MAX_CELL_CHARS, neutralise_cell, unneutralise
 from cxrscreen.state.atomic import atomic_open
@@ -51,7 +50,7 @@ def images_frame(records: Iterable[ImageRecord], model_name: str | Mapping[str, 
             "threshold": float("nan") if r.threshold is None else round(float(r.threshold), 6),
             "population": r.population,
             "status": str(r.status),
-            "qc_notes": ";".join(dict.fromkeys((*r.qc_notes, *tag_notes(r.tags)))),
+            "qc_notes": ";".join(r.all_notes),
             **{k: r.tag(k) for k in ("PatientID", "AccessionNumber", "StudyInstanceUID", "SeriesInstanceUID",
                                      "SOPInstanceUID", "StudyDate", "Modality", "ViewPosition",
                                      "BodyPartExamined")},

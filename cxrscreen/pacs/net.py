@@ -16,6 +16,7 @@ from cxrscreen.pacs.address import Address, check_aet
 
 DEFAULT_CALLING_AET = "CXRSCREEN"
 DEFAULT_TIMEOUT = 30.0  # seconds: TCP connect, association answer, each DIMSE message
+MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are the odd numbers 1–255
 
 log = logging.getLogger("cxrscreen.pacs")
 

@@ -45,7 +45,7 @@ from pynetdicom.sop_class import (
 
 from cxrscreen.logs import file_handle
 from cxrscreen.pacs.address import Address
-from cxrscreen.pacs.net import DEFAULT_CALLING_AET, DEFAULT_TIMEOUT, PacsError, associate, make_ae
+from cxrscreen.pacs.net import DEFAULT_CALLING_AET, DEFAULT_TIMEOUT, MAX_CONTEXTS, PacsError, associate, make_ae
 from cxrscreen.state.atomic import atomic_write_bytes
 
 log = logging.getLogger("cxrscreen.pacs")
@@ -61,7 +61,6 @@ TRANSFER_SYNTAXES: tuple[UID, ...] = (
     JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1,
     JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless,
 )
-MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are the odd numbers 1–255
 
 _SUCCESS, _PENDING = 0x0000, (0xFF00, 0xFF01)
 

@@ -24,9 +24,17 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 
 from cxrscreen.logs import file_handle
+from cxrscreen.outputs import DICOM_DIR
 from cxrscreen.pacs.address import Address
-from cxrscreen.pacs.net import DEFAULT_CALLING_AET, DEFAULT_TIMEOUT, NoContextError, PacsError, associate, make_ae
-from cxrscreen.pacs.pull import MAX_CONTEXTS
+from cxrscreen.pacs.net import (
+    DEFAULT_CALLING_AET,
+    DEFAULT_TIMEOUT,
+    MAX_CONTEXTS,
+    NoContextError,
+    PacsError,
+    associate,
+    make_ae,
+)
 from cxrscreen.state.atomic import sha256_file
 from cxrscreen.state.ledger import STATE_DIR, ledger_path
 from cxrscreen.state.lock import folder_lock
@@ -34,7 +42,6 @@ from cxrscreen.state.outbox import Outbox
 
 log = logging.getLogger("cxrscreen.pacs")
 
-RESULTS_DIR = "dicom"  # under OUT
 DEFAULT_RETRIES = 3
 DEFAULT_BACKOFF = 5.0  # seconds before the first retry; doubled before each further one
 
@@ -99,7 +106,7 @@ def send(
     ae = make_ae(calling_aet, timeout)  # checks the calling AE title before anything is touched
     result = SendResult(unreachable=True)  # until an association is made
     with folder_lock(out / STATE_DIR), Outbox(ledger_path(out)) as outbox:
-        pending = _pending(out / RESULTS_DIR, str(dest), outbox, result)
+        pending = _pending(out / DICOM_DIR, str(dest), outbox, result)
         delay = backoff
         while pending and result.attempts <= retries:
             if result.attempts:

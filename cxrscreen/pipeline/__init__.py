@@ -9,7 +9,10 @@ The stages live in their own modules (:mod:`cxrscreen.ingest`, :mod:`cxrscreen.q
   state the API borrows and restores;
 - :mod:`.schedule` — how the cores are shared between decoding and the forward pass;
 - :mod:`.scoring` — batches prepared (in process or by worker processes), scored, committed;
-- :mod:`.run_summary` — ``run.json`` and the drift check.
+- :mod:`.run_summary` — ``run.json`` and the drift check;
+
+The model is a :class:`~cxrscreen.model.lazy.LazyModel`: its metadata at once, torch and the network
+only when a film is to be scored (DESIGN.md: no model when there is nothing to score).
 """
 
 from cxrscreen.pipeline.context import ScanInputError, ScanResult

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import sys
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from monai.data import get_track_meta, set_track_meta
-
-from cxrscreen.model.files import LoadedModel
-from cxrscreen.model.inference import Runtime
+from cxrscreen.model.lazy import LazyModel
 from cxrscreen.options import ReportPolicy
-from cxrscreen.outputs.pages import PageStore
 from cxrscreen.populations import OperatingPoints
 from cxrscreen.state.ledger import Ledger
+
+if TYPE_CHECKING:
+    from cxrscreen.outputs.pages import PageStore
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -49,8 +49,7 @@ class RunContext:
 
     folder: Path
     out: Path
-    lm: LoadedModel
-    rt: Runtime
+    model: LazyModel  # metadata now; network, runtime and scoring network when a film needs them
     points: OperatingPoints  # the model's, or every one at --threshold
     reports: ReportPolicy
     batch_size: int
@@ -73,16 +72,48 @@ class RunContext:
         return self.out / "runs" / self.run_id
 
 
-@contextlib.contextmanager
-def borrowed_process_state() -> Iterator[None]:
-    """Give back what a run changes process-wide: torch's thread count, MONAI's metadata tracking and
-    the quantized engine. (The CLI alone sets the umask; reportlab's settings are scoped where set.)"""
-    threads, track_meta = torch.get_num_threads(), get_track_meta()
-    engine = torch.backends.quantized.engine
-    try:
-        yield
-    finally:
+class ProcessState:
+    """What a run may change process-wide: torch's thread count, MONAI's metadata tracking, the quantized
+    engine. :meth:`capture` records them before the run first changes one: when torch is imported for
+    it (:class:`~cxrscreen.model.lazy.LazyModel`'s ``on_import``), so a run that imports no torch reads
+    and restores nothing."""
+
+    def __init__(self) -> None:
+        self._saved: tuple[int, bool, str] | None = None
+        self._lock = threading.Lock()
+
+    def capture(self) -> None:
+        """Record the settings now, unless already recorded (any thread)."""
+        with self._lock:
+            if self._saved is None:
+                import torch
+                from monai.data import get_track_meta
+
+                self._saved = (torch.get_num_threads(), get_track_meta(), torch.backends.quantized.engine)
+
+    def restore(self) -> None:
+        """Put back what :meth:`capture` recorded (nothing if it never ran)."""
+        if self._saved is None:
+            return
+        import torch
+        from monai.data import set_track_meta
+
+        threads, track_meta, engine = self._saved
         torch.set_num_threads(threads)
         set_track_meta(track_meta)
         if torch.backends.quantized.engine != engine:
             torch.backends.quantized.engine = engine
+
+
+@contextlib.contextmanager
+def borrowed_process_state() -> Iterator[ProcessState]:
+    """Give back what a run changes process-wide: torch's thread count, MONAI's metadata tracking and
+    the quantized engine (:class:`ProcessState`; recorded at once if torch and MONAI are already
+    imported). (The CLI alone sets the umask; reportlab's settings are scoped where set.)"""
+    state = ProcessState()
+    if "torch" in sys.modules and "monai.data" in sys.modules:
+        state.capture()
+    try:
+        yield state
+    finally:
+        state.restore()

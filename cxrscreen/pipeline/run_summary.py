@@ -15,6 +15,8 @@ from cxrscreen.records import ABNORMAL, REVIEW, ImageRecord
 
 DRIFT_BOUNDS = {"flag_rate": 0.15, "review_rate": 0.15, "median_probability": 0.15}
 DRIFT_MIN_IMAGES = 20
+#: run.json's "runtime" when no runtime was chosen: nothing was scored and no Grad-CAM made (no torch imported)
+NOT_LOADED = "none (nothing to score)"
 
 
 def summarize(ctx: RunContext, files: list[Path], skipped: int, new_records: list[ImageRecord],
@@ -29,9 +31,9 @@ def summarize(ctx: RunContext, files: list[Path], skipped: int, new_records: lis
         "software_version": __version__,
         "folder": str(ctx.folder),
         "out": str(ctx.out),
-        "model": {"name": ctx.lm.name, "sha256": ctx.lm.sha256, "path": str(ctx.lm.path)},
+        "model": {"name": ctx.model.name, "sha256": ctx.model.sha256, "path": str(ctx.model.path)},
         "threshold": ctx.threshold,
-        "runtime": ctx.rt.describe(),
+        "runtime": ctx.model.runtime_description() or NOT_LOADED,
         "files_found": len(files),
         "files_skipped_already_scored": skipped,
         "files_processed": len(new_records),

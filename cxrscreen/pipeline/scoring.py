@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from cxrscreen import faults
 from cxrscreen.ingest import isolation
 from cxrscreen.logs import file_handle
-from cxrscreen.model.inference import predict_batch, scoring_net
+from cxrscreen.model.inference import predict_batch
 from cxrscreen.pipeline.context import RunContext
 from cxrscreen.pipeline.schedule import Schedule, choose_schedule, fixed_schedule, gpu_schedule, usable_cores
 from cxrscreen.prepare import Prepared, prepare_file
@@ -123,8 +123,8 @@ def score(ctx: RunContext, todo: list[tuple[Path, str | None]]) -> list[ImageRec
         return []
     scorer = _Scorer(ctx, todo)
     paths = [p for p, _ in todo]
-    cores, gpu = usable_cores(), ctx.rt.device.type == "cuda"
-    src = Batches(paths, ctx.lm.spec, ctx.batch_size, keep_film=ctx.pages is not None)
+    cores, gpu = usable_cores(), ctx.model.rt.device.type == "cuda"
+    src = Batches(paths, ctx.model.spec, ctx.batch_size, keep_film=ctx.pages is not None)
     if ctx.workers is not None:
         sched: Schedule | None = fixed_schedule(max(0, ctx.workers), cores, gpu)
     elif gpu:
@@ -190,7 +190,9 @@ class _Scorer:
 
     def __init__(self, ctx: RunContext, todo: list[tuple[Path, str | None]]) -> None:
         self.ctx, self.todo = ctx, todo
-        self.net = scoring_net(ctx.lm, ctx.rt)
+        # Waits for the model's loading thread (started by the plan) before any film is prepared: the
+        # schedule probe times preparation alone, and worker processes are not forked mid-load.
+        self.net = ctx.model.scoring_net
         self.records: list[ImageRecord] = []
         self.batches = 0
         self.t0 = time.perf_counter()
@@ -226,9 +228,9 @@ class _Scorer:
         if ok:
             t = time.perf_counter()
             x = torch.stack([it.image for it in ok])
-            if ctx.rt.device.type == "cuda":
+            if ctx.model.rt.device.type == "cuda":
                 x = x.pin_memory()
-            p = predict_batch(self.net, x, ctx.rt).numpy()
+            p = predict_batch(self.net, x, ctx.model.rt).numpy()
             d["infer"] += time.perf_counter() - t
             probs = {it.index: float(v) for it, v in zip(ok, p, strict=True)}
         records = []
@@ -241,7 +243,7 @@ class _Scorer:
                               qc_notes=notes, probability=prob,
                               decision=decide(it.status, prob, point.threshold, notes),
                               size=it.size, mtime_ns=it.mtime_ns, sha256=it.sha256 or known_sha or "",
-                              threshold=point.threshold, population=point.population, model_sha256=ctx.lm.sha256,
+                              threshold=point.threshold, population=point.population, model_sha256=ctx.model.sha256,
                               run_id=ctx.run_id)
             d["decode"] += it.t_decode
             d["preprocess"] += it.t_preprocess

@@ -7,6 +7,7 @@ row was scored by the same model (weights sha256). Every write is a transaction.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterable, Iterator
@@ -147,6 +148,13 @@ class Ledger(Database):
             args = (run_id,)
         for row in self.db.execute(sql + " ORDER BY path", args):
             yield self._record(row)
+
+    def fingerprint(self) -> str:
+        """sha256 of every image row, every column, in path order: equal while the table is unchanged."""
+        h = hashlib.sha256()
+        for row in self.db.execute("SELECT * FROM images ORDER BY path"):
+            h.update(repr(row).encode())
+        return h.hexdigest()
 
     @staticmethod
     def _record(row: tuple) -> ImageRecord:

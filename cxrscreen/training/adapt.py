@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,7 @@ from cxrscreen.preprocess import PreprocessSpec, augment_transforms, normalize_t
 from cxrscreen.state.atomic import atomic_write_text
 from cxrscreen.training.calibrate import calibration_record, pick_threshold
 from cxrscreen.training.head import Head, balanced_weights, extract, feature_net, fit_head
+from cxrscreen.training.loop import Checkpoints, EpochLoop, Optimisation, train_step
 from cxrscreen.training.metrics import auroc, summarize
 from cxrscreen.training.site import prepare_site, splits_frame
 
@@ -112,28 +112,18 @@ def _epoch_order(n: int, labels: np.ndarray, seed: int) -> np.ndarray:
     return rng.permutation(order)
 
 
-def train_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor, labels: np.ndarray,
-                spec: PreprocessSpec, rt: Runtime, batch_size: int, seed: int) -> float:
+def train_epoch(step: Optimisation, images: torch.Tensor, labels: np.ndarray, spec: PreprocessSpec,
+                batch_size: int, seed: int) -> float:
     """One epoch over class-balanced batches of augmented films; batch-norm statistics stay frozen."""
     augment = Compose([*augment_transforms(), *normalize_transforms(spec)])
     augment.set_random_state(seed=seed)
-    net.eval()  # frozen running statistics: small site batches must not move them
-    loss_fn = torch.nn.BCEWithLogitsLoss()
+    step.net.eval()  # frozen running statistics: small site batches must not move them
     order = _epoch_order(len(labels), labels, seed)
     total, seen = 0.0, 0
     for i in range(0, len(order), batch_size):
         take = order[i:i + batch_size]
-        x = torch.stack([torch.as_tensor(augment(images[j])) for j in take]).to(rt.device)
-        if rt.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.as_tensor(labels[take], dtype=torch.float32, device=rt.device)
-        with rt.autocast():
-            logits = net(x).float().reshape(-1)
-        loss = loss_fn(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        total += float(loss.detach()) * len(take)
+        x = torch.stack([torch.as_tensor(augment(images[j])) for j in take])
+        total += train_step(step, x, torch.as_tensor(labels[take], dtype=torch.float32)) * len(take)
         seen += len(take)
     return total / max(seen, 1)
 
@@ -144,12 +134,15 @@ def _trainable_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------- the two ways to fine-tune
-Fitted = tuple[torch.nn.Module, list[dict[str, Any]], dict[str, Any]]
+@dataclass
+class SiteSplits:
+    """What a fit learns from and is selected on: the train and calibration films (the chain's output
+    before normalisation) and their labels."""
 
-
-def _last_checkpoint(ckpt_dir: Path, resume: bool) -> dict[str, Any] | None:
-    done = sorted(ckpt_dir.glob("epoch_*.pt")) if resume else []
-    return torch.load(done[-1], map_location="cpu", weights_only=True) if done else None
+    train: torch.Tensor
+    y_train: np.ndarray
+    cal: torch.Tensor
+    y_cal: np.ndarray
 
 
 def film_views(images: torch.Tensor, spec: PreprocessSpec, epoch: int, seed: int) -> list[torch.Tensor]:
@@ -164,76 +157,84 @@ def batched(items: list[torch.Tensor], size: int = 32):
     return (torch.stack(items[i:i + size]) for i in range(0, len(items), size))
 
 
-def _fit_head(start: torch.nn.Module, train: torch.Tensor, y_train: np.ndarray, cal: torch.Tensor,
-              y_cal: np.ndarray, spec: PreprocessSpec, rt: Runtime, cfg: AdaptConfig, ckpt_dir: Path, resume: bool,
-              emit: ProgressFn) -> Fitted:
+class HeadFit:
     """Frozen backbone, new head: each epoch adds one augmented view of every training film to the pool
     of features (the backbone runs in inference mode, as ``scan`` runs it) and refits the head; the
     epoch with the best calibration AUROC is kept."""
-    scorer = feature_net(start, rt)
-    cal_x = extract(scorer, batched(film_views(cal, spec, 0, cfg.seed)), rt)
-    pool_x, pool_y = np.zeros((0, cal_x.shape[1]), np.float32), np.zeros(0, int)
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"epoch": -1, "auroc": -math.inf}
-    ck = _last_checkpoint(ckpt_dir, resume)
-    if ck is not None:
-        pool_x, pool_y = ck["pool_x"].numpy(), ck["pool_y"].numpy()
-        history, best = json.loads(ck["history"]), json.loads(ck["best"])
-        emit({"event": "resumed", "epoch": int(ck["epoch"]) + 1})
-    for epoch in range(len(history), cfg.epochs):
+
+    def __init__(self, start: torch.nn.Module, films: SiteSplits, spec: PreprocessSpec, rt: Runtime,
+                 seed: int) -> None:
+        self.start, self.films, self.spec, self.rt, self.seed = start, films, spec, rt, seed
+        self.scorer = feature_net(start, rt)
+        self.cal_x = extract(self.scorer, batched(film_views(films.cal, spec, 0, seed)), rt)
+        self.pool_x, self.pool_y = np.zeros((0, self.cal_x.shape[1]), np.float32), np.zeros(0, int)
+        self.head: Head | None = None
+
+    def epoch(self, n: int) -> dict[str, Any]:
         t = time.time()
-        pool_x = np.concatenate([pool_x, extract(scorer, batched(film_views(train, spec, epoch, cfg.seed)), rt)])
-        pool_y = np.r_[pool_y, y_train]
-        weights = balanced_weights(np.zeros(len(pool_y)), pool_y)
-        head = fit_head(pool_x, pool_y, weights, [cal_x], [y_cal])
-        p = 1.0 / (1.0 + np.exp(-np.clip(head.logits(pool_x), -30, 30)))
-        loss = float(-np.average(pool_y * np.log(p + 1e-12) + (1 - pool_y) * np.log(1 - p + 1e-12), weights=weights))
-        history.append({"epoch": epoch, "train_loss": loss, "calibration_auroc": head.held_out_auroc,
-                        "C": head.C, "views": int(len(pool_y)), "seconds": time.time() - t})
-        if head.held_out_auroc > best["auroc"]:
-            best = {"epoch": epoch, "auroc": head.held_out_auroc, "C": head.C,
-                    "weight": head.weight.tolist(), "bias": head.bias}
-        torch.save({"pool_x": torch.from_numpy(pool_x), "pool_y": torch.from_numpy(pool_y), "epoch": epoch,
-                    "history": json.dumps(history), "best": json.dumps(best)}, ckpt_dir / f"epoch_{epoch:03d}.pt")
-        emit({"event": "epoch", **history[-1], "best_epoch": best["epoch"]})
-    if best["epoch"] < 0:
-        raise ValueError("no epoch was trained (--epochs must be at least 1)")
-    net = copy.deepcopy(start)
-    Head(np.asarray(best.pop("weight")), float(best.pop("bias")), float(best["C"]), best["auroc"]).install(net)
-    return net, history, best
+        views = extract(self.scorer, batched(film_views(self.films.train, self.spec, n, self.seed)), self.rt)
+        self.pool_x = np.concatenate([self.pool_x, views])
+        self.pool_y = np.r_[self.pool_y, self.films.y_train]
+        weights = balanced_weights(np.zeros(len(self.pool_y)), self.pool_y)
+        self.head = fit_head(self.pool_x, self.pool_y, weights, [self.cal_x], [self.films.y_cal])
+        p = 1.0 / (1.0 + np.exp(-np.clip(self.head.logits(self.pool_x), -30, 30)))
+        y = self.pool_y
+        loss = float(-np.average(y * np.log(p + 1e-12) + (1 - y) * np.log(1 - p + 1e-12), weights=weights))
+        return {"epoch": n, "train_loss": loss, "calibration_auroc": self.head.held_out_auroc, "C": self.head.C,
+                "views": int(len(y)), "seconds": time.time() - t}
+
+    def state(self) -> dict[str, Any]:
+        return {"pool_x": torch.from_numpy(self.pool_x), "pool_y": torch.from_numpy(self.pool_y)}
+
+    def restore(self, state: dict[str, Any], next_epoch: int) -> None:
+        self.pool_x, self.pool_y = state["pool_x"].numpy(), state["pool_y"].numpy()
+
+    def keep_best(self, n: int, record: dict[str, Any]) -> dict[str, Any]:
+        assert self.head is not None
+        return {"auroc": self.head.held_out_auroc, "C": self.head.C, "weight": self.head.weight.tolist(),
+                "bias": self.head.bias}
+
+    def result(self, best: dict[str, Any]) -> torch.nn.Module:
+        """The starting network with the best epoch's head; ``best`` loses the head's numbers."""
+        net = copy.deepcopy(self.start)
+        Head(np.asarray(best.pop("weight")), float(best.pop("bias")), float(best["C"]), best["auroc"]).install(net)
+        return net
 
 
-def _fit_layers(start: torch.nn.Module, train: torch.Tensor, y_train: np.ndarray, cal: torch.Tensor,
-                y_cal: np.ndarray, spec: PreprocessSpec, rt: Runtime, cfg: AdaptConfig, ckpt_dir: Path,
-                resume: bool, emit: ProgressFn) -> Fitted:
-    """Gradient fine-tuning of layer4 (or everything) + head on augmented films; for a GPU: on 2 CPU
-    cores one epoch over ~300 films took 12 minutes."""
-    net = prepare(copy.deepcopy(start), rt)
-    params = set_trainable(net, cfg.train_layers)
-    opt = torch.optim.Adamax(params, lr=cfg.lr)
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"epoch": -1, "auroc": -math.inf}
-    ck = _last_checkpoint(ckpt_dir, resume)
-    if ck is not None:
-        net.load_state_dict(ck["trainable"], strict=False)
-        opt.load_state_dict(ck["optimizer"])
-        history, best = json.loads(ck["history"]), json.loads(ck["best"])
-        emit({"event": "resumed", "epoch": int(ck["epoch"]) + 1})
-    for epoch in range(len(history), cfg.epochs):
+class LayersFit:
+    """Gradient fine-tuning of layer4 (or everything) + head on augmented films (meant for a GPU); the
+    epoch with the best calibration AUROC is kept (``best.pt`` beside the checkpoints)."""
+
+    def __init__(self, start: torch.nn.Module, films: SiteSplits, spec: PreprocessSpec, rt: Runtime,
+                 cfg: AdaptConfig, ckpt_dir: Path) -> None:
+        self.films, self.spec, self.cfg, self.ckpt_dir = films, spec, cfg, ckpt_dir
+        net = prepare(copy.deepcopy(start), rt)
+        opt = torch.optim.Adamax(set_trainable(net, cfg.train_layers), lr=cfg.lr)
+        self.step = Optimisation(net, opt, torch.nn.BCEWithLogitsLoss(), rt)
+
+    def epoch(self, n: int) -> dict[str, Any]:
         t = time.time()
-        loss = train_epoch(net, opt, train, y_train, spec, rt, cfg.batch_size, cfg.seed * 1000 + epoch)
-        cal_auc = auroc(y_cal, score(net, cal, spec, rt))
-        history.append({"epoch": epoch, "train_loss": loss, "calibration_auroc": cal_auc, "seconds": time.time() - t})
-        if cal_auc > best["auroc"]:
-            best = {"epoch": epoch, "auroc": cal_auc}
-            torch.save(_trainable_state(net), ckpt_dir / "best.pt")
-        torch.save({"trainable": _trainable_state(net), "optimizer": opt.state_dict(), "epoch": epoch,
-                    "history": json.dumps(history), "best": json.dumps(best)}, ckpt_dir / f"epoch_{epoch:03d}.pt")
-        emit({"event": "epoch", **history[-1], "best_epoch": best["epoch"]})
-    if best["epoch"] < 0:
-        raise ValueError("no epoch was trained (--epochs must be at least 1)")
-    net.load_state_dict(torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=True), strict=False)
-    return net.float().cpu(), history, best
+        f, cfg = self.films, self.cfg
+        loss = train_epoch(self.step, f.train, f.y_train, self.spec, cfg.batch_size, cfg.seed * 1000 + n)
+        cal_auc = auroc(f.y_cal, score(self.step.net, f.cal, self.spec, self.step.rt))
+        return {"epoch": n, "train_loss": loss, "calibration_auroc": cal_auc, "seconds": time.time() - t}
+
+    def state(self) -> dict[str, Any]:
+        return {"trainable": _trainable_state(self.step.net), "optimizer": self.step.opt.state_dict()}
+
+    def restore(self, state: dict[str, Any], next_epoch: int) -> None:
+        self.step.net.load_state_dict(state["trainable"], strict=False)
+        self.step.opt.load_state_dict(state["optimizer"])
+
+    def keep_best(self, n: int, record: dict[str, Any]) -> dict[str, Any]:
+        torch.save(_trainable_state(self.step.net), self.ckpt_dir / "best.pt")
+        return {"auroc": record["calibration_auroc"]}
+
+    def result(self, best: dict[str, Any]) -> torch.nn.Module:
+        net = self.step.net
+        net.load_state_dict(torch.load(self.ckpt_dir / "best.pt", map_location="cpu", weights_only=True),
+                            strict=False)
+        return net.float().cpu()
 
 
 # --------------------------------------------------------------------------- the gate
@@ -282,9 +283,12 @@ def adapt(cfg: AdaptConfig, resume: bool = False, progress: ProgressFn | None = 
     y_tr, y_cal, y_te = (site.labels(s) for s in ("train", "calibration", "test"))
     start_test = score(lm.net, site.images[te], spec, rt)
 
-    fit = _fit_head if layers is TrainLayers.head else _fit_layers
-    net, history, best = fit(lm.net, site.images[tr], y_tr, site.images[cal], y_cal, spec, rt, cfg, ckpt_dir,
-                             resume, emit)
+    films = SiteSplits(site.images[tr], y_tr, site.images[cal], y_cal)
+    fit = (HeadFit(lm.net, films, spec, rt, cfg.seed) if layers is TrainLayers.head
+           else LayersFit(lm.net, films, spec, rt, cfg, ckpt_dir))
+    loop = EpochLoop(cfg.epochs, Checkpoints(ckpt_dir), "calibration_auroc", resume=resume, emit=emit)
+    history, best = loop.run(fit)
+    net = fit.result(best)
 
     cal_scores = score(net, site.images[cal], spec, rt)
     thr = pick_threshold(y_cal, cal_scores, cfg.target_sensitivity, cfg.require_lower_bound)
@@ -320,7 +324,10 @@ def adapt(cfg: AdaptConfig, resume: bool = False, progress: ProgressFn | None = 
     if model_json.exists():
         model_json.unlink()  # a model from an earlier attempt must not outlive a failed gate
     if passed:
-        meta = {k: v for k, v in lm.meta.items() if k not in ("sha256", "weights_file", "weights_dtype", "metrics")}
+        # one threshold, calibrated on the site's films: the starting model's operating points were set
+        # for its own network and populations, not for the adapted one
+        dropped = ("sha256", "weights_file", "weights_dtype", "metrics", "operating_points")
+        meta = {k: v for k, v in lm.meta.items() if k not in dropped}
         meta.update({
             "name": cfg.name or f"{lm.name}-adapted",
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

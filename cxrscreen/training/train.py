@@ -23,6 +23,7 @@ from cxrscreen.options import Optimizer, TrainPrecision, parse
 from cxrscreen.preprocess import PreprocessSpec
 from cxrscreen.state.atomic import atomic_write_text
 from cxrscreen.training.data import make_dataset, read_manifest
+from cxrscreen.training.loop import Checkpoints, EpochLoop, Optimisation, train_step
 from cxrscreen.training.metrics import auroc
 
 
@@ -83,25 +84,24 @@ def score_loader(net: torch.nn.Module, loader: DataLoader, rt: Runtime) -> tuple
     return np.concatenate(probs), np.concatenate(labels)
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | None = None) -> dict[str, Any]:
-    """Train; returns the metadata of the best model (written to ``OUT/model.json``)."""
-    optimizer = parse(Optimizer, cfg.optimizer, "--optimizer")
-    parse(TrainPrecision, cfg.precision, "--precision")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.pt"
-    set_determinism(seed=cfg.seed)
-    spec = PreprocessSpec(input_size=cfg.input_size)
-    rt = choose_runtime(cfg.device, cfg.precision)
+@dataclass
+class _Data:
+    """The manifest's splits as loaders, and the class balance of ``train``."""
 
+    train: DataLoader
+    val: DataLoader
+    generator: torch.Generator
+    n_pos: int
+    n_neg: int
+
+
+def _data(cfg: TrainConfig, spec: PreprocessSpec, emit: ProgressFn) -> _Data:
     train_df = _subsample(read_manifest(cfg.manifest, "train"), cfg.limit, cfg.seed)
     val_df = _subsample(read_manifest(cfg.manifest, "val"), cfg.limit, cfg.seed)
     n_pos = int(train_df["label"].sum())
     n_neg = len(train_df) - n_pos
     if n_pos == 0 or n_neg == 0:
         raise ValueError("the train split needs both normal and abnormal images")
-
-    emit = progress or (lambda _e: None)
     emit({"event": "caching", "train": len(train_df), "val": len(val_df)})
     train_ds = make_dataset(train_df, spec, augment=cfg.augment, num_workers=max(cfg.workers, 1))
     val_ds = make_dataset(val_df, spec, augment=False, num_workers=max(cfg.workers, 1))
@@ -110,16 +110,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | None = 
         train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_df) > cfg.batch_size,
         num_workers=cfg.workers, generator=gen, persistent_workers=cfg.workers > 0,
     )
-    val_loader = DataLoader(val_ds, batch_size=64, shuffle=False, num_workers=0)
+    return _Data(train_loader, DataLoader(val_ds, batch_size=64, shuffle=False, num_workers=0), gen, n_pos, n_neg)
 
-    net = build_model(cfg.init) if not resume or not ckpt_path.exists() else build_resnet50()
-    net = prepare(net, rt).train()
-    pos_weight = torch.tensor([n_neg / n_pos if cfg.class_weighting else 1.0], device=rt.device)
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    optim = {Optimizer.adamax: torch.optim.Adamax, Optimizer.adamw: torch.optim.AdamW}[optimizer]
-    opt = optim(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(len(train_loader), 1)
-    total = steps_per_epoch * cfg.epochs
+
+def _schedule(opt: torch.optim.Optimizer, steps_per_epoch: int, epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up (at most 200 steps, a tenth of the run), then cosine decay to 2 % of the peak."""
+    total = steps_per_epoch * epochs
     warmup = min(200, total // 10)
 
     def lr_at(step: int) -> float:
@@ -128,62 +124,86 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | None = 
         t = (step - warmup) / max(total - warmup, 1)
         return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    scaler = torch.amp.GradScaler("cuda", enabled=rt.device.type == "cuda" and rt.autocast_dtype == torch.float16)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
 
-    start_epoch, history, best = 0, [], {"auroc": -1.0, "epoch": -1}
-    if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        start_epoch, history = int(ck["epoch"]) + 1, json.loads(ck["history"])
-        best = json.loads(ck["best"])
-        torch.set_rng_state(ck["rng"])
-        gen.manual_seed(cfg.seed + start_epoch)
-        emit({"event": "resumed", "epoch": start_epoch})
 
-    for epoch in range(start_epoch, cfg.epochs):
+class _TrainFit:
+    """``train``'s :class:`~cxrscreen.training.loop.EpochFit`: every step over the train loader, val AUROC
+    after each epoch; the best epoch is exported as ``OUT/model.json`` when it happens."""
+
+    def __init__(self, cfg: TrainConfig, data: _Data, step: Optimisation, spec: PreprocessSpec,
+                 emit: ProgressFn) -> None:
+        self.cfg, self.data, self.step, self.spec, self.emit = cfg, data, step, spec, emit
+        self.history: list[dict[str, Any]] = []
+        self.probs = np.zeros(0)
+
+    def epoch(self, n: int) -> dict[str, Any]:
+        net, rt = self.step.net, self.step.rt
         net.train()
         t0, seen, loss_sum = time.time(), 0, 0.0
-        for step, batch in enumerate(train_loader):
-            x = batch["image"].to(rt.device)
-            if rt.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = torch.as_tensor(batch["label"], dtype=torch.float32, device=rt.device)
-            with rt.autocast():
-                logits = net(x).float().reshape(-1)
-            loss = loss_fn(logits, y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            seen += len(y)
-            loss_sum += float(loss.detach()) * len(y)
-            emit({"event": "step", "epoch": epoch, "step": step + 1, "steps": steps_per_epoch,
-                  "loss": loss_sum / seen, "img_s": seen / (time.time() - t0)})
-        probs, labels = score_loader(net, val_loader, rt)
-        val_auc = auroc(labels, probs)
-        rec = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_auroc": val_auc,
+        steps = max(len(self.data.train), 1)
+        for i, batch in enumerate(self.data.train):
+            loss = train_step(self.step, batch["image"], batch["label"])
+            seen += len(batch["label"])
+            loss_sum += loss * len(batch["label"])
+            self.emit({"event": "step", "epoch": n, "step": i + 1, "steps": steps, "loss": loss_sum / seen,
+                       "img_s": seen / (time.time() - t0)})
+        self.probs, labels = score_loader(net, self.data.val, rt)
+        rec = {"epoch": n, "train_loss": loss_sum / max(seen, 1), "val_auroc": auroc(labels, self.probs),
                "seconds": time.time() - t0}
-        history.append(rec)
-        if val_auc > best["auroc"]:
-            best = {"auroc": val_auc, "epoch": epoch}
-            _export(net, cfg, spec, rt, history, best, out / "model.json")
-            np.save(out / "val_scores.npy", probs)
-        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "epoch": epoch, "history": json.dumps(history),
-                    "best": json.dumps(best), "rng": torch.get_rng_state()}, out / "checkpoint.tmp")
-        (out / "checkpoint.tmp").replace(ckpt_path)
-        atomic_write_text(out / "history.json", json.dumps(history, indent=2) + "\n")
-        emit({"event": "epoch", **rec, "best_epoch": best["epoch"]})
+        self.history.append(rec)
+        atomic_write_text(Path(self.cfg.out) / "history.json", json.dumps(self.history, indent=2) + "\n")
+        return rec
 
-    meta = json.loads((out / "model.json").read_text())
-    return meta
+    def state(self) -> dict[str, Any]:
+        return {"model": self.step.net.state_dict(), "optimizer": self.step.opt.state_dict(),
+                "scheduler": self.step.sched.state_dict() if self.step.sched else {}, "rng": torch.get_rng_state()}
+
+    def restore(self, state: dict[str, Any], next_epoch: int) -> None:
+        self.step.net.load_state_dict(state["model"])
+        self.step.opt.load_state_dict(state["optimizer"])
+        if self.step.sched is not None:
+            self.step.sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        self.data.generator.manual_seed(self.cfg.seed + next_epoch)
+        history = Path(self.cfg.out) / "history.json"
+        self.history = json.loads(history.read_text()) if history.is_file() else []
+
+    def keep_best(self, n: int, record: dict[str, Any]) -> dict[str, Any]:
+        best = {"auroc": record["val_auroc"], "epoch": n}
+        out = Path(self.cfg.out)
+        _export(self.step.net, self.cfg, self.spec, self.step.rt, (self.history, best), out / "model.json")
+        np.save(out / "val_scores.npy", self.probs)
+        return {"auroc": record["val_auroc"]}
 
 
-def _export(net, cfg: TrainConfig, spec: PreprocessSpec, rt: Runtime, history, best, path: Path) -> None:
+def train(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Train; returns the metadata of the best model (written to ``OUT/model.json``)."""
+    optimizer = parse(Optimizer, cfg.optimizer, "--optimizer")
+    parse(TrainPrecision, cfg.precision, "--precision")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoints = Checkpoints(out, single="checkpoint.pt")
+    set_determinism(seed=cfg.seed)
+    spec = PreprocessSpec(input_size=cfg.input_size)
+    rt = choose_runtime(cfg.device, cfg.precision)
+    emit = progress or (lambda _e: None)
+    data = _data(cfg, spec, emit)
+    resuming = resume and checkpoints.exist()
+    net = prepare(build_model(cfg.init) if not resuming else build_resnet50(), rt).train()
+    pos_weight = torch.tensor([data.n_neg / data.n_pos if cfg.class_weighting else 1.0], device=rt.device)
+    optim = {Optimizer.adamax: torch.optim.Adamax, Optimizer.adamw: torch.optim.AdamW}[optimizer]
+    opt = optim(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=rt.device.type == "cuda" and rt.autocast_dtype == torch.float16)
+    step = Optimisation(net, opt, torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight), rt,
+                        _schedule(opt, max(len(data.train), 1), cfg.epochs), scaler)
+    loop = EpochLoop(cfg.epochs, checkpoints, "val_auroc", resume=resume, emit=emit)
+    loop.run(_TrainFit(cfg, data, step, spec, emit))
+    return json.loads((out / "model.json").read_text())
+
+
+def _export(net, cfg: TrainConfig, spec: PreprocessSpec, rt: Runtime, progress: tuple[list, dict], path: Path) -> None:
+    history, best = progress
     meta = {
         "name": cfg.name,
         "version": __version__,

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from cxrscreen.model.files import LoadedModel
+from cxrscreen.model.meta import ModelInfo
+from cxrscreen.outputs import DICOM_DIR
 from cxrscreen.outputs.dicom import pdf, sr
 from cxrscreen.outputs.dicom.source import StudyResult
 from cxrscreen.state.atomic import atomic_open
@@ -30,11 +31,10 @@ from cxrscreen.studies import Study
 
 log = logging.getLogger("cxrscreen")
 
-DICOM_DIR = "dicom"
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
-def write_dicom_results(out: Path, studies: Iterable[Study], model: LoadedModel) -> list[Path]:
+def write_dicom_results(out: Path, studies: Iterable[Study], model: ModelInfo) -> list[Path]:
     """Write the DICOM result objects of every study in ``studies`` that has an image scored by ``model``.
 
     Only these studies are touched: their folder under ``OUT/dicom`` ends up

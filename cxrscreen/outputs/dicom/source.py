@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
 
 from cxrscreen import __version__
-from cxrscreen.model.files import LoadedModel
+from cxrscreen.model.meta import ModelInfo
 from cxrscreen.records import ImageRecord
 from cxrscreen.studies import Study
 
@@ -74,17 +74,17 @@ class StudyResult:
 
     study: Study
     scored: tuple[ImageRecord, ...]  # the images scored by ``model`` (probability set)
-    model: LoadedModel
+    model: ModelInfo  # its metadata: name, weights sha256, default threshold
     threshold: float
     header: Dataset
 
     @classmethod
-    def of(cls, study: Study, model: LoadedModel) -> StudyResult | None:
+    def of(cls, study: Study, model: ModelInfo) -> StudyResult | None:
         """None when the study has no image scored by ``model`` (nothing to report) or no StudyInstanceUID."""
         scored = tuple(r for r in study.records if r.probability is not None and r.model_sha256 == model.sha256)
         if not scored or study.key.startswith("file:"):
             return None
-        threshold = next((r.threshold for r in scored if r.threshold is not None), model.threshold)
+        threshold = scored[0].threshold_or(model.threshold)
         return cls(study, scored, model, float(threshold), patient_study_header(study))
 
     @property

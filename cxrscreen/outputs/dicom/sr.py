@@ -28,7 +28,6 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from cxrscreen.ingest.tags import tag_notes
 from cxrscreen.outputs.dicom.source import DISCLAIMER, MANUFACTURER, SOFTWARE_VERSION, StudyResult, is_referenceable
 from cxrscreen.records import ABNORMAL, NORMAL, REVIEW, ImageRecord
 
@@ -71,7 +70,7 @@ def _image_assessment(record: ImageRecord, scored: bool) -> hd.sr.ContainerConte
     if is_referenceable(record):
         items.append(_reference(record, _CONTAINS))
     items.append(hd.sr.TextContentItem(name=QC_STATUS, value=str(record.status), relationship_type=_CONTAINS))
-    notes = ";".join(dict.fromkeys((*record.qc_notes, *tag_notes(record.tags))))
+    notes = ";".join(record.all_notes)
     if notes:
         items.append(hd.sr.TextContentItem(name=QC_NOTES, value=notes, relationship_type=_CONTAINS))
     if scored:
