@@ -59,9 +59,9 @@ class PreprocessSpec:
 class PercentileWindow(ScaleIntensityRangePercentiles):
     """``ScaleIntensityRangePercentiles`` with both percentiles from one ``np.percentile`` call.
 
-    MONAI computes each percentile of a CPU tensor with ``torch.quantile`` (a full sort): 2 × 3 ms on
-    a 216² image on this CPU, against 0.6 ms for both by selection, which made it the dearest step of
-    the chain. Same definition (linear interpolation), same result to float rounding; GPU tensors and
+    MONAI computes each percentile of a CPU tensor with ``torch.quantile`` (a full sort each), where one
+    ``np.percentile`` selects both; that made it the dearest step of the chain (docs/benchmarks.md).
+    Same definition (linear interpolation), same result to float rounding; GPU tensors and
     ``relative``/``channel_wise`` use go through MONAI unchanged.
     """
 

@@ -80,8 +80,8 @@ _INIT_FUNCTIONS = ("uniform_", "normal_", "constant_", "ones_", "zeros_", "kaimi
 def _no_random_init() -> Iterator[None]:
     """Skip ``torch.nn.init`` while building a network whose every weight is loaded right after.
 
-    Random initialisation of ResNet50 costs 0.2 s per scan here, for values the strict
-    ``load_state_dict`` overwrites. (The same idea as transformers' ``no_init_weights``.)
+    Random initialisation of ResNet50 is start-up time spent on values the strict ``load_state_dict``
+    overwrites (docs/benchmarks.md, start-up). (The same idea as transformers' ``no_init_weights``.)
     """
     saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS}
     try:
@@ -118,8 +118,8 @@ def load_weights(info: ModelInfo, verify: bool = True) -> LoadedModel:
         raise ValueError(f"unsupported architecture {arch.get('name')!r}")
     with _no_random_init():
         net = build_resnet50(int(arch.get("in_channels", 1)), int(arch.get("num_classes", 1)))
-    # float16 weights are widened to the float32 parameters by load_state_dict's copy (exact); a
-    # converted copy of the whole state dict first cost 0.35 s of a scan's start-up (2 busy cores).
+    # float16 weights are widened to the float32 parameters by load_state_dict's copy (exact): no
+    # converted copy of the whole state dict first (start-up time, docs/benchmarks.md).
     net.load_state_dict(load_file(str(weights_path)), strict=True)
     net.eval()
     return LoadedModel(net=net, meta=meta, path=json_path)

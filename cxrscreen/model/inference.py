@@ -90,8 +90,8 @@ def runtime_for(lm: LoadedModel, device: Device | str = Device.auto,
     when the model has an int8 calibration usable here (:func:`~cxrscreen.model.quantize.int8_unready`),
     else fp32.
 
-    int8 there: 2.2× the fp32 forward on AVX2 code paths, 4.0× with VNNI, ≤ 0.32 % of a test dataset's
-    decisions changed (docs/benchmarks.md). Where bf16 is native, "auto" stays bf16.
+    int8 there: several times the fp32 forward, with a fraction of a percent of decisions changed
+    (docs/benchmarks.md). Where bf16 is native, "auto" stays bf16.
     """
     rt = choose_runtime(device, precision)
     if parse(Precision, precision, "--precision") is not Precision.auto or rt.device.type != "cpu" \
@@ -109,7 +109,7 @@ def runtime_for(lm: LoadedModel, device: Device | str = Device.auto,
 
 def prepare(net: torch.nn.Module, rt: Runtime, dtype: torch.dtype | None = None) -> torch.nn.Module:
     """``net`` on ``rt``'s device, in its layout (and in ``dtype``, floating-point weights only): one pass
-    over the weights (a pass per change cost 0.3 s each for ResNet50 on 2 busy cores)."""
+    over the weights, not one per change (start-up time, docs/benchmarks.md)."""
     fmt = torch.channels_last if rt.channels_last else None
     return net.to(device=rt.device, dtype=dtype, memory_format=fmt).eval()
 
@@ -143,8 +143,8 @@ def copy_sharing_weights(net: torch.nn.Module) -> torch.nn.Module:
 
     The copy's parameters are new ``Parameter`` objects: replacing their data or the copy's tensors
     (folding, a dtype, a layout, a device) leaves ``net`` as it was; :func:`unshare` then copies what
-    is still shared. A ``deepcopy`` first copied all 100 MB of ResNet50's float32 weights: 0.34 s of a
-    scan's start-up on 2 busy cores (fresh memory, page by page), for tensors replaced right after.
+    is still shared. A ``deepcopy`` first would copy all of ResNet50's float32 weights (start-up time,
+    docs/benchmarks.md) for tensors replaced right after.
     """
     memo: dict[int, torch.Tensor] = {}
     for t in itertools.chain(net.parameters(), net.buffers()):
@@ -174,12 +174,10 @@ def inference_net(net: torch.nn.Module, rt: Runtime, int8: Int8Calibration | Non
 
     On a CPU, batch-norm is folded into the convolutions (one oneDNN convolution per layer instead
     of a convolution and a separate batch-norm pass) and, with ``channels_last``, run in the layout
-    oneDNN computes in. fp32: the same function to float rounding (``tests/test_inference.py``; on the
-    1,418 test images max |Δp| 9e-7), folded + channels_last 1.7–1.8× the unfolded NCHW network
-    (``benchmarks/int8.py``, also with oneDNN limited to AVX2). bf16: the
-    weights are also stored in bf16, so autocast no longer re-casts them on every batch (78–81 vs
-    57 img/s, batch 16, on an AMX CPU); scores within bf16 rounding of the unfolded model (on the
-    1,418 test images of the pool: mean |Δp| 0.0004, max 0.011). On CUDA :func:`prepare` only.
+    oneDNN computes in. fp32: the same function to float rounding (``tests/test_inference.py``), and
+    faster than the unfolded NCHW network (``benchmarks/int8.py``, docs/benchmarks.md). bf16: the
+    weights are also stored in bf16, so autocast no longer re-casts them on every batch; scores within
+    bf16 rounding of the unfolded model (docs/benchmarks.md). On CUDA :func:`prepare` only.
     """
     if rt.int8:
         from cxrscreen.model.quantize import Int8Unavailable, int8_net

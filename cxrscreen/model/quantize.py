@@ -38,8 +38,8 @@ def _quiet_fx(stack_traces: bool = False) -> Iterator[None]:
     """Build FX graphs without torch.ao.quantization's notices and without a stack trace per node.
 
     FX's tracer records the Python stack of every node it creates, for debugging messages. The first
-    such record imports ``torch._inductor`` and ``torch.export`` (1.4–1.9 s of a scan's start-up with
-    ``--precision int8``, docs/benchmarks.md) and each one costs a traceback. The int8 network does
+    such record imports ``torch._inductor`` and ``torch.export`` (a large share of a scan's start-up
+    with ``--precision int8``, docs/benchmarks.md) and each one costs a traceback. The int8 network does
     not use them. ``torch.fx.config.do_not_emit_stack_traces`` is put back as it was.
     ``stack_traces=True`` keeps FX's own setting (the comparison in tests and benchmarks).
     """

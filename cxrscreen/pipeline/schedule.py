@@ -8,9 +8,8 @@ from typing import Any
 
 MAX_WORKERS = 8
 #: How much faster workers must be predicted to be before they are started. On a CPU they share the
-#: cores with the forward pass, their decode helpers and the main process's other work: measured on a
-#: 2-core EPYC with JPEG 2000 films (2026-12-02), one worker delivered about 20 % less than predicted
-#: (10.6–11.8 img/s end to end against 13.2–14.5 in process; predicted 15.2 vs 15.5), so a CPU needs a clear gain.
+#: cores with the forward pass, their decode helpers and the main process's other work: one worker
+#: delivered well below its prediction (docs/benchmarks.md, JPEG 2000 films), so a CPU needs a clear gain.
 WORKER_GAIN = {"cpu": 0.85, "gpu": 0.95}
 
 

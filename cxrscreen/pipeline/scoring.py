@@ -59,11 +59,11 @@ class Batches:
                    isolate: str | None = None) -> Generator[list[Prepared], None, None]:
         """Batches of ``paths[start:end]`` prepared in this process by ``threads`` threads.
 
-        Decoding, hashing and the numpy/torch work release the GIL, so a batch is prepared about
-        1.7–2.5× faster on 2 cores than one file after another. From the second batch on, the next
+        Decoding, hashing and the numpy/torch work release the GIL, so threads prepare a batch faster
+        than one file after another. From the second batch on, the next
         batch's files go to the threads before a batch is handed out, so they are prepared while it
-        is scored (the two share the cores; 1.05–1.10× the rate of preparing only on demand, every
-        precision, 2 cores, ``benchmarks/prefetch.py``). At most two batches are held. The first batch
+        is scored (the two share the cores; a small gain over preparing on demand: ``benchmarks/prefetch.py``,
+        docs/benchmarks.md). At most two batches are held. The first batch
         is prepared and scored alone, so that :meth:`_Scorer.probe` times each phase by itself.
         """
         transform = build_transform(self.spec, augment=False)
@@ -132,7 +132,7 @@ def score(ctx: RunContext, todo: list[tuple[Path, str | None]]) -> list[ImageRec
     else:
         sched = None  # measured on the first batch
     # The chain ends in plain tensors and reads no MONAI metadata: without MetaTensor bookkeeping
-    # it runs in 2.0 instead of 3.4 ms per image.
+    # it runs faster (docs/benchmarks.md).
     set_track_meta(False)
     torch.set_num_threads(cores)
     t0 = time.perf_counter()
@@ -204,8 +204,8 @@ class _Scorer:
     def probe(self, batches: Iterable[list[Prepared]], cores: int, gpu: bool) -> Schedule:
         """Score in process until a batch had images to score, then choose the schedule from its costs.
 
-        The decode helpers' start-up (a one-off ~0.5 s per preparing thread on the first compressed
-        file) is taken out of the measured preparation wall time: it would otherwise make the
+        The decode helpers' start-up (a one-off per preparing thread, on the first compressed file) is
+        taken out of the measured preparation wall time: it would otherwise make the
         in-process schedule look slower than it is.
         """
         d = self.ctx.durations

@@ -199,7 +199,7 @@ def evaluate(
     cols = [c for c in ("path", "label", "dataset", "split") if c in df.columns]
     table = df[cols].assign(probability=np.round(scores, 6))
     if "operating_points" in meta:
-        table = table.assign(population=pops, threshold=thresholds)
+        table = table.assign(population=pops, threshold=np.round(thresholds, 6))  # as the probabilities
     write_csv(table, out / "scores.csv")  # formula-safe, like worklists
     plot_roc(df, scores, thresholds, out / "roc.png")
     plot_hist(df, scores, thresholds, out / "scores.png")
