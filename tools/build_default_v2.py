@@ -1,5 +1,9 @@
 """Build a candidate default model v2: v1 backbone, new head on cxr224 + site_nih (not shipped).
 
+An experiment of the v1 era (docs/adult_films.md, "Earlier notes"). It starts from the embedded model,
+which is now v2: to reproduce those figures, point ``cxrscreen.model.files.DEFAULT_MODEL`` at v1
+(``git show f89b51c:cxrscreen/models/default.json`` and ``.safetensors``).
+
 See docs/adult_films.md for its figures and why the embedded default is still v1.
 
 Why a new head and not a new backbone: a linear model on v1's own 2048-d penultimate features

@@ -1,9 +1,10 @@
 """Default model v2: full fine-tuning of ResNet50 on the CPU, balanced over dataset × class cells.
 
-Every layer trains (bf16 autocast where the CPU has it natively, channels_last), starting from the
-embedded v1. Each training sample is drawn by cell weight (``--weights``), then through
+Every layer trains (bf16 autocast where the CPU has it natively, channels_last), starting from
+``--init`` (v2 started from v1, the embedded model before commit e389485). Each training sample is
+drawn by cell weight (:data:`DEFAULT_WEIGHTS`), then through
 :func:`cxrscreen.training.augment.source_breaking_chain`, so that neither the hospital's look nor the
-crop can stand in for the label. The default weights make the label independent of the source
+crop can stand in for the label. The weights make the label independent of the source
 within each group of films: NIH films (covid_db normals + site normals vs site pneumonias), non-NIH
 adult films (openist normals vs covid_db COVID-19) and pediatric films (kermany normals vs pneumonias).
 
@@ -140,7 +141,7 @@ def train(args: argparse.Namespace) -> None:
     print("cells: " + ", ".join(f"{d}/{c} {len(cells[d, c])} films p={w:.3f}"
                                 for (d, c), w in zip(keys, p, strict=True)), flush=True)
 
-    net = load_model(None).net.train().to(memory_format=torch.channels_last)
+    net = load_model(args.init).net.train().to(memory_format=torch.channels_last)
     fc = list(net.fc.parameters())
     fc_ids = {id(q) for q in fc}
     opt = torch.optim.AdamW([{"params": [q for q in net.parameters() if id(q) not in fc_ids], "lr": args.lr},
@@ -210,6 +211,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", default=None, help="starting model .json (default: the embedded model; v2 started "
+                    "from v1: git show f89b51c:cxrscreen/models/default.{json,safetensors})")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.command == "prepare":

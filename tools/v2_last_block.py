@@ -1,5 +1,9 @@
 """Default-model v2 experiment: fine-tune v1's last layers (``layer4[2]`` or ``layer4``) and ``fc`` on a mix.
 
+An experiment of the v1 era (docs/adult_films.md, "Earlier notes"). It starts from the embedded model,
+which is now v2: to reproduce those figures, point ``cxrscreen.model.files.DEFAULT_MODEL`` at v1
+(``git show f89b51c:cxrscreen/models/default.json`` and ``.safetensors``).
+
 See docs/adult_films.md ("A default model v2") for what it gave and why v1 is still the default.
 
 Training the whole backbone on 2 CPU cores was not affordable (one epoch of ``layer4`` on the 294

