@@ -11,9 +11,7 @@ import hashlib
 import json
 import logging
 import re
-import time
 import unicodedata
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,6 +26,7 @@ from cxrscreen.records import ImageRecord
 from cxrscreen.state.atomic import atomic_open
 from cxrscreen.state.ledger import Ledger
 from cxrscreen.studies import Study, wanted
+from cxrscreen.timings import Timings
 
 if TYPE_CHECKING:  # torch and the decoders are imported only when a page has to be made
     import torch
@@ -125,7 +124,7 @@ class ReportSetup:
     ledger: Ledger
     pages: PageStore | None = None
     emit: Emit = _ignore
-    durations: Counter = field(default_factory=Counter)
+    durations: Timings = field(default_factory=Timings)
 
 
 def write_reports(setup: ReportSetup, studies: Iterable[Study], policy: ReportPolicy | str
@@ -200,28 +199,24 @@ class ReportWriter:
 
     def write(self, study: Study, rel: str) -> bool:
         """Write one study's report; False (retried next run) if its pages or PDF failed."""
-        t = time.perf_counter()
-        try:
-            pages = [self.page(r) for r in study.records]
-        except Exception as exc:  # Grad-CAM failed: no half-made report
-            log.warning("reports: pages of study %s failed (%s); retried next run", report_stem(study)[-12:],
-                        type(exc).__name__)
-            return False
-        finally:
-            self.durations["report_pages"] += time.perf_counter() - t
+        with self.durations.stage("report_pages"):
+            try:
+                pages = [self.page(r) for r in study.records]
+            except Exception as exc:  # Grad-CAM failed: no half-made report
+                log.warning("reports: pages of study %s failed (%s); retried next run", report_stem(study)[-12:],
+                            type(exc).__name__)
+                return False
         path = self.out / rel
         if not _inside(path, self.folder):  # cannot happen with sanitised names; refuse rather than trust it
             raise RuntimeError("report path escapes the reports folder")
-        t = time.perf_counter()
-        try:
-            with atomic_open(path, "wb", 0o640) as fh:
-                render_study(fh, study, pages, self.ctx, study.records[0].threshold_or(self.lm.threshold))
-        except Exception as exc:
-            log.warning("report for study %s failed (%s); retried next run", report_stem(study)[-12:],
-                        type(exc).__name__)
-            return False
-        finally:
-            self.durations["pdf"] += time.perf_counter() - t
+        with self.durations.stage("pdf"):
+            try:
+                with atomic_open(path, "wb", 0o640) as fh:
+                    render_study(fh, study, pages, self.ctx, study.records[0].threshold_or(self.lm.threshold))
+            except Exception as exc:
+                log.warning("report for study %s failed (%s); retried next run", report_stem(study)[-12:],
+                            type(exc).__name__)
+                return False
         _set_report(self.ledger, study, rel)
         _remove(self.folder, self.existing.get(report_stem(study), set()) - {path.name})
         return True

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from cxrscreen.model.lazy import LazyModel
 from cxrscreen.options import ReportPolicy
 from cxrscreen.populations import OperatingPoints
 from cxrscreen.state.ledger import Ledger
+from cxrscreen.timings import Timings
 
 if TYPE_CHECKING:
     from cxrscreen.outputs.pages import PageStore
@@ -58,7 +58,7 @@ class RunContext:
     run_id: str
     dicom_results: bool = False  # SR + encapsulated PDF in OUT/dicom/ (outputs.dicom)
     emit: ProgressFn = _ignore
-    durations: Counter[str] = field(default_factory=Counter)
+    durations: Timings = field(default_factory=Timings)
     pages: PageStore | None = None  # report pages made while the scoring pass holds the pixels
     schedule: dict[str, Any] | None = None  # what scoring ran with (for run.json)
 

@@ -215,13 +215,11 @@ def _run(ctx: RunContext, rescan: bool, t_start: float) -> ScanResult:
     ledger.start_run(ctx.run_id)
     resumed = ledger.unfinished_runs(exclude=ctx.run_id)  # killed runs: this run delivers their rows
 
-    t = time.perf_counter()
-    files = discover(ctx.folder)
-    d["discover"] = time.perf_counter() - t
-    t = time.perf_counter()
-    todo, skipped = plan(files, ctx.folder, ledger, ctx.model.sha256, rescan, on_work=ctx.model.start)
-    redecided = ledger.redecide(ctx.model.sha256, ctx.points)
-    d["plan"] = time.perf_counter() - t
+    with d.stage("discover"):
+        files = discover(ctx.folder)
+    with d.stage("plan"):
+        todo, skipped = plan(files, ctx.folder, ledger, ctx.model.sha256, rescan, on_work=ctx.model.start)
+        redecided = ledger.redecide(ctx.model.sha256, ctx.points)
     log.info("run %s: %d files found, %d already scored, %d to process", ctx.run_id, len(files), skipped, len(todo))
     ctx.emit({"event": "start", "files": len(files), "todo": len(todo), "skipped": skipped, "run_id": ctx.run_id})
 
@@ -233,33 +231,30 @@ def _run(ctx: RunContext, rescan: bool, t_start: float) -> ScanResult:
             new_records = [r for rid in resumed for r in ledger.records(rid) if r.path not in own] + new_records
         all_studies = group_studies(ledger.records())  # the one study decision of this run
         if ctx.reports is not ReportPolicy.none:
-            t = time.perf_counter()
-            reported, all_studies = _reports(ctx, all_studies)
-            d["reports"] = time.perf_counter() - t
+            with d.stage("reports"):
+                reported, all_studies = _reports(ctx, all_studies)
     finally:
         if ctx.pages is not None:
             ctx.pages.close()
         elif ctx.reports is not ReportPolicy.none:  # what PageStore.close does: a killed run's pages go
             shutil.rmtree(ctx.out / STATE_DIR / PAGES_DIR, ignore_errors=True)
     if ctx.dicom_results:
-        t = time.perf_counter()
-        changed = {r.study_key for r in new_records} | reported
-        _dicom_results(ctx, all_studies, changed, everything=redecided > 0)
-        d["dicom_results"] = time.perf_counter() - t
+        with d.stage("dicom_results"):
+            changed = {r.study_key for r in new_records} | reported
+            _dicom_results(ctx, all_studies, changed, everything=redecided > 0)
 
-    t = time.perf_counter()
-    records = [r for s in all_studies for r in s.records]
-    images = images_frame(records, ctx.model.name)
-    studies = studies_frame(all_studies, ctx.model.name)
-    images_csv = write_csv(images, ctx.out / "worklist_images.csv")
-    studies_csv = write_csv(studies, ctx.out / "worklist_studies.csv")
-    new_paths = {r.path for r in new_records}
-    new_images = images[images["path"].isin(new_paths)].reset_index(drop=True)
-    new_images["rank"] = range(1, len(new_images) + 1)
-    write_csv(new_images, ctx.run_dir / "new_images.csv")
-    write_csv(studies_frame(group_studies(r for r in records if r.path in new_paths), ctx.model.name),
-              ctx.run_dir / "new_studies.csv")
-    d["worklists"] = time.perf_counter() - t
+    with d.stage("worklists"):
+        records = [r for s in all_studies for r in s.records]
+        images = images_frame(records, ctx.model.name)
+        studies = studies_frame(all_studies, ctx.model.name)
+        images_csv = write_csv(images, ctx.out / "worklist_images.csv")
+        studies_csv = write_csv(studies, ctx.out / "worklist_studies.csv")
+        new_paths = {r.path for r in new_records}
+        new_images = images[images["path"].isin(new_paths)].reset_index(drop=True)
+        new_images["rank"] = range(1, len(new_images) + 1)
+        write_csv(new_images, ctx.run_dir / "new_images.csv")
+        write_csv(studies_frame(group_studies(r for r in records if r.path in new_paths), ctx.model.name),
+                  ctx.run_dir / "new_studies.csv")
 
     exit_code = 1 if any(r.status.is_error for r in new_records) else 0
     summary = summarize(ctx, files, skipped, new_records, images, studies, time.time() - t_start, exit_code,

@@ -226,12 +226,11 @@ class _Scorer:
         ok = [it for it in batch if it.image is not None]
         probs: dict[int, float] = {}
         if ok:
-            t = time.perf_counter()
-            x = torch.stack([it.image for it in ok])
-            if ctx.model.rt.device.type == "cuda":
-                x = x.pin_memory()
-            p = predict_batch(self.net, x, ctx.model.rt).numpy()
-            d["infer"] += time.perf_counter() - t
+            with d.stage("infer"):
+                x = torch.stack([it.image for it in ok])
+                if ctx.model.rt.device.type == "cuda":
+                    x = x.pin_memory()
+                p = predict_batch(self.net, x, ctx.model.rt).numpy()
             probs = {it.index: float(v) for it, v in zip(ok, p, strict=True)}
         records = []
         for it in batch:
@@ -250,13 +249,11 @@ class _Scorer:
             if rec.status.is_error:
                 log.warning("file %s: %s", file_handle(rec.path), rec.status)
             records.append(rec)
-        t = time.perf_counter()
-        ctx.ledger.put(records)
-        d["ledger"] += time.perf_counter() - t
+        with d.stage("ledger"):
+            ctx.ledger.put(records)
         if ctx.pages is not None:
-            t = time.perf_counter()
-            ctx.pages.offer(records, batch)
-            d["pages"] += time.perf_counter() - t
+            with d.stage("pages"):
+                ctx.pages.offer(records, batch)
         self.records.extend(records)
         self.batches += 1
         faults.kill_after_batch(self.batches)
