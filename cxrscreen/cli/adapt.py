@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from cxrscreen.cli.common import DEVICE_HELP, TRAIN_PRECISION_HELP, ExitCode, fail
+from cxrscreen.cli.common import DEVICE_HELP, TRAIN_PRECISION_HELP, ExitCode, Quiet, fail
 from cxrscreen.options import Device, TrainLayers, TrainPrecision
 
 
@@ -30,7 +30,7 @@ def adapt_command(
     precision: Annotated[TrainPrecision, typer.Option(help=TRAIN_PRECISION_HELP)] = TrainPrecision.auto,
     name: Annotated[str | None, typer.Option(help="Name of the adapted model (default: the starting name + '-adapted').")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last epoch checkpoint in MODEL_DIR.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Adapt a model to a site: films split by patient, fine-tuned, calibrated, validated against the start.
 

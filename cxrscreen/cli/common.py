@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -15,6 +15,15 @@ TRAIN_PRECISION_HELP = "auto: bf16 on CPUs that support it, AMP on CUDA, else fp
 PRECISION_HELP = ("auto: AMP on CUDA, bf16 on CPUs that support it, else int8 when the model has an int8 "
                   "calibration for this torch release, else fp32. int8: CPU only, needs the model's .int8.json "
                   "calibration.")
+
+
+# Options several commands share, declared once (``quiet: Quiet = False`` in a command's signature).
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the result (run summary or counts) as JSON on stdout.")]
+LogFile = Annotated[Path | None, typer.Option("--log-file", help="Append a log (no patient identifiers) here.")]
+Timeout = Annotated[float, typer.Option(min=1, max=3600, help="Seconds to wait for a connection, an association "
+                                                               "answer, or each DICOM message.")]
+CallingAet = Annotated[str, typer.Option("--calling-aet", help="Our AE title, as the PACS or destination knows it.")]
 
 
 class ExitCode(IntEnum):

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from cxrscreen.cli.common import DEVICE_HELP, PRECISION_HELP, fail, load_model_and_manifest
+from cxrscreen.cli.common import DEVICE_HELP, PRECISION_HELP, Quiet, fail, load_model_and_manifest
 from cxrscreen.options import Device, Precision
 
 
@@ -24,7 +24,7 @@ def evaluate_command(
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     workers: Annotated[int, typer.Option(min=0)] = 0,
     record: Annotated[bool, typer.Option("--record", help="Also store the metrics summary in the model's metadata (weights untouched).")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Score a manifest split and report AUROC (bootstrap CI) and sensitivity/specificity/PPV/NPV (Wilson CIs)."""
     from cxrscreen.training.evaluate import evaluate, markdown_report

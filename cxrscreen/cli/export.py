@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cxrscreen.cli.common import fail
+from cxrscreen.cli.common import Quiet, fail
 from cxrscreen.options import ExportFormat, ExportLevel
 
 
@@ -18,7 +18,7 @@ def export_command(
     decision: Annotated[str | None, typer.Option(help="abnormal,review,normal (any of them); default all.")] = None,
     level: Annotated[ExportLevel, typer.Option(help="One row per image or one row per study.")] = ExportLevel.images,
     fmt: Annotated[ExportFormat | None, typer.Option("--format", help="Default: json for a .json --to, else csv.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Export the cumulative worklist from the ledger: same columns and order as the worklist CSVs."""
     from cxrscreen.outputs.export import ExportError, export, parse_decisions, parse_since

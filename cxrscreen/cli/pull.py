@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from cxrscreen.cli.common import ExitCode, fail, pacs_address
+from cxrscreen.cli.common import AsJson, CallingAet, ExitCode, LogFile, Quiet, Timeout, fail, pacs_address
 from cxrscreen.logs import setup_logging
 from cxrscreen.options import Modality
 
@@ -30,11 +30,11 @@ def pull_command(
     since: Annotated[str | None, typer.Option(help="Only studies dated on or after this day (YYYYMMDD).")] = None,
     until: Annotated[str | None, typer.Option(help="Only studies dated on or before this day (YYYYMMDD).")] = None,
     modality: Annotated[list[Modality] | None, typer.Option("--modality", help="Modality to fetch; repeat for several (default: CR and DX).")] = None,
-    calling_aet: Annotated[str, typer.Option("--calling-aet", help="Our AE title, as the PACS knows it.")] = "CXRSCREEN",
-    timeout: Annotated[float, typer.Option(min=1, max=3600, help="Seconds to wait for a connection, an association answer, or each DICOM message.")] = 30.0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the counts as JSON on stdout.")] = False,
-    log_file: Annotated[Path | None, typer.Option("--log-file", help="Append a log (no patient identifiers) here.")] = None,
+    calling_aet: CallingAet = "CXRSCREEN",
+    timeout: Timeout = 30.0,
+    quiet: Quiet = False,
+    as_json: AsJson = False,
+    log_file: LogFile = None,
 ) -> None:
     """Fetch the CR/DX images of the PACS's studies in a date range; instances already in --to are not fetched again."""
     from cxrscreen.pacs import PacsError, pull

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cxrscreen.cli.common import DEVICE_HELP, PRECISION_HELP, ExitCode, fail, is_tty
+from cxrscreen.cli.common import DEVICE_HELP, PRECISION_HELP, AsJson, ExitCode, LogFile, Quiet, fail, is_tty
 from cxrscreen.logs import native_stderr_to_log, setup_logging
 from cxrscreen.options import Device, Precision, ReportPolicy
 
@@ -31,9 +31,9 @@ def scan_command(
     reports: Annotated[ReportPolicy, typer.Option(help="Which studies get a PDF report (flagged: abnormal + review).")] = ReportPolicy.flagged,
     rescan: Annotated[bool, typer.Option("--rescan", help="Score every file again, even if the ledger has it.")] = False,
     dicom_results: Annotated[bool, typer.Option("--dicom-results", help="Also write each scored study's results as DICOM objects in its own study (OUT/dicom/: SR + encapsulated PDF), for `cxrscreen send`.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON on stdout.")] = False,
-    log_file: Annotated[Path | None, typer.Option("--log-file", help="Append a log (no patient identifiers) here.")] = None,
+    quiet: Quiet = False,
+    as_json: AsJson = False,
+    log_file: LogFile = None,
 ) -> None:
     """Find DICOM files, reject what is not an assessable frontal chest film, score the rest, write worklists."""
     from cxrscreen.state.ledger import STATE_DIR

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from cxrscreen.cli.common import ExitCode, fail, pacs_address
+from cxrscreen.cli.common import AsJson, CallingAet, ExitCode, LogFile, Quiet, Timeout, fail, pacs_address
 from cxrscreen.logs import setup_logging
 from cxrscreen.outputs import DICOM_DIR
 
@@ -17,13 +17,13 @@ from cxrscreen.outputs import DICOM_DIR
 def send_command(
     out: Annotated[Path, typer.Argument(help="Output folder of 'cxrscreen scan --dicom-results' (holds dicom/).")],
     to: Annotated[str, typer.Option("--to", help="The destination: AET@HOST:PORT (e.g. ORTHANC@pacs.example.org:4242).")],
-    calling_aet: Annotated[str, typer.Option("--calling-aet", help="Our AE title, as the destination knows it.")] = "CXRSCREEN",
+    calling_aet: CallingAet = "CXRSCREEN",
     retries: Annotated[int, typer.Option(min=0, max=20, help="Further associations tried after an association failure or a transient status.")] = 3,
     retry_delay: Annotated[float, typer.Option("--retry-delay", min=0, max=3600, help="Seconds before the first retry; doubled before each further one.")] = 5.0,
-    timeout: Annotated[float, typer.Option(min=1, max=3600, help="Seconds to wait for a connection, an association answer, or each DICOM message.")] = 30.0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the counts as JSON on stdout.")] = False,
-    log_file: Annotated[Path | None, typer.Option("--log-file", help="Append a log (no patient identifiers) here.")] = None,
+    timeout: Timeout = 30.0,
+    quiet: Quiet = False,
+    as_json: AsJson = False,
+    log_file: LogFile = None,
 ) -> None:
     """Send the result objects (SR, encapsulated PDF) not yet acknowledged by --to; a second send sends nothing new."""
     from cxrscreen.pacs import send

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from cxrscreen.cli.common import DEVICE_HELP, TRAIN_PRECISION_HELP, fail, is_tty
+from cxrscreen.cli.common import DEVICE_HELP, TRAIN_PRECISION_HELP, Quiet, fail, is_tty
 from cxrscreen.options import Device, Optimizer, TrainPrecision
 
 
@@ -30,7 +30,7 @@ def train_command(
     limit: Annotated[int | None, typer.Option(help="Use at most N images per split (smoke runs).")] = None,
     name: str = "cxrscreen-resnet50",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Train a ResNet50 (one logit = abnormal); the best epoch by val AUROC is kept as OUT/model.json."""
     from cxrscreen.training.data import ManifestError
