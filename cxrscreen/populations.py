@@ -166,17 +166,16 @@ class OperatingPoints:
         except KeyError:
             return self[self.default].threshold
 
-    def assign(self, tags: Mapping[str, str]) -> Assignment:
-        """The point for a film with these tags (the default and ``age_unknown`` without a usable age)."""
+    def assign(self, tags: Mapping[str, str], scored: bool = True) -> Assignment:
+        """The point for a film with these tags (the default and ``age_unknown`` without a usable age);
+        a film that is not ``scored`` (not assessable, unreadable) gets no note."""
         if self.single:
             return Assignment(self.points[0])
         age = patient_age_years(tags)
-        if age is None:
-            return Assignment(self[self.default], (AGE_UNKNOWN,))
-        for p in self.points:
-            if p.covers(age):
-                return Assignment(p)
-        return Assignment(self[self.default], (AGE_UNKNOWN,))
+        point = next((p for p in self.points if age is not None and p.covers(age)), None)
+        if point is not None:
+            return Assignment(point)
+        return Assignment(self[self.default], (AGE_UNKNOWN,) if scored else ())
 
     def overridden(self, threshold: float) -> OperatingPoints:
         """Every point at ``threshold`` (``--threshold``)."""

@@ -36,6 +36,7 @@ from cxrscreen.ingest.images import load_image
 from cxrscreen.model.files import load_model
 from cxrscreen.model.inference import choose_runtime
 from cxrscreen.preprocess import PreprocessSpec, base_transforms
+from cxrscreen.training.adapt import score
 from cxrscreen.training.augment import source_breaking_chain
 from cxrscreen.training.loop import Optimisation, train_step
 from cxrscreen.training.site import prepare_site
@@ -91,17 +92,6 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.03 + 0.97 * 0.5 * (1 + math.cos(math.pi * t))
 
 
-@torch.inference_mode()
-def score(net: torch.nn.Module, images: torch.Tensor, spec: PreprocessSpec, bf16: bool) -> np.ndarray:
-    net.eval()
-    out = []
-    for i in range(0, len(images), 64):
-        x = ((images[i:i + 64].float() - spec.mean) / spec.std).contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out.append(torch.sigmoid(net(x).float().reshape(-1)))
-    return torch.cat(out).numpy()
-
-
 def val_metrics(table: pd.DataFrame, prob: np.ndarray) -> dict[str, float]:
     """Per-source AUROC on the val films, and the cross-source AUROCs that expose a source shortcut."""
     y, d = table.label.to_numpy(), table.dataset.to_numpy()
@@ -129,7 +119,6 @@ def train(args: argparse.Namespace) -> None:
     images: torch.Tensor = films["images"]
     spec = PreprocessSpec.from_dict(films["spec"])
     rt = choose_runtime("cpu", "auto")
-    bf16 = rt.autocast_dtype == torch.bfloat16
     train_rows = table.index[table.role == "train"].to_numpy()
     val_rows = table.index[table.role == "val"].to_numpy()
     val_table = table.loc[val_rows].reset_index(drop=True)
@@ -149,7 +138,7 @@ def train(args: argparse.Namespace) -> None:
     steps = args.per_epoch // args.batch
     total = steps * args.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, total, warmup=min(150, total // 10)))
-    step = Optimisation(net, opt, torch.nn.BCEWithLogitsLoss(), rt, sched)
+    optimisation = Optimisation(net, opt, torch.nn.BCEWithLogitsLoss(), rt, sched)
     history: list[dict] = []
     start = 0
     ckpt = work / "checkpoint.pt"
@@ -172,7 +161,7 @@ def train(args: argparse.Namespace) -> None:
             ks = rng.choice(len(keys), size=args.batch, p=p)
             idx = [int(cells[keys[k]][rng.integers(len(cells[keys[k]]))]) for k in ks]
             x = (torch.stack([chain(images[i].float()) for i in idx]) - spec.mean) / spec.std
-            loss = train_step(step, x, torch.tensor([float(keys[k][1]) for k in ks]))
+            loss = train_step(optimisation, x, torch.tensor([float(keys[k][1]) for k in ks]))
             seen += len(idx)
             done_steps += 1
             loss_sum += loss * len(idx)
@@ -183,7 +172,7 @@ def train(args: argparse.Namespace) -> None:
                       f"{seen / (time.time() - t0):.1f} img/s lr {sched.get_last_lr()[0]:.2e} "
                       f"ETA {left / 60:.0f} min (+ val)", flush=True)
         t_val = time.time()
-        prob = score(net, images[torch.as_tensor(val_rows)], spec, bf16)
+        prob = score(net, images[torch.as_tensor(val_rows)], spec, rt)  # as scan scores: folded, bf16/fp32
         m = val_metrics(val_table, prob)
         rec = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_s": t_val - t0, "val_s": time.time() - t_val, **m}
         history.append(rec)

@@ -80,12 +80,10 @@ def plan(
     todo: list[tuple[Path, str | None]] = []
     skipped = 0
     for p in files:
-        if todo and on_work is not None:
-            on_work()
-            on_work = None
         rel = p.relative_to(root).as_posix()
         st = p.stat()
         k = known.get(rel)
+        sha = None
         if k is not None and not rescan and k.model_sha256 == model_sha:
             if k.size == st.st_size and k.mtime_ns == st.st_mtime_ns:
                 skipped += 1
@@ -95,11 +93,10 @@ def plan(
                 ledger.touch(rel, st.st_size, st.st_mtime_ns)
                 skipped += 1
                 continue
-            todo.append((p, sha))
-            continue
-        todo.append((p, None))
-    if todo and on_work is not None:
-        on_work()
+        todo.append((p, sha))
+        if on_work is not None:
+            on_work()
+            on_work = None
     return todo, skipped
 
 

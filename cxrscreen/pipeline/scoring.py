@@ -236,8 +236,8 @@ class _Scorer:
         for it in batch:
             path, known_sha = self.todo[it.index]
             prob = probs.get(it.index)
-            point = ctx.points.assign(it.tags)
-            notes = (*it.notes, *point.notes) if it.status.is_ok else it.notes
+            point = ctx.points.assign(it.tags, scored=it.status.is_ok)
+            notes = (*it.notes, *point.notes)
             rec = ImageRecord(path=path.relative_to(ctx.folder).as_posix(), status=it.status, tags=it.tags,
                               qc_notes=notes, probability=prob,
                               decision=decide(it.status, prob, point.threshold, notes),

@@ -7,7 +7,6 @@ row was scored by the same model (weights sha256). Every write is a transaction.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Iterable, Iterator
@@ -123,7 +122,7 @@ class Ledger(Database):
         for path, st, p, n, thr, stored, tags in rows:
             notes, pop = tuple(x for x in n.split(";") if x), stored
             if pop not in points.names:
-                a = points.assign(json.loads(tags))
+                a = points.assign(json.loads(tags), scored=Status(st).is_ok)
                 pop, notes = a.population, (*notes, *(x for x in a.notes if x not in notes))
             new = points.threshold_of(pop)
             if new != thr or pop != stored:
@@ -148,13 +147,6 @@ class Ledger(Database):
             args = (run_id,)
         for row in self.db.execute(sql + " ORDER BY path", args):
             yield self._record(row)
-
-    def fingerprint(self) -> str:
-        """sha256 of every image row, every column, in path order: equal while the table is unchanged."""
-        h = hashlib.sha256()
-        for row in self.db.execute("SELECT * FROM images ORDER BY path"):
-            h.update(repr(row).encode())
-        return h.hexdigest()
 
     @staticmethod
     def _record(row: tuple) -> ImageRecord:
