@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from cxrscreen.cli.common import DEVICE_HELP, PRECISION_HELP, fail, load_model_and_manifest
+from cxrscreen.cli.common import DeviceOpt, PrecisionOpt, fail, load_model_and_manifest
 from cxrscreen.options import Device, Precision
 
 
@@ -21,8 +21,8 @@ def calibrate_command(
     require_lower_bound: Annotated[bool, typer.Option("--require-lower-bound", help="Demand the 95% Wilson lower bound reach the target.")] = False,
     per_dataset: Annotated[bool, typer.Option("--per-dataset", help="Meet the target in every 'dataset' group (lowest threshold wins).")] = False,
     population: Annotated[str | None, typer.Option("--population", help="Calibrate only this population's operating point, on the rows whose manifest 'population' names it (a one-threshold model first gets the standard bands: pediatric < 18 y, adult ≥ 18 y, default adult).")] = None,
-    device: Annotated[Device, typer.Option(help=DEVICE_HELP)] = Device.auto,
-    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = Precision.auto,
+    device: DeviceOpt = Device.auto,
+    precision: PrecisionOpt = Precision.auto,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     workers: Annotated[int, typer.Option(min=0)] = 0,
     name: Annotated[str | None, typer.Option(help="Name of the new model (default: keep the old name).")] = None,

@@ -9,6 +9,8 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from cxrscreen.options import Device, Precision, ReportPolicy
+
 # Help of the options shared by several commands; Typer lists their choices (cxrscreen.options) itself.
 DEVICE_HELP = "auto: CUDA when available, else the CPU."
 TRAIN_PRECISION_HELP = "auto: bf16 on CPUs that support it, AMP on CUDA, else fp32."
@@ -24,6 +26,17 @@ LogFile = Annotated[Path | None, typer.Option("--log-file", help="Append a log (
 Timeout = Annotated[float, typer.Option(min=1, max=3600, help="Seconds to wait for a connection, an association "
                                                                "answer, or each DICOM message.")]
 CallingAet = Annotated[str, typer.Option("--calling-aet", help="Our AE title, as the PACS or destination knows it.")]
+# The scoring options of `scan` (and of `listen`, which scans what it receives).
+ModelFile = Annotated[Path | None, typer.Option("--model", help="Model metadata (.json) or weights (.safetensors); default: the embedded model.")]
+Threshold = Annotated[float | None, typer.Option("--threshold", help="Decision threshold in (0, 1) for every film; default: the model's own operating points.")]
+DeviceOpt = Annotated[Device, typer.Option("--device", help=DEVICE_HELP)]
+PrecisionOpt = Annotated[Precision, typer.Option("--precision", help=PRECISION_HELP)]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, max=1024, help="Films per scoring batch.")]
+Reports = Annotated[ReportPolicy, typer.Option("--reports", help="Which studies get a PDF report (flagged: abnormal + review).")]
+DicomResults = Annotated[bool, typer.Option("--dicom-results", help="Also write each scored study's results as DICOM objects in its own study (OUT/dicom/: SR + encapsulated PDF), for `cxrscreen send`.")]
+TlsCert = Annotated[Path | None, typer.Option("--tls-cert", help="DICOM over TLS: our certificate (PEM); with --tls-key and --tls-ca.")]
+TlsKey = Annotated[Path | None, typer.Option("--tls-key", help="DICOM over TLS: the private key (PEM) of --tls-cert.")]
+TlsCa = Annotated[Path | None, typer.Option("--tls-ca", help="DICOM over TLS: the CA certificate(s) (PEM) a peer's certificate must be signed by.")]
 
 
 class ExitCode(IntEnum):
@@ -71,6 +84,24 @@ def pacs_address(text: str, option: str, calling_aet: str) -> Any:
     except AddressError as exc:
         fail(str(exc))
     return address
+
+
+def tls_files(cert: Path | None, key: Path | None, ca: Path | None) -> Any:
+    """The :class:`~cxrscreen.pacs.tls.TlsFiles` of ``--tls-cert/--tls-key/--tls-ca`` (None when none is given),
+    checked by building a context; exit 2 with the reason when only some are given or they do not load."""
+    if cert is None and key is None and ca is None:
+        return None
+    missing = [name for name, v in (("--tls-cert", cert), ("--tls-key", key), ("--tls-ca", ca)) if v is None]
+    if missing:
+        fail(f"DICOM over TLS needs --tls-cert, --tls-key and --tls-ca; missing {', '.join(missing)}")
+    from cxrscreen.pacs.tls import TlsError, TlsFiles, client_context
+
+    files = TlsFiles(cert, key, ca)
+    try:
+        client_context(files)
+    except TlsError as exc:
+        fail(str(exc))
+    return files
 
 
 def is_tty() -> bool:

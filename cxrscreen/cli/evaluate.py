@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from cxrscreen.cli.common import DEVICE_HELP, PRECISION_HELP, Quiet, fail, load_model_and_manifest
+from cxrscreen.cli.common import DeviceOpt, PrecisionOpt, Quiet, fail, load_model_and_manifest
 from cxrscreen.options import Device, Precision
 
 
@@ -19,8 +19,8 @@ def evaluate_command(
     out: Annotated[Path | None, typer.Option(help="Folder for metrics.json, report.md, scores.csv, roc.png, scores.png.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Override the model's threshold.")] = None,
     bootstrap: Annotated[int, typer.Option(min=100, help="Bootstrap resamples for the AUROC CI.")] = 1000,
-    device: Annotated[Device, typer.Option(help=DEVICE_HELP)] = Device.auto,
-    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = Precision.auto,
+    device: DeviceOpt = Device.auto,
+    precision: PrecisionOpt = Precision.auto,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     workers: Annotated[int, typer.Option(min=0)] = 0,
     record: Annotated[bool, typer.Option("--record", help="Also store the metrics summary in the model's metadata (weights untouched).")] = False,

@@ -12,7 +12,21 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cxrscreen.cli.common import DEVICE_HELP, PRECISION_HELP, AsJson, ExitCode, LogFile, Quiet, fail, is_tty
+from cxrscreen.cli.common import (
+    AsJson,
+    BatchSize,
+    DeviceOpt,
+    DicomResults,
+    ExitCode,
+    LogFile,
+    ModelFile,
+    PrecisionOpt,
+    Quiet,
+    Reports,
+    Threshold,
+    fail,
+    is_tty,
+)
 from cxrscreen.logs import native_stderr_to_log, setup_logging
 from cxrscreen.options import Device, Precision, ReportPolicy
 
@@ -22,15 +36,15 @@ def scan_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (worklists, reports, ledger).")] = Path(
         "cxrscreen-out"
     ),
-    model: Annotated[Path | None, typer.Option(help="Model metadata (.json) or weights (.safetensors); default: the embedded model.")] = None,
-    threshold: Annotated[float | None, typer.Option(help="Decision threshold in (0, 1); default: the model's own.")] = None,
-    device: Annotated[Device, typer.Option(help=DEVICE_HELP)] = Device.auto,
-    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = Precision.auto,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=1024)] = 16,
+    model: ModelFile = None,
+    threshold: Threshold = None,
+    device: DeviceOpt = Device.auto,
+    precision: PrecisionOpt = Precision.auto,
+    batch_size: BatchSize = 16,
     workers: Annotated[int | None, typer.Option(min=0, max=64, help="Decode worker processes; 0 decodes in the main process (default: chosen after timing the first batch).")] = None,
-    reports: Annotated[ReportPolicy, typer.Option(help="Which studies get a PDF report (flagged: abnormal + review).")] = ReportPolicy.flagged,
+    reports: Reports = ReportPolicy.flagged,
     rescan: Annotated[bool, typer.Option("--rescan", help="Score every file again, even if the ledger has it.")] = False,
-    dicom_results: Annotated[bool, typer.Option("--dicom-results", help="Also write each scored study's results as DICOM objects in its own study (OUT/dicom/: SR + encapsulated PDF), for `cxrscreen send`.")] = False,
+    dicom_results: DicomResults = False,
     quiet: Quiet = False,
     as_json: AsJson = False,
     log_file: LogFile = None,
