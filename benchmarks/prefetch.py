@@ -25,7 +25,9 @@ INPUTS = harness.input_folder(1024, 1024, 12, 200, "raw")  # throughput.py --qui
 CHILD = r"""
 import json, sys, tempfile, time
 from concurrent.futures import ThreadPoolExecutor
-from cxrscreen.pipeline import scan, scoring
+from cxrscreen import scan
+from cxrscreen.options import ScanOptions
+from cxrscreen.pipeline import scoring
 from cxrscreen.prepare import prepare_file
 from cxrscreen.preprocess import build_transform
 
@@ -42,9 +44,9 @@ if form == "baseline":
     scoring.Batches.in_process = in_process
 with tempfile.TemporaryDirectory() as out:
     t = time.perf_counter()
-    res = scan(folder, out=out, precision=precision, reports="none", rescan=True)
+    res = scan(folder, out=out, options=ScanOptions(precision=precision, reports="none", rescan=True))
     wall = time.perf_counter() - t
-s = res.summary
+s = res.summary.to_json()
 print(json.dumps({"img_s": s["files_processed"] / wall, "wait": s["durations_s"].get("wait_for_decode"),
                   "schedule": (s.get("schedule") or {}).get("workers")}))
 """

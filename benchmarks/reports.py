@@ -30,9 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from cxrscreen import scan  # noqa: E402
 from cxrscreen.model.files import load_model  # noqa: E402
 from cxrscreen.model.inference import choose_runtime  # noqa: E402
-from cxrscreen.pipeline import scan  # noqa: E402
+from cxrscreen.options import ScanOptions  # noqa: E402
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "cxrscreen" / "models" / "default.json"
 TARGET_S = 0.5
@@ -83,11 +84,11 @@ def main() -> None:
                 out = tmp / f"{label}{i}"
                 t = time.perf_counter()  # both scans of case 3: scoring, then the report stage on its own
                 if reports_first:
-                    scan(folder, out=out, reports=reports_first, **kw)
-                res = scan(folder, out=out, reports=reports, **kw)
+                    scan(folder, out=out, options=ScanOptions(reports=reports_first), **kw)
+                res = scan(folder, out=out, options=ScanOptions(reports=reports), **kw)
                 wall = time.perf_counter() - t
                 if best is None or wall < best[0]:
-                    best = (wall, res.summary)
+                    best = (wall, res.summary.to_json())
             assert best is not None
             return best
 

@@ -21,7 +21,7 @@ the whole process tree (sum of RSS and of PSS) every 0.1 s. Configurations, in o
    CPU has it, else int8 for a model with an int8 calibration, else fp32), fp32, and int8 when the
    model has an int8 calibration; each runtime once), at the start and at the end of the run; the
    best of each precision is that precision's ceiling;
-2. ``cxrscreen.pipeline.scan`` end to end (what ``cxrscreen scan`` runs; model load, discovery,
+2. ``cxrscreen.scan`` end to end (what ``cxrscreen scan`` runs; model load, discovery,
    hashing, decoding, scoring, ledger, worklists, summary PDF), ``reports="none"``, once per
    precision, then (first precision only) ``reports="flagged"`` with a threshold at the 90th
    percentile of the first run's scores;
@@ -297,27 +297,29 @@ def child_model(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def child_scan(cfg: dict[str, Any]) -> dict[str, Any]:
-    """``pipeline.scan`` on a folder, with batch timestamps for the steady-state rate."""
+    """``cxrscreen.scan`` on a folder, with batch timestamps for the steady-state rate."""
     import csv
 
-    from cxrscreen.pipeline import scan
+    from cxrscreen import scan
+    from cxrscreen.events import BatchScored, Event, ScanStarted
+    from cxrscreen.options import ScanOptions
 
     marks: list[tuple[float, int]] = []
 
     started: list[float] = []
 
-    def progress(e: dict[str, Any]) -> None:
-        if e["event"] == "start":
+    def progress(e: Event) -> None:
+        if isinstance(e, ScanStarted):
             started.append(time.perf_counter())
-        if e["event"] == "batch":
-            marks.append((time.perf_counter(), int(e["done"])))
+        if isinstance(e, BatchScored):
+            marks.append((time.perf_counter(), e.done))
 
     t0 = time.perf_counter()
-    res = scan(cfg["folder"], out=cfg["out"], model=cfg["model"], threshold=cfg.get("threshold"),
-               precision=cfg.get("precision", "auto"), batch_size=cfg["batch"], workers=cfg["workers"],
-               reports=cfg["reports"], rescan=True, progress=progress)
+    options = ScanOptions(threshold=cfg.get("threshold"), precision=cfg.get("precision", "auto"),
+                          batch_size=cfg["batch"], workers=cfg["workers"], reports=cfg["reports"], rescan=True)
+    res = scan(cfg["folder"], out=cfg["out"], model=cfg["model"], options=options, progress=progress)
     wall = time.perf_counter() - t0
-    s = res.summary
+    s = res.summary.to_json()
     steady = None
     if len(marks) >= 3:
         (ta, na), (tb, nb) = marks[0], marks[-1]

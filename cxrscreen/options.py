@@ -6,8 +6,13 @@ API accepts either the member or its value; Typer shows the values as the option
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import TypeVar
+
+
+class OptionError(ValueError):
+    """An option value the API cannot use; the message names the option (the CLI's exit code 2)."""
 
 
 class Device(StrEnum):
@@ -84,10 +89,43 @@ E = TypeVar("E", bound=Enum)
 
 
 def parse(enum: type[E], value: str | Enum, option: str) -> E:
-    """``value`` as a member of ``enum``; ``ValueError`` naming the option and its choices otherwise."""
+    """``value`` as a member of ``enum``; :class:`OptionError` naming the option and its choices otherwise."""
     raw = value.value if isinstance(value, Enum) else value  # another Enum's member (TrainPrecision) by value
     try:
         return enum(raw)
     except ValueError:
         choices = ", ".join(m.value for m in enum)
-        raise ValueError(f"{option}: {raw!r} is not one of {choices}") from None
+        raise OptionError(f"{option}: {raw!r} is not one of {choices}") from None
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """How :func:`cxrscreen.scan` scores and what it writes; checked when made (:class:`OptionError`).
+
+    ``threshold``: one threshold for every film instead of the model's operating points; ``workers``:
+    decode worker processes (0: in the main process; None: chosen after timing the first batch);
+    ``rescan``: score every file again; ``dicom_results``: also write each scored study's results as
+    DICOM objects in its own study (``OUT/dicom/``) for ``cxrscreen send``. Enum fields take their
+    values as text too (``reports="all"``).
+    """
+
+    threshold: float | None = None
+    device: Device = Device.auto
+    precision: Precision = Precision.auto
+    batch_size: int = 16
+    workers: int | None = None
+    reports: ReportPolicy = ReportPolicy.flagged
+    rescan: bool = False
+    dicom_results: bool = False
+
+    def __post_init__(self) -> None:
+        for name, enum in (("device", Device), ("precision", Precision), ("reports", ReportPolicy)):
+            object.__setattr__(self, name, parse(enum, getattr(self, name), f"--{name}"))
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise OptionError("--threshold must be strictly between 0 and 1")
+        if self.batch_size < 1:
+            raise OptionError("--batch-size must be at least 1")
+        if self.workers is not None and self.workers < 0:
+            raise OptionError("--workers must be 0 or more")
+        if self.precision is Precision.int8 and self.device is Device.cuda:
+            raise OptionError("--precision int8 runs on the CPU only")

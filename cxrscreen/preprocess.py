@@ -25,7 +25,6 @@ from monai.transforms import (
     RandGaussianNoise,
     RandGaussianSmooth,
     Resize,
-    ScaleIntensityRange,
     ScaleIntensityRangePercentiles,
     SpatialPad,
 )
@@ -56,22 +55,31 @@ class PreprocessSpec:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+WINDOW_EPS = 1e-6  # the least window width: a flat film maps to 0 (and whatever rises above it to 1)
+
+
+def percentile_window(img: np.ndarray, lower: float, upper: float) -> np.ndarray:
+    """``img`` (float32) scaled so its ``lower`` and ``upper`` percentiles (numpy's linear interpolation)
+    map to 0 and 1, clipped to [0, 1]: the intensity window of the model input and of the report's display."""
+    lo, hi = np.percentile(img, (lower, upper))
+    width = float(hi - lo)
+    x = img.astype(np.float32, copy=False) - float(lo)
+    return np.clip(x / np.float32(width if width > WINDOW_EPS else WINDOW_EPS), 0.0, 1.0)
+
+
 class PercentileWindow(ScaleIntensityRangePercentiles):
-    """``ScaleIntensityRangePercentiles`` with both percentiles from one ``np.percentile`` call.
+    """MONAI's ``ScaleIntensityRangePercentiles`` as :func:`percentile_window` computes it on the CPU.
 
     MONAI computes each percentile of a CPU tensor with ``torch.quantile`` (a full sort each), where one
-    ``np.percentile`` selects both; that made it the dearest step of the chain (docs/benchmarks.md).
-    Same definition (linear interpolation), same result to float rounding; GPU tensors and
-    ``relative``/``channel_wise`` use go through MONAI unchanged.
+    ``np.percentile`` selects both (docs/benchmarks.md); a flat film maps to 0 rather than being shifted
+    unclipped. GPU tensors and other settings (``relative``, other output ranges) go through MONAI unchanged.
     """
 
     def _normalize(self, img: Any) -> Any:
-        if self.relative or not isinstance(img, torch.Tensor) or img.device.type != "cpu":
+        if (self.relative or not isinstance(img, torch.Tensor) or img.device.type != "cpu"
+                or (self.b_min, self.b_max, self.clip) != (0.0, 1.0, True)):
             return super()._normalize(img)
-        lo, hi = np.percentile(img.numpy(), (self.lower, self.upper))
-        out = ScaleIntensityRange(a_min=float(lo), a_max=float(hi), b_min=self.b_min, b_max=self.b_max,
-                                  clip=self.clip, dtype=self.dtype)(img)
-        return torch.as_tensor(out)
+        return torch.from_numpy(percentile_window(img.numpy(), self.lower, self.upper))
 
 
 def _crop(spec: PreprocessSpec) -> CenterScaleCrop:

@@ -15,9 +15,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from cxrscreen import scan
 from cxrscreen.cli.app import app
 from cxrscreen.model.files import load_model
-from cxrscreen.pipeline import scan
+from cxrscreen.options import ScanOptions
 from cxrscreen.training.adapt import AdaptConfig, adapt, gate, set_trainable
 from tests.test_site import make_site
 
@@ -80,13 +81,13 @@ def test_adapt_passes_writes_a_model_scan_can_use(site, tmp_path: Path, random_m
     lm = load_model(res.model_path)
     assert lm.threshold == pytest.approx(summary["threshold"])
     assert lm.meta["adaptation"]["splits"]["test"]["films"] == summary["splits"]["test"]["films"]
-    result = scan(site[0], out=tmp_path / "scan", model=res.model_path, reports="none", workers=0)
-    assert result.exit_code == 0 and result.summary["images_scored"] > 0
+    result = scan(site[0], out=tmp_path / "scan", model=res.model_path, options=ScanOptions(reports="none", workers=0))
+    assert result.exit_code == 0 and result.summary.images_scored > 0
 
     # --resume continues from the last epoch checkpoint instead of starting again
     more = adapt(config(site, out, random_model_path, epochs=2, min_auroc_gain=-1.0, sensitivity_margin=1.0),
                  resume=True)
-    assert [h["epoch"] for h in more.summary["history"]] == [0, 1]
+    assert [h["epoch"] for h in more.summary.history] == [0, 1]
     with pytest.raises(FileExistsError, match="--resume"):
         adapt(config(site, out, random_model_path))
 

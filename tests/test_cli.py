@@ -147,12 +147,12 @@ def test_quiet_prints_nothing(tmp_path: Path, random_model_path: Path):
 
 
 def test_internal_error_is_exit_3_without_traceback(tmp_path: Path, random_model_path: Path, monkeypatch):
-    import cxrscreen.pipeline
+    import cxrscreen.run
 
     def boom(*_a, **_k):
         raise KeyError("bug")
 
-    monkeypatch.setattr(cxrscreen.pipeline, "scan", boom)
+    monkeypatch.setattr(cxrscreen.run, "scan", boom)
     (tmp_path / "in").mkdir()
     res = runner.invoke(app, scan_args(tmp_path / "in", tmp_path / "o", random_model_path))
     assert res.exit_code == 3 and "internal error (KeyError)" in res.output and "Traceback" not in res.output

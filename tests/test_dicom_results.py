@@ -13,11 +13,12 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ComprehensiveSRStorage, EncapsulatedPDFStorage, generate_uid
 
+from cxrscreen import scan
 from cxrscreen.logs import setup_logging
+from cxrscreen.options import ScanOptions
 from cxrscreen.outputs.dicom import DICOM_DIR, write_dicom_results
 from cxrscreen.outputs.dicom.pdf import EncapsulatedPDF
 from cxrscreen.outputs.dicom.sr import PROBABILITY, QC_STATUS, TRIAGE_DECISION
-from cxrscreen.pipeline import scan
 from cxrscreen.records import ImageRecord
 from cxrscreen.state.ledger import Ledger
 from cxrscreen.studies import group_studies
@@ -51,7 +52,7 @@ def scanned(tmp_path_factory, random_model) -> tuple[Path, list[ImageRecord]]:
     film(src / "a3.dcm", 3, STUDY_A, "LL", **PATIENT_A)
     film(src / "b1.dcm", 4, STUDY_B, "LL", patient_id="PAT-B")
     (src / "junk.dcm").write_bytes(b"not a DICOM file")
-    scan(src, root / "out", model=random_model, threshold=1e-6, reports="flagged", workers=0)
+    scan(src, root / "out", model=random_model, options=ScanOptions(threshold=1e-6, reports="flagged", workers=0))
     with Ledger(root / "out" / ".cxrscreen" / "ledger.sqlite") as ledger:
         records = list(ledger.records())
     return root / "out", records

@@ -13,12 +13,13 @@ import pandas as pd
 import pytest
 from pypdf import PdfReader
 
+from cxrscreen import scan
 from cxrscreen.logs import file_handle
+from cxrscreen.options import ScanOptions
 from cxrscreen.outputs.export import export
 from cxrscreen.outputs.layout import clean
 from cxrscreen.outputs.report import _NAME_RE, REPORT_DIR, report_relpath
 from cxrscreen.outputs.worklist import read_csv
-from cxrscreen.pipeline import scan
 from cxrscreen.records import ImageRecord
 from cxrscreen.safetext import FORBIDDEN, FORMULA_TRIGGERS, MAX_CELL_CHARS
 from cxrscreen.state.ledger import Ledger
@@ -36,7 +37,7 @@ def hostile(tmp_path_factory, random_model_path):
     out = root / "out"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom's own warnings about these values (see test_logs)
-        result = scan(root / "in", out=out, model=random_model_path, workers=0, reports="all")
+        result = scan(root / "in", out=out, model=random_model_path, options=ScanOptions(workers=0, reports="all"))
     export(out, root / "export_images.csv")
     export(out, root / "export_studies.csv", level="studies")
     export(out, root / "export.json", fmt="json")

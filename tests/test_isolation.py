@@ -15,6 +15,7 @@ from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 from cxrscreen import faults
 from cxrscreen.ingest import isolation
 from cxrscreen.ingest.decode import DecodeError, decode_dataset
+from cxrscreen.options import ScanOptions
 from cxrscreen.prepare import prepare_file
 from cxrscreen.preprocess import PreprocessSpec, build_transform
 from tests.crashers import jpegls_hang_file, rle_panic_file
@@ -112,10 +113,10 @@ def test_helper_that_cannot_start_is_an_internal_error(tmp_path: Path, prepare, 
 
 @pytest.mark.slow
 def test_no_helper_outlives_a_scan(tmp_path: Path, random_model_path) -> None:
-    from cxrscreen.pipeline import scan
+    from cxrscreen import scan
 
     make_dicom(tmp_path / "in" / "a.dcm", chest_phantom(300, 280), transfer_syntax=JPEGLSLossless)
-    scan(tmp_path / "in", out=tmp_path / "out", model=random_model_path, workers=0, reports="none")
+    scan(tmp_path / "in", out=tmp_path / "out", model=random_model_path, options=ScanOptions(workers=0, reports="none"))
     assert isolation._POOL is None
 
 

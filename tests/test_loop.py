@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 
+from cxrscreen.events import EpochDone, Event, Resumed
 from cxrscreen.model.inference import choose_runtime
 from cxrscreen.training.loop import Checkpoints, EpochLoop, Optimisation, train_step
 
@@ -21,7 +22,7 @@ class Scripted:
     def epoch(self, n: int) -> dict[str, Any]:
         self.ran.append(n)
         self.value += 1
-        return {"epoch": n, "score": self.scores[n]}
+        return {"epoch": n, "score": self.scores[n], "train_loss": 1.0 - self.scores[n], "seconds": 0.1}
 
     def state(self) -> dict[str, Any]:
         return {"value": torch.tensor(self.value)}
@@ -36,17 +37,17 @@ class Scripted:
 
 @pytest.mark.parametrize("single", [None, "checkpoint.pt"])
 def test_the_loop_keeps_the_best_epoch_and_resumes_after_the_last_checkpoint(tmp_path: Path, single) -> None:
-    events: list[dict] = []
+    events: list[Event] = []
     first = Scripted([0.5, 0.9, 0.7, 0.95])
     history, best = EpochLoop(2, Checkpoints(tmp_path, single), "score", emit=events.append).run(first)
     assert [h["epoch"] for h in history] == [0, 1] and best == {"epoch": 1, "score": 0.9, "note": "epoch 1"}
-    assert [e["best_epoch"] for e in events if e["event"] == "epoch"] == [0, 1]
+    assert [e.best_epoch for e in events if isinstance(e, EpochDone)] == [0, 1]
 
     again = Scripted([0.5, 0.9, 0.7, 0.95])
     history, best = EpochLoop(4, Checkpoints(tmp_path, single), "score", resume=True, emit=events.append).run(again)
     assert again.ran == [2, 3] and again.value == 4  # restored the state after epoch 1, then two more
     assert [h["epoch"] for h in history] == [0, 1, 2, 3] and best["epoch"] == 3 and again.kept == [3]
-    assert {"event": "resumed", "epoch": 2} in events
+    assert Resumed(2) in events
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == (["checkpoint.pt"] if single else [f"epoch_{i:03d}.pt" for i in range(4)])
 

@@ -28,6 +28,7 @@ from pydicom.uid import CTImageStorage
 from cxrscreen import faults
 from cxrscreen.ingest.isolation import TIMEOUT_ENV
 from cxrscreen.logs import file_handle as instance_hash
+from cxrscreen.options import ScanOptions
 from cxrscreen.outputs.worklist import read_csv
 from cxrscreen.state.lock import folder_lock
 from tests.crashers import jpegls_hang_file, rle_panic_file
@@ -320,29 +321,28 @@ def test_kill9_midway_then_rerun_equals_uninterrupted(big, tmp_path, random_mode
 
 def test_crash_after_scoring_is_delivered_by_the_next_run(tmp_path, random_model, ward_scan, monkeypatch) -> None:
     """A run that dies after committing every row but before writing outputs: the next one writes them."""
-    import cxrscreen.pipeline as pipeline
-    from cxrscreen.pipeline import run
+    from cxrscreen import run
 
     folder = tmp_path / "in"
     shutil.copytree(ward_scan["folder"], folder)
     out = tmp_path / "out"
     umask = os.umask(0o022)
     os.umask(umask)
-    kw = {"model": random_model, "device": "cpu", "precision": "fp32", "batch_size": BATCH, "workers": 0,
-          "reports": "none"}
+    kw = {"model": random_model, "options": ScanOptions(device="cpu", precision="fp32", batch_size=BATCH, workers=0,
+                                                          reports="none")}
     try:
         with monkeypatch.context() as m:
             m.setattr(run, "write_csv", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
             with pytest.raises(KeyboardInterrupt):
-                pipeline.scan(folder, out, **kw)
+                run.scan(folder, out, **kw)
         assert ledger_rows(out) == [(6,)] and not (out / "worklist_images.csv").exists()
         (crashed,) = ledger_rows(out, "SELECT run_id FROM runs WHERE finished IS NULL")
-        res = pipeline.scan(folder, out, **kw)  # at once: same second or not, a new run id
+        res = run.scan(folder, out, **kw)  # at once: same second or not, a new run id
     finally:
         os.umask(umask)
     s = res.summary
-    assert s["files_skipped_already_scored"] == 6 and s["images_scored"] == 4 and s["files_processed"] == 6
-    assert s["resumed_runs"] == [crashed[0]] and s["exit_code"] == 1
+    assert s.files_skipped_already_scored == 6 and s.images_scored == 4 and s.files_processed == 6
+    assert s.resumed_runs == (crashed[0],) and s.exit_code == 1
     assert res.run_id != crashed[0] and res.run_id > crashed[0]  # unique, and sorts after the crashed run
     new = read_csv(res.run_dir / "new_images.csv")
     pd.testing.assert_frame_equal(new, read_csv(out / "worklist_images.csv"))

@@ -12,8 +12,9 @@ import pydicom
 import pytest
 from pydicom.uid import ComprehensiveSRStorage, EncapsulatedPDFStorage
 
+from cxrscreen import scan
+from cxrscreen.options import ScanOptions
 from cxrscreen.pacs import pull, send
-from cxrscreen.pipeline import scan
 from tests.orthanc import orthanc_server, require_orthanc
 
 pytestmark = pytest.mark.slow  # Orthanc, a scan with DICOM results, dciodvfy
@@ -35,8 +36,8 @@ def test_pull_scan_send_puts_the_results_in_their_studies(pacs, tmp_path: Path, 
     films, out = tmp_path / "films", tmp_path / "out"
     pulled = pull(pacs.dicom, films, calling_aet="CXRSCREEN")
     assert pulled.fetched > 0 and pulled.complete
-    res = scan(films, out=out, model=random_model, threshold=1e-6, workers=0, dicom_results=True)
-    assert res.summary["images_scored"] > 0
+    res = scan(films, out=out, model=random_model, options=ScanOptions(threshold=1e-6, workers=0, dicom_results=True))
+    assert res.summary.images_scored > 0
     objects = sorted((out / "dicom").rglob("*.dcm"))
     scored_studies = {pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID
                       for p in films.rglob("*.dcm")
@@ -57,8 +58,8 @@ def test_pull_scan_send_puts_the_results_in_their_studies(pacs, tmp_path: Path, 
         assert tags["StudyInstanceUID"] == ds.StudyInstanceUID and tags["PatientID"] == ds.PatientID
     assert send(out, pacs.dicom, calling_aet="CXRSCREEN", retries=0).sent == 0  # nothing new
 
-    again = scan(films, out=out, model=random_model, threshold=1e-6, workers=0, dicom_results=True)
-    assert again.summary["files_processed"] == 0
+    again = scan(films, out=out, model=random_model, options=ScanOptions(threshold=1e-6, workers=0, dicom_results=True))
+    assert again.summary.files_processed == 0
     assert sorted((out / "dicom").rglob("*.dcm")) == objects  # a rerun replaces, never duplicates
 
 
@@ -66,7 +67,7 @@ def test_every_result_object_passes_dciodvfy(tmp_path: Path, random_model) -> No
     if shutil.which("dciodvfy") is None:
         pytest.skip("dciodvfy (Debian package dicom3tools) is not installed; `make sysdeps` installs it as root")
     out = tmp_path / "out"
-    scan(SAMPLES, out=out, model=random_model, threshold=1e-6, workers=0, dicom_results=True)
+    scan(SAMPLES, out=out, model=random_model, options=ScanOptions(threshold=1e-6, workers=0, dicom_results=True))
     objects = sorted((out / "dicom").rglob("*.dcm"))
     assert objects
     for p in objects:

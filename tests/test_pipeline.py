@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrscreen.pipeline import ScanInputError, scan
+from cxrscreen import scan
+from cxrscreen.options import OptionError, ScanOptions
+from cxrscreen.pipeline import ScanInputError
 from cxrscreen.prepare import prepare_file
 from cxrscreen.preprocess import PreprocessSpec, build_transform
 from tests.factory import chest_phantom, make_dicom, make_dicomdir, make_sr, truncate
@@ -58,18 +60,20 @@ EXPECTED_BAD = {
 
 
 def test_bad_inputs_each_get_one_clear_row(bad_folder: Path, tmp_path: Path, random_model_path):
-    res = scan(bad_folder, out=tmp_path / "out", model=random_model_path, workers=0, reports="none")
+    res = scan(bad_folder, out=tmp_path / "out", model=random_model_path,
+               options=ScanOptions(workers=0, reports="none"))
     images = _read(res.images_csv)
     assert sorted(images["path"]) == sorted(EXPECTED_BAD)
     assert dict(zip(images["path"], images["status"], strict=True)) == EXPECTED_BAD
     assert set(images.loc[images["status"] != "ok", "decision"]) == {"review"}  # never "normal"
     assert res.exit_code == 1
-    assert res.summary["statuses"]["error:truncated"] == 1
+    assert res.summary.statuses["error:truncated"] == 1
 
 
 @pytest.mark.slow
 def test_real_dicom_outcomes(shared_data, tmp_path: Path, random_model_path):
-    res = scan(shared_data / "dicom", out=tmp_path / "out", model=random_model_path, workers=0, reports="none")
+    res = scan(shared_data / "dicom", out=tmp_path / "out", model=random_model_path,
+               options=ScanOptions(workers=0, reports="none"))
     images = _read(res.images_csv)
     assert dict(zip(images["path"], images["status"], strict=True)) == EXPECTED_REAL
     assert res.exit_code == 0
@@ -100,7 +104,8 @@ def test_worklists_columns_order_and_studies(tmp_path: Path, random_model_path):
     make_dicom(d / "s1" / "pa.dcm", chest_phantom(seed=1), study_uid=study, accession="A1")
     make_dicom(d / "s1" / "lat.dcm", chest_phantom(seed=2), study_uid=study, accession="A1", view="LL")
     make_dicom(d / "s2" / "pa.dcm", chest_phantom(seed=3), accession="A2")
-    res = scan(d, out=tmp_path / "out", model=random_model_path, threshold=0.01, workers=0, reports="none")
+    res = scan(d, out=tmp_path / "out", model=random_model_path,
+               options=ScanOptions(threshold=0.01, workers=0, reports="none"))
     images, studies = _read(res.images_csv), _read(res.studies_csv)
     for col in ("rank", "decision", "probability", "threshold", "status", "PatientID", "AccessionNumber",
                 "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "StudyDate", "Modality",
@@ -117,13 +122,20 @@ def test_worklists_columns_order_and_studies(tmp_path: Path, random_model_path):
 def test_usage_errors(tmp_path: Path, random_model_path):
     with pytest.raises(ScanInputError):
         scan(tmp_path / "missing", out=tmp_path / "o", model=random_model_path)
-    with pytest.raises(ScanInputError):
-        scan(tmp_path, out=tmp_path / "o", model=random_model_path, threshold=1.5)
+    with pytest.raises(OptionError, match="--threshold"):
+        scan(tmp_path, out=tmp_path / "o", model=random_model_path, options=ScanOptions(threshold=1.5))
+    with pytest.raises(OptionError, match="--reports: 'some' is not one of flagged, all, none"):
+        ScanOptions(reports="some")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ScanInputError, match="exists and is not a folder"):
+        scan(tmp_path, out=tmp_path / "file", model=random_model_path)
+    with pytest.raises(ScanInputError, match="not a folder"):
+        scan(tmp_path / "file", out=tmp_path / "o", model=random_model_path)
 
 
 def test_empty_folder_writes_empty_worklists(tmp_path: Path, random_model_path):
     (tmp_path / "in").mkdir()
-    res = scan(tmp_path / "in", out=tmp_path / "out", model=random_model_path, workers=0)
+    res = scan(tmp_path / "in", out=tmp_path / "out", model=random_model_path, options=ScanOptions(workers=0))
     assert res.exit_code == 0 and _read(res.images_csv).empty
 
 
@@ -132,8 +144,10 @@ def test_worker_processes_give_the_same_result(tmp_path: Path, random_model_path
     d = tmp_path / "in"
     for i in range(5):
         make_dicom(d / f"{i}.dcm", chest_phantom(seed=i))
-    a = scan(d, out=tmp_path / "o0", model=random_model_path, workers=0, batch_size=2, reports="none")
-    b = scan(d, out=tmp_path / "o2", model=random_model_path, workers=2, batch_size=3, reports="none")
+    a = scan(d, out=tmp_path / "o0", model=random_model_path,
+             options=ScanOptions(workers=0, batch_size=2, reports="none"))
+    b = scan(d, out=tmp_path / "o2", model=random_model_path,
+             options=ScanOptions(workers=2, batch_size=3, reports="none"))
     cols = ["path", "status", "decision"]
     pa, pb = _read(a.images_csv), _read(b.images_csv)
     pd.testing.assert_frame_equal(pa[cols], pb[cols])
@@ -176,7 +190,8 @@ def test_auto_schedule_switches_to_workers_without_losing_a_file(tmp_path: Path,
     (d / "a_broken.dcm").write_bytes(b"not dicom at all")  # the first batch has nothing to score
     for i in range(7):
         make_dicom(d / f"b{i}.dcm", chest_phantom(seed=i))
-    ref = scan(d, out=tmp_path / "o0", model=random_model_path, workers=0, batch_size=1, reports="none")
+    ref = scan(d, out=tmp_path / "o0", model=random_model_path,
+               options=ScanOptions(workers=0, batch_size=1, reports="none"))
     probed = []
 
     def forced(prep_s, prep_wall_s, forward_s, cores, gpu):
@@ -184,7 +199,8 @@ def test_auto_schedule_switches_to_workers_without_losing_a_file(tmp_path: Path,
         return Schedule(1, 1, "forced by the test")
 
     monkeypatch.setattr(scoring, "choose_schedule", forced)
-    res = scan(d, out=tmp_path / "oa", model=random_model_path, workers=None, batch_size=1, reports="none")
+    res = scan(d, out=tmp_path / "oa", model=random_model_path,
+               options=ScanOptions(workers=None, batch_size=1, reports="none"))
     assert len(probed) == 1 and probed[0][0] > 0 and probed[0][1] > 0  # decided once, after a scored batch
     run = json.loads((res.run_dir / "run.json").read_text())
     assert run["schedule"] == {"workers": 1, "torch_threads": 1, "reason": "forced by the test"}
@@ -204,7 +220,7 @@ def test_ledger_fingerprint_is_the_content_that_was_scored(tmp_path: Path, rando
     d = tmp_path / "in"
     files = [make_dicom(d / f"{i}.dcm", chest_phantom(seed=i)) for i in range(3)]
     (d / "empty.dcm").write_bytes(b"")
-    scan(d, out=tmp_path / "out", model=random_model_path, workers=0, reports="none")
+    scan(d, out=tmp_path / "out", model=random_model_path, options=ScanOptions(workers=0, reports="none"))
     with Ledger(tmp_path / "out" / ".cxrscreen" / "ledger.sqlite") as led:
         known = led.known()
     for f in [*files, d / "empty.dcm"]:
@@ -219,7 +235,7 @@ def test_output_permissions(tmp_path: Path, random_model_path):
     make_dicom(d / "x.dcm")
     old = os.umask(0o022)
     try:
-        res = scan(d, out=tmp_path / "out", model=random_model_path, workers=0, reports="none")
+        res = scan(d, out=tmp_path / "out", model=random_model_path, options=ScanOptions(workers=0, reports="none"))
     finally:
         os.umask(old)
     assert res.images_csv.stat().st_mode & 0o007 == 0
@@ -243,7 +259,7 @@ SAMPLE_EXPECTED = {
 @pytest.mark.slow
 def test_sample_dicoms_outcomes(tmp_path: Path, random_model_path):
     folder = Path(__file__).resolve().parents[1] / "sample_dicoms"
-    res = scan(folder, out=tmp_path / "out", model=random_model_path, workers=1, reports="none")
+    res = scan(folder, out=tmp_path / "out", model=random_model_path, options=ScanOptions(workers=1, reports="none"))
     images = _read(res.images_csv)
     assert dict(zip(images["path"], images["status"], strict=True)) == SAMPLE_EXPECTED
     assert res.exit_code == 1  # the corrupt file
@@ -260,7 +276,7 @@ def test_embedded_model_on_the_real_files(shared_data, tmp_path: Path):
 
     if not DEFAULT_MODEL.exists():
         pytest.skip("the embedded model is not in this checkout")
-    res = scan(shared_data / "dicom", out=tmp_path / "out", workers=0, reports="none")
+    res = scan(shared_data / "dicom", out=tmp_path / "out", options=ScanOptions(workers=0, reports="none"))
     images = _read(res.images_csv).set_index("path")
     for name in ("RG1_UNCR.dcm", "RG1_J2KR.dcm", "RG1_J2KI.dcm"):
         assert images.loc[name, "decision"] == "abnormal"
@@ -292,7 +308,7 @@ def test_j2k_twins_score_like_their_uncompressed_originals(tmp_path: Path):
         img = chest_phantom(h, w, seed=i, blob=bool(i % 2))
         make_dicom(d / f"raw{i}.dcm", img, accession=f"R{i}")
         make_dicom(d / f"j2k{i}.dcm", img, accession=f"J{i}", transfer_syntax=JPEG2000Lossless)
-    res = scan(d, out=tmp_path / "out", workers=0, reports="none", precision="fp32")
+    res = scan(d, out=tmp_path / "out", options=ScanOptions(workers=0, reports="none", precision="fp32"))
     images = _read(res.images_csv).set_index("path")
     for i in range(3):
         raw, j2k = images.loc[f"raw{i}.dcm"], images.loc[f"j2k{i}.dcm"]
@@ -320,7 +336,7 @@ def test_file_that_cannot_be_read_is_an_error_row(tmp_path: Path, monkeypatch):
 
 def test_run_ids_are_unique_and_sortable_without_waiting():
     """Runs started in the same second get ``-001``, ``-002``…: distinct, in start order as text, no sleep."""
-    from cxrscreen.pipeline.run import new_run_id
+    from cxrscreen.pipeline.plan import new_run_id
 
     now = 1795572900.0  # 2026-11-25 02:15:00 UTC, frozen: every id below is made in the same second
     taken: set[str] = set()

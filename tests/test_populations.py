@@ -10,8 +10,9 @@ import pandas as pd
 import pydicom
 import pytest
 
+from cxrscreen import scan
 from cxrscreen.model.files import load_model, read_meta
-from cxrscreen.pipeline import scan
+from cxrscreen.options import ScanOptions
 from cxrscreen.populations import (
     AGE_UNKNOWN,
     ALL,
@@ -147,7 +148,7 @@ def test_a_model_with_two_points_applies_each_films_own_threshold(aged_folder: P
     model = two_point_model(random_model_path, tmp_path / "m", pediatric=0.999999, adult=1e-6)
     lm = load_model(model)
     assert lm.points.names == ("pediatric", "adult")
-    res = scan(aged_folder, out=tmp_path / "out", model=lm, workers=0, reports="none")
+    res = scan(aged_folder, out=tmp_path / "out", model=lm, options=ScanOptions(workers=0, reports="none"))
     img = _images(res.out)
     assert img.loc["child.dcm", "population"] == "pediatric" and float(img.loc["child.dcm", "threshold"]) == 0.999999
     assert img.loc["child.dcm", "decision"] == "normal"  # a random model's score stays below 0.999999
@@ -158,24 +159,25 @@ def test_a_model_with_two_points_applies_each_films_own_threshold(aged_folder: P
     assert AGE_UNKNOWN not in img.loc["adult.dcm", "qc_notes"].split(";")
     studies = pd.read_csv(res.studies_csv, dtype=str, keep_default_na=False)
     assert set(studies["population"]) == {"pediatric", "adult"}
-    assert res.summary["operating_points"]["default"] == "adult"
-    assert res.summary["images_scored_by_population"] == {"pediatric": 1, "adult": 2}
+    assert res.summary.operating_points.default == "adult"
+    assert res.summary.images_scored_by_population == {"pediatric": 1, "adult": 2}
 
     # --threshold overrides every population, and the rows are decided again without decoding
-    again = scan(aged_folder, out=tmp_path / "out", model=lm, threshold=1e-6, workers=0, reports="none")
+    again = scan(aged_folder, out=tmp_path / "out", model=lm,
+                 options=ScanOptions(threshold=1e-6, workers=0, reports="none"))
     img = _images(again.out)
-    assert again.summary["files_processed"] == 0 and again.summary["rows_redecided_new_threshold"] == 1
+    assert again.summary.files_processed == 0 and again.summary.rows_redecided_new_threshold == 1
     assert set(img["threshold"].astype(float)) == {1e-6} and set(img["decision"]) == {"abnormal"}
     assert img.loc["child.dcm", "population"] == "pediatric"
 
 
 def test_single_threshold_model_behaves_as_before(aged_folder: Path, tmp_path: Path, random_model_path: Path):
-    res = scan(aged_folder, out=tmp_path / "out", model=random_model_path, threshold=0.3, workers=0,
-               reports="none")
+    res = scan(aged_folder, out=tmp_path / "out", model=random_model_path,
+               options=ScanOptions(threshold=0.3, workers=0, reports="none"))
     img = _images(res.out)
     assert set(img["population"]) == {ALL} and set(img["threshold"].astype(float)) == {0.3}
     assert not any(AGE_UNKNOWN in n for n in img["qc_notes"])
-    assert "operating_points" not in res.summary
+    assert res.summary.operating_points is None and "operating_points" not in res.summary.to_json()
 
 
 def test_a_ledger_of_an_earlier_release_gets_the_population_column(tmp_path: Path) -> None:
@@ -193,7 +195,8 @@ def test_a_ledger_of_an_earlier_release_gets_the_population_column(tmp_path: Pat
 def test_the_sr_carries_each_images_threshold_and_population(aged_folder: Path, tmp_path: Path,
                                                              random_model_path: Path) -> None:
     model = two_point_model(random_model_path, tmp_path / "m", pediatric=0.9, adult=0.1)
-    res = scan(aged_folder, out=tmp_path / "out", model=model, workers=0, reports="none", dicom_results=True)
+    res = scan(aged_folder, out=tmp_path / "out", model=model,
+               options=ScanOptions(workers=0, reports="none", dicom_results=True))
     found = {}
     for f in (res.out / "dicom").rglob("*.dcm"):
         ds = pydicom.dcmread(f)

@@ -12,13 +12,15 @@ import torch
 from pydicom.uid import generate_uid
 from pypdf import PdfReader
 
+from cxrscreen import pages as PG
+from cxrscreen import scan
 from cxrscreen import studies as ST
 from cxrscreen.model.files import load_model
+from cxrscreen.options import ScanOptions
 from cxrscreen.outputs import layout as LY
-from cxrscreen.outputs import pages as PG
 from cxrscreen.outputs import report as R
+from cxrscreen.outputs.overlay import overlay
 from cxrscreen.outputs.worklist import read_csv
-from cxrscreen.pipeline import scan
 from cxrscreen.prepare import prepare_file
 from cxrscreen.preprocess import build_transform, placement, to_display
 from cxrscreen.records import ABNORMAL, NORMAL, REVIEW, ImageRecord
@@ -67,7 +69,7 @@ def scanned(tmp_path_factory, random_model) -> Path:
 
 def run(folder: Path, out: Path, model, **kw):
     kw.setdefault("threshold", LOW)
-    return scan(folder, out=out, model=model, workers=0, batch_size=4, **kw)
+    return scan(folder, out=out, model=model, options=ScanOptions(workers=0, batch_size=4, **kw))
 
 
 def study_reports(out: Path) -> dict[str, str]:
@@ -230,7 +232,7 @@ def test_overlay_aligns_with_the_displayed_image(tmp_path: Path, random_model) -
     assert moved.shape == page.display.shape
     r = np.corrcoef(moved.ravel(), page.display.ravel())[0, 1]
     assert r > 0.9, f"overlay misaligned with the film (correlation {r:.2f})"
-    rgb = PG.overlay(page.display, np.zeros_like(page.display))
+    rgb = overlay(page.display, np.zeros_like(page.display))
     assert np.abs(rgb[..., 0].astype(int) - np.round(page.display * 255)).max() <= 1  # CAM 0 leaves the film
 
 
@@ -270,9 +272,10 @@ def _count_reads(monkeypatch) -> dict[str, int]:
 def test_each_film_is_read_once_with_reports_for_all(folder: Path, tmp_path: Path, random_model, monkeypatch) -> None:
     """Scoring hands the report stage its pages: no file is read a second time, even with --reports all."""
     reads = _count_reads(monkeypatch)
-    res = scan(folder, out=tmp_path / "out", model=random_model, reports="all", batch_size=2, workers=0)
+    res = scan(folder, out=tmp_path / "out", model=random_model,
+               options=ScanOptions(reports="all", batch_size=2, workers=0))
     assert sorted(reads) == ["ap.dcm", "b.dcm", "lat.dcm", "pa.dcm"] and set(reads.values()) == {1}
-    assert "report_rereads" not in res.summary["durations_s"]
+    assert "report_rereads" not in res.summary.durations_s
     assert all(study_reports(tmp_path / "out").values())
     assert not (tmp_path / "out" / ".cxrscreen" / "pages").exists()  # the pages kept for the reports are gone
     pages = [t for f in (tmp_path / "out" / "reports").glob("*.pdf") for t in pdf_text(f)]
@@ -288,12 +291,12 @@ def test_study_flagged_by_a_later_film_gets_its_earlier_films_pages(tmp_path: Pa
     full = make_dicom(tmp_path / "full.dcm", chest_phantom(512, 448, seed=2), study_uid=uid)
     truncate(full, root / "2_truncated.dcm")  # same study, unreadable pixels: error → the study is reviewed
     reads = _count_reads(monkeypatch)
-    res = scan(root, out=tmp_path / "out", model=random_model, reports="flagged", batch_size=1, workers=0,
-               threshold=0.999999)
+    res = scan(root, out=tmp_path / "out", model=random_model,
+               options=ScanOptions(reports="flagged", batch_size=1, workers=0, threshold=0.999999))
     decisions = read_csv(res.images_csv).set_index("path")["decision"].to_dict()
     assert decisions == {"1_normal.dcm": NORMAL, "2_truncated.dcm": REVIEW}
     assert reads == {"1_normal.dcm": 1, "2_truncated.dcm": 1}
-    assert "report_rereads" not in res.summary["durations_s"]
+    assert "report_rereads" not in res.summary.durations_s
     (report,) = (tmp_path / "out" / "reports").glob("*.pdf")
     text = pdf_text(report)
     assert len(text) == 2 and sum("No Grad-CAM" in t for t in text) == 1  # the truncated film's page only
@@ -304,10 +307,10 @@ def test_films_scored_by_an_earlier_run_are_read_again_for_their_report(folder: 
                                                                        monkeypatch) -> None:
     """Reports asked for later (nothing left to score): the report stage reads those films itself."""
     out = tmp_path / "out"
-    scan(folder, out=out, model=random_model, reports="none", workers=0)
+    scan(folder, out=out, model=random_model, options=ScanOptions(reports="none", workers=0))
     reads = _count_reads(monkeypatch)
-    res = scan(folder, out=out, model=random_model, reports="all", workers=0)
-    assert res.summary["files_processed"] == 0
-    assert res.summary["durations_s"]["report_rereads"] == 4
+    res = scan(folder, out=out, model=random_model, options=ScanOptions(reports="all", workers=0))
+    assert res.summary.files_processed == 0
+    assert res.summary.durations_s["report_rereads"] == 4
     assert reads == {"ap.dcm": 1, "pa.dcm": 1, "lat.dcm": 1}  # the truncated file's error needs no pixels
     assert all(study_reports(out).values())

@@ -17,15 +17,16 @@ from pathlib import Path
 
 import pytest
 
+from cxrscreen import scan
 from cxrscreen.model.meta import ModelIntegrityError, read_model_info
-from cxrscreen.pipeline import scan
-from cxrscreen.pipeline.run import plan
-from cxrscreen.pipeline.run_summary import NOT_LOADED
+from cxrscreen.options import ScanOptions
+from cxrscreen.pipeline.plan import plan
+from cxrscreen.runs import NOT_LOADED
 from cxrscreen.state.ledger import Ledger
 from tests.factory import chest_phantom, make_dicom, truncate
 
 REPO = Path(__file__).resolve().parents[1]
-OPTS = {"device": "cpu", "precision": "fp32", "workers": 0, "batch_size": 4}
+OPTS = {"device": "cpu", "precision": "fp32", "workers": 0, "batch_size": 4}  # ScanOptions for every scan here
 
 
 def fresh_python(code: str, env: dict[str, str] | None = None) -> dict:
@@ -41,10 +42,10 @@ def scan_in_fresh_python(folder: Path, out: Path, model: Path, **kw: object) -> 
     args = {**OPTS, **kw}
     return fresh_python(
         "import json, sys\n"
-        "from cxrscreen.pipeline import scan\n"
-        f"r = scan({str(folder)!r}, out={str(out)!r}, model={str(model)!r}, **{args!r})\n"
+        "from cxrscreen import scan\nfrom cxrscreen.options import ScanOptions\n"
+        f"r = scan({str(folder)!r}, out={str(out)!r}, model={str(model)!r}, options=ScanOptions(**{args!r}))\n"
         "print(json.dumps({'torch': 'torch' in sys.modules, 'monai': 'monai' in sys.modules,"
-        " 'summary': r.summary}))\n")
+        " 'summary': r.summary.to_json()}))\n")
 
 
 @pytest.fixture()
@@ -101,8 +102,8 @@ def test_cli_scan_of_an_empty_folder_imports_no_torch(tmp_path: Path) -> None:
 def test_rescan_of_unchanged_films_imports_no_torch_and_writes_the_same(films: Path, tmp_path: Path,
                                                                           random_model_path: Path) -> None:
     out = tmp_path / "out"
-    first = scan(films, out, model=random_model_path, threshold=0.01, reports="flagged", **OPTS)
-    assert first.summary["files_processed"] == 4 and first.summary["runtime"] == "cpu float32 channels_last"
+    first = scan(films, out, model=random_model_path, options=ScanOptions(threshold=0.01, reports="flagged", **OPTS))
+    assert first.summary.files_processed == 4 and first.summary.runtime == "cpu float32 channels_last"
     before = outputs(out)
     assert sum(k.startswith("reports/") for k in before) == 3  # every study is flagged
 
@@ -111,7 +112,7 @@ def test_rescan_of_unchanged_films_imports_no_torch_and_writes_the_same(films: P
     s = got["summary"]
     assert (s["files_found"], s["files_skipped_already_scored"], s["files_processed"]) == (4, 4, 0)
     assert s["runtime"] == NOT_LOADED and s["exit_code"] == 0
-    assert set(s) == set(first.summary)  # run.json keeps its keys
+    assert set(s) == set(first.summary.to_json())  # run.json keeps its keys
     assert outputs(out) == before
     assert (out / "runs" / s["run_id"] / "new_images.csv").is_file()
 
@@ -124,18 +125,18 @@ def test_rescan_of_unchanged_films_imports_no_torch_and_writes_the_same(films: P
 def test_a_rescan_still_remakes_what_changed(films: Path, tmp_path: Path, random_model_path: Path) -> None:
     """A rescan still (re)makes reports: after a deleted report, a new threshold or another report policy."""
     out = tmp_path / "out"
-    scan(films, out, model=random_model_path, threshold=0.01, reports="flagged", **OPTS)
+    scan(films, out, model=random_model_path, options=ScanOptions(threshold=0.01, reports="flagged", **OPTS))
     reports = sorted((out / "reports").iterdir())
     reports[0].unlink()
-    scan(films, out, model=random_model_path, threshold=0.01, reports="flagged", **OPTS)
+    scan(films, out, model=random_model_path, options=ScanOptions(threshold=0.01, reports="flagged", **OPTS))
     assert sorted((out / "reports").iterdir()) == reports  # made again
 
-    res = scan(films, out, model=random_model_path, threshold=0.02, reports="flagged", **OPTS)
-    assert res.summary["rows_redecided_new_threshold"] == 4
+    res = scan(films, out, model=random_model_path, options=ScanOptions(threshold=0.02, reports="flagged", **OPTS))
+    assert res.summary.rows_redecided_new_threshold == 4
     remade = sorted((out / "reports").iterdir())
     assert len(remade) == 3 and not set(remade) & set(reports)  # the threshold is on the page: new reports
 
-    res = scan(films, out, model=random_model_path, threshold=0.999, reports="all", **OPTS)
+    res = scan(films, out, model=random_model_path, options=ScanOptions(threshold=0.999, reports="all", **OPTS))
     images = (out / "worklist_images.csv").read_text()
     assert all(f"reports/{p.name}" in images for p in (out / "reports").iterdir())
     assert len(list((out / "reports").iterdir())) == 3
@@ -153,13 +154,13 @@ def test_modified_weights_are_refused_when_they_are_loaded(tmp_path: Path, rando
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
     (tmp_path / "empty").mkdir()
-    assert scan(tmp_path / "empty", tmp_path / "o1", model=model, **OPTS).exit_code == 0
+    assert scan(tmp_path / "empty", tmp_path / "o1", model=model, options=ScanOptions(**OPTS)).exit_code == 0
     make_dicom(tmp_path / "in" / "a.dcm")
     with pytest.raises(ModelIntegrityError):
-        scan(tmp_path / "in", tmp_path / "o2", model=model, **OPTS)
+        scan(tmp_path / "in", tmp_path / "o2", model=model, options=ScanOptions(**OPTS))
     weights.unlink()
     with pytest.raises(FileNotFoundError, match="model weights not found"):  # still refused at once
-        scan(tmp_path / "empty", tmp_path / "o3", model=model, **OPTS)
+        scan(tmp_path / "empty", tmp_path / "o3", model=model, options=ScanOptions(**OPTS))
 
 
 @pytest.mark.slow
@@ -169,12 +170,12 @@ def test_a_run_that_imports_torch_gives_back_its_settings(films: Path, tmp_path:
     changes while scoring are put back to what torch and MONAI started with."""
     code = (
         "import json, sys\n"
-        "from cxrscreen.pipeline import scan\n"
+        "from cxrscreen import scan\nfrom cxrscreen.options import ScanOptions\n"
         f"r = scan({str(films)!r}, out={str(tmp_path / 'out')!r}, model={str(random_model_path)!r},"
-        f" reports='none', **{OPTS!r})\n"
+        f" options=ScanOptions(reports='none', **{OPTS!r}))\n"
         "import torch\n"
         "from monai.data import get_track_meta\n"
-        "print(json.dumps([r.summary['files_processed'], torch.get_num_threads(), get_track_meta()]))\n")
+        "print(json.dumps([r.summary.files_processed, torch.get_num_threads(), get_track_meta()]))\n")
     assert fresh_python(code, env={"OMP_NUM_THREADS": "1"}) == [4, 1, True]  # scoring ran with 2 threads
 
 
@@ -195,10 +196,10 @@ def test_one_thread_imports_torch_while_the_plan_goes_on(films: Path, tmp_path: 
         "            seen.add((threading.current_thread().name, top))\n"
         "        return None\n"
         "sys.meta_path.insert(0, Spy())\n"
-        "from cxrscreen.pipeline import scan\n"
+        "from cxrscreen import scan\nfrom cxrscreen.options import ScanOptions\n"
         f"r = scan({str(films)!r}, out={str(tmp_path / 'out')!r}, model={str(random_model_path)!r},"
-        f" reports='flagged', threshold=0.01, **{OPTS!r})\n"
-        "print(json.dumps([r.summary['files_processed'], sorted(seen)]))\n")
+        f" options=ScanOptions(reports='flagged', threshold=0.01, **{OPTS!r}))\n"
+        "print(json.dumps([r.summary.files_processed, sorted(seen)]))\n")
     processed, importers = fresh_python(code)
     assert processed == 4
     # every torch or MONAI import made while the model loads (and the first of each) is the loader's

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from cxrscreen.pipeline.run import plan
-from cxrscreen.pipeline.run_summary import DRIFT_BOUNDS, DRIFT_MIN_IMAGES, drift_check
+from cxrscreen.pipeline.plan import plan
 from cxrscreen.records import ImageRecord
+from cxrscreen.runs import DRIFT_BOUNDS, DRIFT_MIN_IMAGES, RunSummary, drift_check
 from cxrscreen.state.atomic import atomic_open, atomic_write_text
 from cxrscreen.state.ledger import Ledger, file_sha256
 from cxrscreen.state.lock import LockedError, folder_lock
@@ -230,30 +230,30 @@ def test_lock_dies_with_its_process_not_with_forked_children(tmp_path: Path) -> 
 
 
 # --------------------------------------------------------------------------- drift
-def _summary(n: int, flag: float, review: float, median: float) -> dict:
-    return {"images_scored": n, "flag_rate": flag, "review_rate": review, "probability_quantiles": {"0.5": median}}
+def _summary(n: int, flag: float, review: float, median: float) -> RunSummary:
+    return RunSummary("r", images_scored=n, flag_rate=flag, review_rate=review, probability_quantiles={"0.5": median})
 
 
 def test_drift_quiet_without_history_or_small_runs() -> None:
-    assert drift_check(_summary(100, 0.9, 0.9, 0.9), [])["warnings"] == []
+    assert drift_check(_summary(100, 0.9, 0.9, 0.9), []).warnings == ()
     small = [_summary(DRIFT_MIN_IMAGES - 1, 0.1, 0.1, 0.1)] * 7
     res = drift_check(_summary(100, 0.9, 0.9, 0.9), small)
-    assert res["compared_runs"] == 0 and res["warnings"] == []
+    assert res.compared_runs == 0 and res.warnings == ()
     res = drift_check(_summary(DRIFT_MIN_IMAGES - 1, 0.9, 0.9, 0.9), [_summary(100, 0.1, 0.1, 0.1)])
-    assert res["warnings"] == []
+    assert res.warnings == ()
 
 
 def test_drift_within_bounds_is_quiet() -> None:
     prev = [_summary(50, 0.20, 0.05, 0.30), _summary(50, 0.30, 0.15, 0.40)]  # means 0.25, 0.10, 0.35
     res = drift_check(_summary(50, 0.25 + 0.14, 0.10 - 0.14, 0.35 + 0.14), prev)
-    assert res["compared_runs"] == 2 and res["warnings"] == []
-    assert res["baseline"] == pytest.approx({"flag_rate": 0.25, "review_rate": 0.10, "median_probability": 0.35})
-    assert res["bounds"] == DRIFT_BOUNDS
+    assert res.compared_runs == 2 and res.warnings == ()
+    assert res.baseline == pytest.approx({"flag_rate": 0.25, "review_rate": 0.10, "median_probability": 0.35})
+    assert res.bounds == DRIFT_BOUNDS
 
 
 def test_drift_beyond_bounds_warns_per_metric() -> None:
     prev = [_summary(50, 0.20, 0.10, 0.30)] * 7
     res = drift_check(_summary(50, 0.20 + 0.16, 0.10, 0.30 - 0.16), prev)
-    assert len(res["warnings"]) == 2
-    assert res["warnings"][0].startswith("flag_rate 0.360 vs 0.200 over the last 7 runs")
-    assert res["warnings"][1].startswith("median_probability")
+    assert len(res.warnings) == 2
+    assert res.warnings[0].startswith("flag_rate 0.360 vs 0.200 over the last 7 runs")
+    assert res.warnings[1].startswith("median_probability")

@@ -13,7 +13,7 @@ from reportlab import rl_config
 from cxrscreen import __version__
 from cxrscreen.outputs import study_pdf as SP
 from cxrscreen.outputs.layout import DISCLAIMER, fonts, wrap
-from cxrscreen.outputs.pages import Page
+from cxrscreen.pages import Page
 from cxrscreen.records import ABNORMAL, REVIEW, ImageRecord
 from cxrscreen.studies import Study
 from tests.factory import chest_phantom

@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 from pypdf import PdfReader
 
+from cxrscreen import scan
+from cxrscreen.options import ScanOptions
 from cxrscreen.outputs import summary as S
 from cxrscreen.outputs.worklist import read_csv
-from cxrscreen.pipeline import scan
+from cxrscreen.runs import RunSummary
 from tests.factory import chest_phantom, make_dicom, make_sr
 
 
@@ -26,7 +28,7 @@ def test_scan_writes_the_summary(tmp_path: Path, random_model) -> None:
     make_dicom(root / "b.dcm", chest_phantom(512, 448, seed=2), accession="ACC0102", view="LL")
     make_sr(root / "c.dcm")
     out = tmp_path / "out"
-    res = scan(root, out=out, model=random_model, threshold=1e-6, workers=0)
+    res = scan(root, out=out, model=random_model, options=ScanOptions(threshold=1e-6, workers=0))
     pdf = out / "summary.pdf"
     assert stat.S_IMODE(pdf.stat().st_mode) == 0o640
     assert not list(out.glob(".summary.pdf.*"))
@@ -44,7 +46,7 @@ def test_scan_writes_the_summary(tmp_path: Path, random_model) -> None:
 
 
 def test_summary_with_nothing_scored(tmp_path: Path, random_model) -> None:
-    summary = {"run_id": "20261125T010203Z", "wall_s": 3725.0, "statuses": {}, "decisions": {}, "exit_code": 0}
+    summary = RunSummary("20261125T010203Z", wall_s=3725.0)
     path = S.write_summary_pdf(tmp_path / "summary.pdf", summary, pd.DataFrame(columns=["decision", "probability"]),
                                random_model, 0.42, images=None)
     text = text_of(path)
@@ -57,7 +59,7 @@ def test_many_flagged_studies_are_capped(tmp_path: Path, random_model, monkeypat
     studies = pd.DataFrame({"decision": ["abnormal"] * 5 + ["normal"], "AccessionNumber": [f"A{i}" for i in range(6)],
                             "probability": [0.6, 0.9, 0.7, 0.8, 0.95, 0.1], "n_images": 1, "report": ""})
     images = studies.assign(status="ok")
-    path = S.write_summary_pdf(tmp_path / "s.pdf", {"run_id": "x"}, studies, random_model, 0.5, images=images)
+    path = S.write_summary_pdf(tmp_path / "s.pdf", RunSummary("x"), studies, random_model, 0.5, images=images)
     text = text_of(path)
     assert "First 3 of 5 flagged studies" in text
     assert text.index("A4") < text.index("A1") < text.index("A3")

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from cxrscreen.cli.common import DEVICE_HELP, TRAIN_PRECISION_HELP, ExitCode, Quiet, fail
+from cxrscreen.events import EpochDone, Event, Resumed, SitePrepared, SitePreparing
 from cxrscreen.options import Device, TrainLayers, TrainPrecision
 
 
@@ -47,18 +48,18 @@ def adapt_command(
         fail(f"{dicom_dir}: not a folder")
     console = Console(stderr=True, quiet=quiet)
 
-    def on_event(e: dict) -> None:
-        kind = e["event"]
-        if kind == "preparing":
-            console.print("preparing the site's films through the scan path")
-        elif kind == "prepared":
-            console.print(f"{e['films_found']} films, {e['qc_rejected']} rejected by QC, {e['labelled']} labelled, "
-                          f"{e['label_rows_unmatched']} label rows unmatched; {e['usable']} used ({e['seconds']:.0f} s)")
-        elif kind == "resumed":
-            console.print(f"resuming at epoch {e['epoch'] + 1}")
-        elif kind == "epoch":
-            console.print(f"epoch {e['epoch'] + 1}/{epochs}: loss {e['train_loss']:.4f}, calibration AUROC "
-                          f"{e['calibration_auroc']:.3f} ({e['seconds']:.0f} s; best epoch {e['best_epoch'] + 1})")
+    def on_event(e: Event) -> None:
+        match e:
+            case SitePreparing():
+                console.print("preparing the site's films through the scan path")
+            case SitePrepared():
+                console.print(f"{e.films_found} films, {e.qc_rejected} rejected by QC, {e.labelled} labelled, "
+                              f"{e.label_rows_unmatched} label rows unmatched; {e.usable} used ({e.seconds:.0f} s)")
+            case Resumed():
+                console.print(f"resuming at epoch {e.epoch + 1}")
+            case EpochDone():
+                console.print(f"epoch {e.epoch + 1}/{epochs}: loss {e.train_loss:.4f}, calibration AUROC "
+                              f"{e.score:.3f} ({e.seconds:.0f} s; best epoch {e.best_epoch + 1})")
 
     cfg = AdaptConfig(dicom_dir=str(dicom_dir), labels=str(labels), out=str(out), init=init,
                       target_sensitivity=target_sensitivity, require_lower_bound=require_lower_bound, epochs=epochs,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from cxrscreen import __version__
 from cxrscreen.cli.adapt import adapt_command
 from cxrscreen.cli.calibrate import calibrate_command
 from cxrscreen.cli.evaluate import evaluate_command
@@ -13,6 +12,7 @@ from cxrscreen.cli.pull import pull_command
 from cxrscreen.cli.scan import scan_command
 from cxrscreen.cli.send import send_command
 from cxrscreen.cli.train import train_command
+from cxrscreen.version import __version__
 
 app = typer.Typer(
     name="cxrscreen",

@@ -27,6 +27,7 @@ from cxrscreen.cli.common import (
     fail,
     is_tty,
 )
+from cxrscreen.events import BatchScored, Event, ReportWritten, ScanStarted
 from cxrscreen.logs import native_stderr_to_log, setup_logging
 from cxrscreen.options import Device, Precision, ReportPolicy
 
@@ -50,28 +51,16 @@ def scan_command(
     log_file: LogFile = None,
 ) -> None:
     """Find DICOM files, reject what is not an assessable frontal chest film, score the rest, write worklists."""
-    from cxrscreen.state.ledger import STATE_DIR
-    from cxrscreen.state.lock import LockedError, folder_lock
-
-    state = out / STATE_DIR
-    if state.is_dir():  # fast refusal before anything is loaded; scan() takes the lock for real
-        try:
-            with folder_lock(state):
-                pass
-        except LockedError as exc:
-            fail(f"{exc}; not starting a second run", ExitCode.LOCKED)
-
+    from cxrscreen import scan
     from cxrscreen.model.meta import ModelIntegrityError  # no torch: a scan with nothing to score imports none
-    from cxrscreen.pipeline import ScanInputError, scan
+    from cxrscreen.options import OptionError, ScanOptions
+    from cxrscreen.state.lock import LockedError
 
-    if not folder.exists():
-        fail(f"{folder}: no such folder")
-    if not folder.is_dir():
-        fail(f"{folder}: not a folder")
-    if threshold is not None and not 0.0 < threshold < 1.0:
-        fail("--threshold must be strictly between 0 and 1")
-    if out.exists() and not out.is_dir():
-        fail(f"--out {out}: exists and is not a folder")
+    try:
+        options = ScanOptions(threshold=threshold, device=device, precision=precision, batch_size=batch_size,
+                              workers=workers, reports=reports, rescan=rescan, dicom_results=dicom_results)
+    except OptionError as exc:
+        fail(str(exc))
     os.umask(0o027)  # the CLI's process: outputs (worklists, reports, ledger) owner/group-only
     setup_logging(quiet=quiet or as_json, log_file=log_file, root=folder)
     console = Console(stderr=True, quiet=quiet or as_json)
@@ -79,23 +68,22 @@ def scan_command(
                         TimeElapsedColumn(), console=console, disable=quiet or as_json or not is_tty(), transient=True)
     task = None
 
-    def on_event(e: dict) -> None:
+    def on_event(e: Event) -> None:
         nonlocal task
-        if e["event"] == "start":
-            task = progress.add_task("scan", total=e["todo"], rate="")
-        elif e["event"] == "batch" and task is not None:
-            progress.update(task, completed=e["done"], rate=f"{e['img_s']:.1f} img/s")
-        elif e["event"] == "report" and task is not None:
-            progress.update(task, description="reports")
+        match e:
+            case ScanStarted(todo=todo):
+                task = progress.add_task("scan", total=todo, rate="")
+            case BatchScored(done=done, img_s=rate) if task is not None:
+                progress.update(task, completed=done, rate=f"{rate:.1f} img/s")
+            case ReportWritten() if task is not None:
+                progress.update(task, description="reports")
 
     try:
         with native_stderr_to_log(folder), progress:  # decoders' own stderr lines → the log, scrubbed
-            result = scan(folder, out=out, model=model, threshold=threshold, device=device.value,
-                          precision=precision.value, batch_size=batch_size, workers=workers, reports=reports.value,
-                          rescan=rescan, progress=on_event, dicom_results=dicom_results)
+            result = scan(folder, out, model, options, progress=on_event)
     except LockedError as exc:
         fail(f"{exc}; not starting a second run", ExitCode.LOCKED)
-    except (ScanInputError, FileNotFoundError, ModelIntegrityError) as exc:
+    except (OptionError, FileNotFoundError, ModelIntegrityError) as exc:
         fail(str(exc))
     except (KeyboardInterrupt, SystemExit):
         raise
@@ -106,15 +94,13 @@ def scan_command(
         fail(f"internal error ({type(exc).__name__}); details in the log", ExitCode.INTERNAL)
     s = result.summary
     if as_json:
-        typer.echo(json.dumps(s, indent=2))
+        typer.echo(json.dumps(s.to_json(), indent=2))
     else:
-        decisions = ", ".join(f"{v} {k}" for k, v in sorted(s["decisions"].items())) or "nothing new"
-        console.print(f"{s['files_found']} files, {s['files_skipped_already_scored']} already scored, "
-                      f"{s['files_processed']} processed: {decisions}")
+        decisions = ", ".join(f"{v} {k}" for k, v in sorted(s.decisions.items())) or "nothing new"
+        console.print(f"{s.files_found} files, {s.files_skipped_already_scored} already scored, "
+                      f"{s.files_processed} processed: {decisions}")
         console.print(f"worklists: {result.images_csv} and {result.studies_csv}")
-        errors = s["statuses"]
-        n_err = sum(v for k, v in errors.items() if k.startswith("error"))
-        if n_err:
-            console.print(f"{n_err} file(s) could not be read; see the status column (exit code 1)")
+        if s.errors:
+            console.print(f"{s.errors} file(s) could not be read; see the status column (exit code 1)")
     logging.getLogger("cxrscreen").info("run %s finished with exit code %d", result.run_id, result.exit_code)
     raise typer.Exit(result.exit_code)

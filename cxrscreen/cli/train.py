@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from cxrscreen.cli.common import DEVICE_HELP, TRAIN_PRECISION_HELP, Quiet, fail, is_tty
+from cxrscreen.events import CachingImages, EpochDone, Event, Resumed, TrainStep
 from cxrscreen.options import Device, Optimizer, TrainPrecision
 
 
@@ -48,27 +49,27 @@ def train_command(
                         TimeRemainingColumn(), console=console, disable=quiet or not is_tty())
     task = None
 
-    def on_event(e: dict) -> None:
+    def on_event(e: Event) -> None:
         nonlocal task
-        kind = e["event"]
-        if kind == "step":
-            desc = f"epoch {e['epoch'] + 1}/{epochs}"
-            if not is_tty() and e["step"] % 50 == 0:  # a log line now and then under nohup/cron
-                console.print(f"{desc} step {e['step']}/{e['steps']}: loss {e['loss']:.4f}, {e['img_s']:.1f} img/s")
-            if task is None:
-                task = progress.add_task(desc, total=e["steps"], info="")
-            progress.update(task, completed=e["step"], total=e["steps"], description=desc,
-                            info=f"loss {e['loss']:.4f} · {e['img_s']:.1f} img/s")
-        elif kind == "epoch":
-            if task is not None:
-                progress.remove_task(task)
-                task = None
-            console.print(f"epoch {e['epoch'] + 1}: train loss {e['train_loss']:.4f}, "
-                          f"val AUROC {e['val_auroc']:.4f} ({e['seconds']:.0f} s; best epoch {e['best_epoch'] + 1})")
-        elif kind == "caching":
-            console.print(f"preparing {e['train']} train and {e['val']} val images")
-        elif kind == "resumed":
-            console.print(f"resuming at epoch {e['epoch'] + 1}")
+        match e:
+            case TrainStep():
+                desc = f"epoch {e.epoch + 1}/{epochs}"
+                if not is_tty() and e.step % 50 == 0:  # a log line now and then under nohup/cron
+                    console.print(f"{desc} step {e.step}/{e.steps}: loss {e.loss:.4f}, {e.img_s:.1f} img/s")
+                if task is None:
+                    task = progress.add_task(desc, total=e.steps, info="")
+                progress.update(task, completed=e.step, total=e.steps, description=desc,
+                                info=f"loss {e.loss:.4f} · {e.img_s:.1f} img/s")
+            case EpochDone():
+                if task is not None:
+                    progress.remove_task(task)
+                    task = None
+                console.print(f"epoch {e.epoch + 1}: train loss {e.train_loss:.4f}, "
+                              f"val AUROC {e.score:.4f} ({e.seconds:.0f} s; best epoch {e.best_epoch + 1})")
+            case CachingImages():
+                console.print(f"preparing {e.train} train and {e.val} val images")
+            case Resumed():
+                console.print(f"resuming at epoch {e.epoch + 1}")
 
     try:
         with progress:

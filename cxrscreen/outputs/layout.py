@@ -24,8 +24,8 @@ from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import LongTable, Table, TableStyle
 
-from cxrscreen import __version__
 from cxrscreen.records import ABNORMAL, NORMAL, REVIEW, Status
+from cxrscreen.version import __version__
 
 DISCLAIMER = "Research use only — not a diagnostic device"
 

@@ -16,12 +16,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from cxrscreen.events import ProgressFn, ReportWritten, ignore
 from cxrscreen.options import ReportPolicy
 from cxrscreen.outputs.layout import describe_status
-from cxrscreen.outputs.pages import Page, PageStore, make_pages
 from cxrscreen.outputs.study_pdf import ReportContext, render_study
+from cxrscreen.pages import Page, PageStore, make_pages
 from cxrscreen.records import ImageRecord
 from cxrscreen.state.atomic import atomic_open
 from cxrscreen.state.ledger import Ledger
@@ -46,7 +47,6 @@ LAYOUT_VERSION = "report/2"  # bump when the page layout changes: every report i
 _NAME_RE = re.compile(r"^(?P<stem>[A-Za-z0-9_-]+_[0-9a-f]{12})_(?P<key>[0-9a-f]{10})\.pdf$")
 
 
-Emit = Callable[[dict[str, Any]], None]
 
 
 def sanitize(text: str, limit: int = 24) -> str:
@@ -106,10 +106,6 @@ def reread(root: Path, record: ImageRecord, lm: LoadedModel, rt: Runtime,
     return page
 
 
-def _ignore(_event: dict[str, Any]) -> None:
-    pass
-
-
 @dataclass
 class ReportSetup:
     """Where reports go and what makes them: the output folder, the scanned folder (films scored by an
@@ -123,7 +119,7 @@ class ReportSetup:
     rt: Runtime | None  # None: the lazy model's own, asked for only when a page must be made
     ledger: Ledger
     pages: PageStore | None = None
-    emit: Emit = _ignore
+    emit: ProgressFn = ignore
     durations: Timings = field(default_factory=Timings)
 
 
@@ -183,7 +179,7 @@ class ReportWriter:
             if self.write(result[i], rel):
                 result[i] = result[i].with_report(rel)
                 done.add(result[i].key)
-                self.emit({"event": "report", "done": len(done), "total": len(todo)})
+                self.emit(ReportWritten(len(done), len(todo)))
         log.info("reports: %d of %d written", len(done), len(todo))
         return done, result
 

@@ -34,7 +34,6 @@ from reportlab.platypus import (
     TableStyle,
 )
 
-from cxrscreen import __version__
 from cxrscreen.outputs.layout import (
     DECISION_COLOUR,
     DISCLAIMER,
@@ -52,9 +51,11 @@ from cxrscreen.outputs.layout import (
     person_name,
     wrap,
 )
-from cxrscreen.outputs.pages import Page, overlay
+from cxrscreen.outputs.overlay import overlay
+from cxrscreen.pages import Page
 from cxrscreen.populations import ALL
 from cxrscreen.studies import Study
+from cxrscreen.version import __version__
 
 PAGE = landscape(A4)
 

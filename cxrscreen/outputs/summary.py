@@ -28,7 +28,6 @@ from reportlab.platypus import (
     TableStyle,
 )
 
-from cxrscreen import __version__
 from cxrscreen.model.meta import ModelInfo
 from cxrscreen.outputs.layout import (
     DECISION_COLOUR,
@@ -43,7 +42,9 @@ from cxrscreen.outputs.layout import (
     table,
 )
 from cxrscreen.records import ABNORMAL, DECISION_ORDER, NORMAL, REVIEW, Status
+from cxrscreen.runs import RunSummary
 from cxrscreen.state.atomic import atomic_open, atomic_write_bytes
+from cxrscreen.version import __version__
 
 MAX_ROWS = 500  # flagged studies listed; the worklist CSV has them all
 DECISIONS = (ABNORMAL, REVIEW, NORMAL)
@@ -150,9 +151,9 @@ def _number_cols(t: Table, first: int) -> None:
     t.setStyle(TableStyle([("ALIGN", (first, 0), (-1, -1), "RIGHT")]))
 
 
-def _decision_counts(summary: Mapping[str, Any], images: pd.DataFrame | None) -> Table:
-    run = summary.get("decisions", {}) or {}
-    wl_studies = (summary.get("worklist_totals", {}) or {}).get("decisions", {}) or {}
+def _decision_counts(summary: RunSummary, images: pd.DataFrame | None) -> Table:
+    run = summary.decisions
+    wl_studies = summary.worklist_totals.decisions
     wl_images = Counter(images["decision"]) if images is not None and len(images) else Counter()
     rows: list[list[Any]] = [["Decision", "This run (images)", "Worklist (images)", "Worklist (studies)"]]
     for d in DECISIONS:
@@ -165,10 +166,10 @@ def _decision_counts(summary: Mapping[str, Any], images: pd.DataFrame | None) ->
     return t
 
 
-def _status_counts(summary: Mapping[str, Any], images: pd.DataFrame | None) -> Table:
+def _status_counts(summary: RunSummary, images: pd.DataFrame | None) -> Table:
     worklist = Counter(images["status"]) if images is not None and len(images) else Counter()
     rows: list[list[Any]] = [["Status", "Reason", "This run", "Worklist"]]
-    rows += [list(r) for r in status_rows(summary.get("statuses", {}) or {}, worklist)]
+    rows += [list(r) for r in status_rows(summary.statuses, worklist)]
     if len(rows) == 1:
         rows.append(["—", "nothing scored", 0, 0])
     t = table(rows, [40 * mm, 70 * mm, 25 * mm, 25 * mm])
@@ -212,70 +213,67 @@ def _histogram(images: pd.DataFrame | None, studies: pd.DataFrame, thr: float, s
     return [Image(io.BytesIO(png), width=170 * mm, height=170 * mm * 2.5 / 6.8)]
 
 
-def _thresholds_text(summary: Mapping[str, Any], meta: Mapping[str, Any], thr: float) -> str:
+def _thresholds_text(summary: RunSummary, meta: Mapping[str, Any], thr: float) -> str:
     """One threshold (and where it came from), or one per population with its age band."""
-    op = summary.get("operating_points")
-    if not op:
+    op = summary.operating_points
+    if op is None:
         return fmt_threshold(thr) + (f" ({clean(meta['threshold_source'])})" if meta.get("threshold_source") else "")
     parts = []
-    for p in op["points"]:
-        lo, hi = p.get("min_age_years") or 0, p.get("max_age_years")
+    for p in op.points:
+        lo, hi = p.min_age_years or 0, p.max_age_years
         band = f"< {hi:g} y" if not lo and hi is not None else (f"≥ {lo:g} y" if hi is None else f"{lo:g}–{hi:g} y")
-        default = ", also age unknown" if p["population"] == op["default"] else ""
-        parts.append(f"{clean(p['population'])} ({band}{default}): {fmt_threshold(float(p['threshold']))}")
+        default = ", also age unknown" if p.population == op.default else ""
+        parts.append(f"{clean(p.population)} ({band}{default}): {fmt_threshold(p.threshold)}")
     return "; ".join(parts)
 
 
-def _model_table(summary: Mapping[str, Any], lm: ModelInfo, thr: float) -> Table:
+def _model_table(summary: RunSummary, lm: ModelInfo, thr: float) -> Table:
     meta = lm.meta
     rows = [
         ["Model", f"{lm.name} {meta.get('version', '')}".strip()],
         ["Weights sha256", lm.sha256[:16] + "…"],
         ["Threshold", _thresholds_text(summary, meta, thr)],
-        ["Runtime", clean(summary.get("runtime", "")) or "—"],
-        ["Software", f"cxrscreen {summary.get('software_version', __version__)}"],
+        ["Runtime", clean(summary.runtime) or "—"],
+        ["Software", f"cxrscreen {summary.software_version}"],
     ]
     regular, _ = fonts()
     rows = [[k, fit(str(v), regular, 8.5, 128 * mm)] for k, v in rows]
     return table(rows, [35 * mm, 130 * mm], header=False)
 
 
-def _run_table(summary: Mapping[str, Any]) -> Table:
-    statuses = summary.get("statuses", {}) or {}
-    n_err = sum(v for k, v in statuses.items() if Status(k).is_error)
-    ips = summary.get("images_per_s")
+def _run_table(summary: RunSummary) -> Table:
+    n_err = sum(v for k, v in summary.statuses.items() if Status(k).is_error)
+    ips = summary.images_per_s
     regular, _ = fonts()
     rows = [
-        ["Folder", fit(str(summary.get("folder", "")), regular, 8.5, 128 * mm)],
-        ["Files found", summary.get("files_found", 0)],
-        ["Already scored (skipped)", summary.get("files_skipped_already_scored", 0)],
-        ["Processed this run", summary.get("files_processed", 0)],
-        ["Images scored this run", summary.get("images_scored", 0)],
+        ["Folder", fit(summary.folder, regular, 8.5, 128 * mm)],
+        ["Files found", summary.files_found],
+        ["Already scored (skipped)", summary.files_skipped_already_scored],
+        ["Processed this run", summary.files_processed],
+        ["Images scored this run", summary.images_scored],
         ["Unreadable files (errors)", n_err],
         ["Throughput", f"{ips} files/s" if ips else "—"],
     ]
     return table(rows, [45 * mm, 120 * mm], header=False)
 
 
-def _stages(summary: Mapping[str, Any], st: dict) -> Paragraph:
-    d = summary.get("durations_s", {}) or {}
-    text = " · ".join(f"{escape(str(k))} {float(v):.1f} s" for k, v in d.items())
+def _stages(summary: RunSummary, st: dict) -> Paragraph:
+    text = " · ".join(f"{escape(str(k))} {float(v):.1f} s" for k, v in summary.durations_s.items())
     return Paragraph(f"Stage times: {text or '—'}", st["small"])
 
 
-def _drift(summary: Mapping[str, Any], st: dict) -> list[Any]:
-    warnings = (summary.get("drift", {}) or {}).get("warnings", []) or []
-    return [Paragraph(f"Drift: {escape(clean(w))}", st["warn"]) for w in warnings]
+def _drift(summary: RunSummary, st: dict) -> list[Any]:
+    return [Paragraph(f"Drift: {escape(clean(w))}", st["warn"]) for w in summary.drift.warnings]
 
 
-def build_story(summary: Mapping[str, Any], studies: pd.DataFrame, lm: ModelInfo, thr: float,
+def build_story(summary: RunSummary, studies: pd.DataFrame, lm: ModelInfo, thr: float,
                 images: pd.DataFrame | None = None, cache: Path | None = None) -> list[Any]:
     st = styles()
-    run_id = str(summary.get("run_id", ""))
+    run_id = summary.run_id
     story: list[Any] = [
         Paragraph("cxrscreen — batch summary", st["title"]),
         Paragraph(escape(f"Run {clean(run_id)} · started {run_started(run_id)} · duration "
-                         f"{duration(summary.get('wall_s'))} · exit code {summary.get('exit_code', '—')}"), st["body"]),
+                         f"{duration(summary.wall_s)} · exit code {summary.exit_code}"), st["body"]),
         Spacer(1, 4),
         _run_table(summary),
         _stages(summary, st),
@@ -292,7 +290,7 @@ def build_story(summary: Mapping[str, Any], studies: pd.DataFrame, lm: ModelInfo
     return story
 
 
-def write_summary_pdf(path: Path, summary: dict, studies: pd.DataFrame, lm: ModelInfo, thr: float,
+def write_summary_pdf(path: Path, summary: RunSummary, studies: pd.DataFrame, lm: ModelInfo, thr: float,
                       images: pd.DataFrame | None = None, cache: Path | None = None) -> Path:
     """Write ``summary.pdf`` atomically (mode 0640); ``images`` (the image worklist) feeds the histogram,
     kept in the folder ``cache`` for the next run (:func:`cached_histogram_png`) when given."""

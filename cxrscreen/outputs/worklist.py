@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrscreen import __version__
 from cxrscreen.records import ABNORMAL, DECISION_ORDER, ImageRecord
 from cxrscreen.safetext import FORBIDDEN, FORMULA_TRIGGERS, MAX_CELL_CHARS, neutralise_cell, unneutralise
 from cxrscreen.state.atomic import atomic_open
 from cxrscreen.studies import Study
+from cxrscreen.version import __version__
 
 IMAGE_COLUMNS = [
     "rank", "decision", "probability", "threshold", "population", "status", "qc_notes",

@@ -5,24 +5,25 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cxrscreen.events import ProgressFn, ignore
 from cxrscreen.model.lazy import LazyModel
-from cxrscreen.options import ReportPolicy
+from cxrscreen.options import OptionError, ReportPolicy
 from cxrscreen.populations import OperatingPoints
+from cxrscreen.runs import RunSummary
 from cxrscreen.state.ledger import Ledger
 from cxrscreen.timings import Timings
 
 if TYPE_CHECKING:
-    from cxrscreen.outputs.pages import PageStore
-
-ProgressFn = Callable[[dict[str, Any]], None]
+    from cxrscreen.pages import PageStore
 
 
-class ScanInputError(ValueError):
+
+class ScanInputError(OptionError):
     """A usage problem (missing folder, unusable model…): exit code 2."""
 
 
@@ -36,11 +37,7 @@ class ScanResult:
     studies_csv: Path
     run_dir: Path
     exit_code: int
-    summary: dict[str, Any] = field(default_factory=dict)
-
-
-def _ignore(_event: dict[str, Any]) -> None:
-    pass
+    summary: RunSummary
 
 
 @dataclass
@@ -57,7 +54,7 @@ class RunContext:
     ledger: Ledger
     run_id: str
     dicom_results: bool = False  # SR + encapsulated PDF in OUT/dicom/ (outputs.dicom)
-    emit: ProgressFn = _ignore
+    emit: ProgressFn = ignore
     durations: Timings = field(default_factory=Timings)
     pages: PageStore | None = None  # report pages made while the scoring pass holds the pixels
     schedule: dict[str, Any] | None = None  # what scoring ran with (for run.json)

@@ -6,7 +6,7 @@ With ``workers=None`` the first batch is prepared in process and timed, then
 Compressed pixel data is decoded in helper processes (:mod:`cxrscreen.ingest.isolation`); a
 DataLoader worker that dies anyway is replaced and its files prepared again, each decode isolated
 (:func:`_recover`). While a batch's pixels are held, the report pages it needs are made
-(:class:`~cxrscreen.outputs.pages.PageStore`), so no film is read twice.
+(:class:`~cxrscreen.pages.PageStore`), so no film is read twice.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from monai.data import set_track_meta
 from torch.utils.data import DataLoader, Dataset
 
 from cxrscreen import faults
+from cxrscreen.events import BatchScored
 from cxrscreen.ingest import isolation
 from cxrscreen.logs import file_handle
 from cxrscreen.model.inference import predict_batch
@@ -257,8 +258,7 @@ class _Scorer:
         self.records.extend(records)
         self.batches += 1
         faults.kill_after_batch(self.batches)
-        ctx.emit({"event": "batch", "done": len(self.records), "total": len(self.todo),
-                  "img_s": len(self.records) / (time.perf_counter() - self.t0)})
+        ctx.emit(BatchScored(len(self.records), len(self.todo), len(self.records) / (time.perf_counter() - self.t0)))
 
 
 def _from_workers(it: Iterator[list[Prepared]]) -> Iterator[list[Prepared]]:

@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS runs (
 ADDED_COLUMNS = (("population", "TEXT NOT NULL DEFAULT ''"),)
 
 STATE_DIR = ".cxrscreen"  # under OUT: the ledger, the lock, pages kept for reports
+PAGES_DIR = "pages"  # under STATE_DIR: report pages made while scoring (cxrscreen.pages.PageStore)
 LEDGER_NAME = "ledger.sqlite"
 
 file_sha256 = sha256_file  # the content fingerprint that confirms a changed size/mtime

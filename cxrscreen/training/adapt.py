@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from monai.transforms import Compose
 
-from cxrscreen import __version__
+from cxrscreen.events import AdaptDone, ProgressFn, SitePrepared, SitePreparing, ignore
 from cxrscreen.model.files import LoadedModel, load_model, save_model
 from cxrscreen.model.inference import Runtime, choose_runtime, inference_net, predict_batch, prepare
 from cxrscreen.options import TrainLayers, TrainPrecision, parse
@@ -34,8 +33,8 @@ from cxrscreen.training.head import Head, balanced_weights, extract, feature_net
 from cxrscreen.training.loop import Checkpoints, EpochLoop, Optimisation, train_step
 from cxrscreen.training.metrics import auroc, summarize
 from cxrscreen.training.site import prepare_site, splits_frame
+from cxrscreen.version import __version__
 
-ProgressFn = Callable[[dict[str, Any]], None]
 TRAINABLE = {TrainLayers.head: ("fc",), TrainLayers.layer4: ("layer4", "fc"), TrainLayers.all: ("",)}
 
 
@@ -260,7 +259,7 @@ def adapt(cfg: AdaptConfig, resume: bool = False, progress: ProgressFn | None = 
 
     layers = parse(TrainLayers, cfg.train_layers, "--train-layers")
     parse(TrainPrecision, cfg.precision, "--precision")
-    emit = progress or (lambda _e: None)
+    emit = progress or ignore
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     if ckpt_dir.is_dir() and any(ckpt_dir.glob("epoch_*.pt")) and not resume:
@@ -272,12 +271,14 @@ def adapt(cfg: AdaptConfig, resume: bool = False, progress: ProgressFn | None = 
     spec = lm.spec
 
     t0 = time.time()
-    emit({"event": "preparing", "folder": cfg.dicom_dir})
+    emit(SitePreparing(cfg.dicom_dir))
     site = prepare_site(Path(cfg.dicom_dir), Path(cfg.labels), spec, cfg.seed, cfg.min_per_class)
     write_csv(splits_frame(site), out / "splits.csv")
     if len(site.unmatched_labels):
         write_csv(site.unmatched_labels, out / "unmatched_labels.csv")
-    emit({"event": "prepared", "seconds": time.time() - t0, **site.join})
+    j = site.join
+    emit(SitePrepared(time.time() - t0, j["films_found"], j["qc_rejected"], j["labelled"], j["label_rows_unmatched"],
+                      j["usable"]))
 
     tr, cal, te = (site.rows(s) for s in ("train", "calibration", "test"))
     y_tr, y_cal, y_te = (site.labels(s) for s in ("train", "calibration", "test"))
@@ -344,7 +345,7 @@ def adapt(cfg: AdaptConfig, resume: bool = False, progress: ProgressFn | None = 
     atomic_write_text(out / "adapt.json", json.dumps(summary, indent=2, default=float) + "\n")
     np.savez(out / "test_scores.npz", label=y_te, start=start_test, adapted=test_scores)
     md, pdf = write_validation_report(out, summary, y_te, start_test, test_scores)
-    emit({"event": "done", "passed": passed})
+    emit(AdaptDone(passed))
     return AdaptResult(passed, reasons, model_path, md, pdf, summary)
 
 

@@ -14,7 +14,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 
-from cxrscreen import __version__
 from cxrscreen.model.files import LoadedModel
 from cxrscreen.model.inference import Runtime, predict_batch, scoring_net
 from cxrscreen.outputs.worklist import write_csv
@@ -22,6 +21,7 @@ from cxrscreen.populations import manifest_population
 from cxrscreen.state.atomic import atomic_open, atomic_write_text
 from cxrscreen.training.data import make_dataset
 from cxrscreen.training.metrics import roc_curve, summarize
+from cxrscreen.version import __version__
 
 
 def score_frame(

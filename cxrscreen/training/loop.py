@@ -16,13 +16,8 @@ from typing import Any, Protocol
 
 import torch
 
+from cxrscreen.events import EpochDone, ProgressFn, Resumed, ignore
 from cxrscreen.model.inference import Runtime, to_device
-
-ProgressFn = Callable[[dict[str, Any]], None]
-
-
-def _ignore(_event: dict[str, Any]) -> None:
-    pass
 
 
 @dataclass
@@ -92,7 +87,8 @@ class EpochFit(Protocol):
     """One way of fitting, epoch by epoch (what :class:`EpochLoop` runs)."""
 
     def epoch(self, n: int) -> dict[str, Any]:
-        """Fit epoch ``n`` (from 0) and return its history record (JSON-able, with the loop's score)."""
+        """Fit epoch ``n`` (from 0) and return its history record: JSON-able, with the loop's score,
+        ``train_loss`` and ``seconds`` (what :class:`~cxrscreen.events.EpochDone` reports)."""
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps to resume (tensors and JSON-able values)."""
@@ -113,7 +109,7 @@ class EpochLoop:
     checkpoints: Checkpoints
     score: str
     resume: bool = False
-    emit: ProgressFn = field(default=_ignore)
+    emit: ProgressFn = field(default=ignore)
 
     def run(self, fit: EpochFit) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """(history, best); ``best`` holds ``epoch``, the score and what :meth:`EpochFit.keep_best` added.
@@ -124,7 +120,7 @@ class EpochLoop:
         if ck is not None:
             history, best = json.loads(ck["history"]), json.loads(ck["best"])
             fit.restore(ck["state"], len(history))
-            self.emit({"event": "resumed", "epoch": len(history)})
+            self.emit(Resumed(len(history)))
         for n in range(len(history), self.epochs):
             record = fit.epoch(n)
             history.append(record)
@@ -132,7 +128,8 @@ class EpochLoop:
                 best = {"epoch": n, self.score: record[self.score], **fit.keep_best(n, record)}
             self.checkpoints.save(n, {"state": fit.state(), "epoch": n, "history": json.dumps(history),
                                       "best": json.dumps(best)})
-            self.emit({"event": "epoch", **record, "best_epoch": best["epoch"]})
+            self.emit(EpochDone(n, record["train_loss"], self.score, record[self.score], record["seconds"],
+                                best["epoch"]))
         if best["epoch"] < 0:
             raise ValueError("no epoch was trained (--epochs must be at least 1)")
         return history, best

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import torch
 from monai.utils import set_determinism
 from torch.utils.data import DataLoader
 
-from cxrscreen import __version__
+from cxrscreen.events import CachingImages, ProgressFn, TrainStep, ignore
 from cxrscreen.model.architecture import build_resnet50, imgsim_weights_path, load_torchvision_backbone
 from cxrscreen.model.files import load_model, save_model
 from cxrscreen.model.inference import Runtime, choose_runtime, predict_batch, prepare
@@ -25,6 +24,7 @@ from cxrscreen.state.atomic import atomic_write_text
 from cxrscreen.training.data import make_dataset, read_manifest
 from cxrscreen.training.loop import Checkpoints, EpochLoop, Optimisation, train_step
 from cxrscreen.training.metrics import auroc
+from cxrscreen.version import __version__
 
 
 @dataclass
@@ -52,7 +52,6 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-ProgressFn = Callable[[dict[str, Any]], None]
 
 
 def _subsample(df, n: int | None, seed: int):
@@ -102,7 +101,7 @@ def _data(cfg: TrainConfig, spec: PreprocessSpec, emit: ProgressFn) -> _Data:
     n_neg = len(train_df) - n_pos
     if n_pos == 0 or n_neg == 0:
         raise ValueError("the train split needs both normal and abnormal images")
-    emit({"event": "caching", "train": len(train_df), "val": len(val_df)})
+    emit(CachingImages(len(train_df), len(val_df)))
     train_ds = make_dataset(train_df, spec, augment=cfg.augment, num_workers=max(cfg.workers, 1))
     val_ds = make_dataset(val_df, spec, augment=False, num_workers=max(cfg.workers, 1))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -146,8 +145,7 @@ class _TrainFit:
             loss = train_step(self.step, batch["image"], batch["label"])
             seen += len(batch["label"])
             loss_sum += loss * len(batch["label"])
-            self.emit({"event": "step", "epoch": n, "step": i + 1, "steps": steps, "loss": loss_sum / seen,
-                       "img_s": seen / (time.time() - t0)})
+            self.emit(TrainStep(n, i + 1, steps, loss_sum / seen, seen / (time.time() - t0)))
         self.probs, labels = score_loader(net, self.data.val, rt)
         rec = {"epoch": n, "train_loss": loss_sum / max(seen, 1), "val_auroc": auroc(labels, self.probs),
                "seconds": time.time() - t0}
@@ -187,7 +185,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | None = 
     set_determinism(seed=cfg.seed)
     spec = PreprocessSpec(input_size=cfg.input_size)
     rt = choose_runtime(cfg.device, cfg.precision)
-    emit = progress or (lambda _e: None)
+    emit = progress or ignore
     data = _data(cfg, spec, emit)
     resuming = resume and checkpoints.exist()
     net = prepare(build_model(cfg.init) if not resuming else build_resnet50(), rt).train()

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
 
-from cxrscreen import __version__
 from cxrscreen.model.meta import ModelInfo
 from cxrscreen.records import ImageRecord
 from cxrscreen.studies import Study
+from cxrscreen.version import __version__
 
 #: Patient and General Study attributes copied from the source study (Type 2 ones are written empty).
 PATIENT_STUDY_KEYWORDS = (

@@ -1,11 +1,12 @@
-"""Report pages' pixels, made while the scoring pass holds each film: no film is read twice.
+"""Report pages' pixels (the explain stage's product), made while the scoring pass holds each film:
+no film is read twice.
 
 A page shows the film as the model saw it (border crop, percentile window, at the resolution it
 was decoded for scoring) and its Grad-CAM mapped onto it through the chain's one
 :class:`~cxrscreen.preprocess.Placement`. :class:`PageStore` receives every scored batch, makes the
 pages that batch's films will need (their study is flagged, or every study with ``--reports all``)
 and keeps them on disk under the state folder until the report stage draws them; memory stays at
-one batch.
+one batch. Drawing them (colour map, overlay, PDF) is :mod:`cxrscreen.outputs`' job.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import shutil
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,8 +40,6 @@ log = logging.getLogger("cxrscreen")
 
 DISPLAY_MAX = 900  # embed the display image at most this large (the scoring decode is ≥ 2 × model input)
 CAM_BATCH = 8
-CMAP = "turbo"
-ALPHA_MAX = 0.6  # overlay opacity at CAM = 1; opacity ∝ CAM, so weak evidence leaves the film visible
 #: Films of studies not (yet) flagged kept in memory in case a later film of the study flags it
 #: (≈ 1.2 MB each at the default model size: the decoded film in float32 and the model input);
 #: beyond this the oldest is dropped and, if needed after all, read again by the report stage.
@@ -57,13 +55,6 @@ class Page:
     display: np.ndarray | None = None  # grey [0, 1], display polarity, the model's crop, aspect kept
     cam: np.ndarray | None = None  # at display's shape, [0, 1]; None: no Grad-CAM (see note)
     note: str = ""  # why there is no image or no Grad-CAM, when the status does not say it
-
-
-def window(film: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """The model's percentile window on a (cropped) film: same definition as the chain's
-    ``PercentileWindow`` (numpy's linear-interpolation percentiles), at display resolution."""
-    lo, hi = np.percentile(film, [spec.lower_percentile, spec.upper_percentile])
-    return np.clip((film.astype(np.float32) - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
 
 
 def shrink(img: np.ndarray, longest: int = DISPLAY_MAX) -> np.ndarray:
@@ -85,14 +76,14 @@ def make_pages(items: Sequence[tuple[ImageRecord, np.ndarray | None, torch.Tenso
 
     from cxrscreen.explain import compute_cams
     from cxrscreen.model.inference import to_device
-    from cxrscreen.preprocess import placement
+    from cxrscreen.preprocess import percentile_window, placement
 
     pages, cam_items = [], []
     for rec, film, tensor in items:
         page = Page(rec)
         if film is not None:
             pl = placement(tuple(film.shape), spec)
-            page.display = shrink(window(pl.crop_film(film), spec))
+            page.display = shrink(percentile_window(pl.crop_film(film), spec.lower_percentile, spec.upper_percentile))
             if tensor is not None and net is not None:
                 cam_items.append((page, pl, tensor))
         pages.append(page)
@@ -105,22 +96,6 @@ def make_pages(items: Sequence[tuple[ImageRecord, np.ndarray | None, torch.Tenso
         for (page, pl, _), cam in zip(chunk, cams, strict=True):
             page.cam = pl.to_film(cam, page.display.shape)
     return pages
-
-
-@cache
-def _lut() -> np.ndarray:
-    import matplotlib
-
-    return matplotlib.colormaps[CMAP](np.linspace(0.0, 1.0, 256))[:, :3].astype(np.float32)
-
-
-def overlay(grey: np.ndarray, cam: np.ndarray) -> np.ndarray:
-    """RGB uint8: grey film under the colour map, opacity ∝ CAM (``cam`` already at ``grey``'s shape)."""
-    cam = np.clip(cam, 0.0, 1.0).astype(np.float32, copy=False)
-    rgb = _lut()[np.rint(cam * 255.0).astype(np.uint8)]
-    alpha = (ALPHA_MAX * cam)[..., None]
-    out = (1.0 - alpha) * grey.astype(np.float32, copy=False)[..., None] + alpha * rgb
-    return (np.clip(out, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- the store

@@ -13,30 +13,34 @@ import json
 import logging
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cxrscreen.events import ProgressFn, ScanStarted, ignore
 from cxrscreen.ingest import isolation
 from cxrscreen.ingest.discover import discover
 from cxrscreen.model.calibration import Int8Unavailable, load_calibration
 from cxrscreen.model.lazy import LazyModel
 from cxrscreen.model.meta import ModelInfo, read_model_info
-from cxrscreen.options import Device, Precision, ReportPolicy, parse
+from cxrscreen.options import Precision, ReportPolicy, ScanOptions
 from cxrscreen.outputs.summary import write_summary_pdf
 from cxrscreen.outputs.worklist import images_frame, studies_frame, write_csv
 from cxrscreen.pipeline.context import (
     ProcessState,
-    ProgressFn,
     RunContext,
     ScanInputError,
     ScanResult,
     borrowed_process_state,
 )
-from cxrscreen.pipeline.run_summary import drift_check, summarize
+from cxrscreen.pipeline.plan import new_run_id, plan
+from cxrscreen.pipeline.run_summary import PlanCounts, summarize
 from cxrscreen.records import ImageRecord
+from cxrscreen.runs import RunSummary, WorklistTotals, drift_check
 from cxrscreen.state.atomic import atomic_write_text
-from cxrscreen.state.ledger import STATE_DIR, Ledger, file_sha256, ledger_path
+from cxrscreen.state.ledger import PAGES_DIR, STATE_DIR, Ledger, ledger_path
 from cxrscreen.state.lock import folder_lock
 from cxrscreen.studies import Study, group_studies
 
@@ -45,105 +49,40 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cxrscreen")
 
-PAGES_DIR = "pages"  # under OUT/.cxrscreen: report pages made while scoring (outputs.pages.PageStore)
-
-RUN_ID_TIME = "%Y%m%dT%H%M%SZ"
-RUN_ID_MAX_SUFFIX = 999
-
-
-def new_run_id(taken: Callable[[str], bool], now: float | None = None) -> str:
-    """The run id: the UTC start time (``20261125T021500Z``), unique without waiting for the clock.
-
-    When that id is ``taken`` (a run earlier in the same second), ``-001``, ``-002``… is appended:
-    ids still sort in start order, as text (``…00Z`` < ``…00Z-001`` < ``…01Z``). Called under the
-    output folder's lock, so no other run picks an id meanwhile.
-    """
-    base = time.strftime(RUN_ID_TIME, time.gmtime(now))
-    for n in range(RUN_ID_MAX_SUFFIX + 1):
-        run_id = f"{base}-{n:03d}" if n else base
-        if not taken(run_id):
-            return run_id
-    raise RuntimeError(f"more than {RUN_ID_MAX_SUFFIX} runs started at {base}")
-
-
-def plan(
-    files: list[Path], root: Path, ledger: Ledger, model_sha: str, rescan: bool,
-    on_work: Callable[[], None] | None = None,
-) -> tuple[list[tuple[Path, str | None]], int]:
-    """Which files need work, and how many were skipped as already scored.
-
-    Work items are ``(path, sha256)`` pairs; the sha256 is ``None`` for files the ledger has never
-    seen: preparation hashes the very bytes it scores (one read). ``on_work`` is called once, as soon
-    as a file needs work (the scan starts loading the model then, while the plan goes on).
-    """
-    known = ledger.known()
-    todo: list[tuple[Path, str | None]] = []
-    skipped = 0
-    for p in files:
-        rel = p.relative_to(root).as_posix()
-        st = p.stat()
-        k = known.get(rel)
-        sha = None
-        if k is not None and not rescan and k.model_sha256 == model_sha:
-            if k.size == st.st_size and k.mtime_ns == st.st_mtime_ns:
-                skipped += 1
-                continue
-            sha = file_sha256(p)
-            if sha == k.sha256:
-                ledger.touch(rel, st.st_size, st.st_mtime_ns)
-                skipped += 1
-                continue
-        todo.append((p, sha))
-        if on_work is not None:
-            on_work()
-            on_work = None
-    return todo, skipped
-
-
 def scan(
     folder: Path | str,
     out: Path | str = "cxrscreen-out",
     model: Path | str | ModelInfo | LoadedModel | None = None,
-    threshold: float | None = None,
-    device: Device | str = Device.auto,
-    precision: Precision | str = Precision.auto,
-    batch_size: int = 16,
-    workers: int | None = None,
-    reports: ReportPolicy | str = ReportPolicy.flagged,
-    rescan: bool = False,
+    options: ScanOptions | None = None,
     progress: ProgressFn | None = None,
-    dicom_results: bool = False,
 ) -> ScanResult:
     """Scan ``folder`` recursively and write worklists (and reports) under ``out``.
 
     ``model``: the model's metadata file (or its weights file; None: the embedded model), its
     :class:`~cxrscreen.model.meta.ModelInfo`, or a :class:`~cxrscreen.model.files.LoadedModel` to
     score with as it is. A file's weights are loaded (and their sha256 checked) only if a film is
-    scored or a report needs a Grad-CAM.
+    scored or a report needs a Grad-CAM. ``options``: :class:`~cxrscreen.options.ScanOptions` (default:
+    the model's operating points, reports for flagged studies). ``progress`` receives the
+    :mod:`cxrscreen.events` of the run.
 
-    ``dicom_results``: also write each scored study's results as DICOM objects in its own study
-    (``OUT/dicom/<StudyInstanceUID>/``: SR, encapsulated PDF) for ``cxrscreen send``.
-
-    Leaves the process as it found it (threads, MONAI metadata tracking, umask: the CLI sets that).
+    Raises :class:`~cxrscreen.pipeline.context.ScanInputError` for a usage problem (no such folder,
+    an output path that is a file, a model without the int8 calibration asked for…),
+    :class:`~cxrscreen.state.lock.LockedError` while another run holds ``out``, and
+    :class:`~cxrscreen.model.meta.ModelIntegrityError` for a damaged model. Leaves the process as it
+    found it (threads, MONAI metadata tracking; the CLI alone sets the umask).
     """
     t_start = time.time()
+    o = options or ScanOptions()
     folder, out = Path(folder), Path(out)
+    if not folder.exists():
+        raise ScanInputError(f"{folder}: no such folder")
     if not folder.is_dir():
         raise ScanInputError(f"{folder}: not a folder")
-    try:
-        policy = parse(ReportPolicy, reports, "--reports")
-        device, precision = parse(Device, device, "--device"), parse(Precision, precision, "--precision")
-    except ValueError as exc:
-        raise ScanInputError(str(exc)) from exc
-    if threshold is not None and not 0.0 < threshold < 1.0:
-        raise ScanInputError("--threshold must be between 0 and 1")
-    if batch_size < 1:
-        raise ScanInputError("--batch-size must be at least 1")
-    if precision is Precision.int8 and device is Device.cuda:
-        raise ScanInputError("--precision int8 runs on the CPU only")
+    if out.exists() and not out.is_dir():
+        raise ScanInputError(f"--out {out}: exists and is not a folder")
     info = model if isinstance(model, ModelInfo) else read_model_info(model)
-    points = info.points if threshold is None else info.points.overridden(threshold)
-    if precision is Precision.int8:  # refuse before anything is scanned, with the reason (a usage problem, exit 2)
+    points = info.points if o.threshold is None else info.points.overridden(o.threshold)
+    if o.precision is Precision.int8:  # refuse before anything is scanned, with the reason (a usage problem, exit 2)
         try:
             load_calibration(info.path, info.sha256)
         except Int8Unavailable as exc:
@@ -151,11 +90,11 @@ def scan(
     out.mkdir(parents=True, exist_ok=True)
     state = out / STATE_DIR
     with (borrowed_process_state() as process, folder_lock(state), Ledger(ledger_path(out)) as ledger,
-          isolation.helpers(), LazyModel(info, device, precision, on_import=_on_import(process)) as lazy):
+          isolation.helpers(), LazyModel(info, o.device, o.precision, on_import=_on_import(process)) as lazy):
         run_id = new_run_id(lambda rid: (out / "runs" / rid).exists() or ledger.has_run(rid))
-        ctx = RunContext(folder, out, lazy, points, policy, batch_size, workers, ledger, run_id,
-                         dicom_results=dicom_results, emit=progress or (lambda _e: None))
-        return _run(ctx, rescan, t_start)
+        ctx = RunContext(folder, out, lazy, points, o.reports, o.batch_size, o.workers, ledger, run_id,
+                         dicom_results=o.dicom_results, emit=progress or ignore)
+        return _run(ctx, o.rescan, t_start)
 
 
 def _on_import(process: ProcessState) -> Callable[[], None]:
@@ -165,7 +104,7 @@ def _on_import(process: ProcessState) -> Callable[[], None]:
 
     def hook() -> None:
         process.capture()
-        import cxrscreen.outputs.pages  # noqa: F401
+        import cxrscreen.pages  # noqa: F401
         import cxrscreen.pipeline.scoring  # noqa: F401
 
     return hook
@@ -180,7 +119,7 @@ def _score(ctx: RunContext, todo: list[tuple[Path, str | None]]) -> list[ImageRe
     from cxrscreen.pipeline.scoring import score
 
     if ctx.reports is not ReportPolicy.none:
-        from cxrscreen.outputs.pages import PageStore
+        from cxrscreen.pages import PageStore
 
         ctx.pages = PageStore(ctx.out / STATE_DIR / PAGES_DIR, ctx.reports, ctx.model, ctx.model.rt)
     return score(ctx, todo)
@@ -218,7 +157,7 @@ def _run(ctx: RunContext, rescan: bool, t_start: float) -> ScanResult:
         todo, skipped = plan(files, ctx.folder, ledger, ctx.model.sha256, rescan, on_work=ctx.model.start)
         redecided = ledger.redecide(ctx.model.sha256, ctx.points)
     log.info("run %s: %d files found, %d already scored, %d to process", ctx.run_id, len(files), skipped, len(todo))
-    ctx.emit({"event": "start", "files": len(files), "todo": len(todo), "skipped": skipped, "run_id": ctx.run_id})
+    ctx.emit(ScanStarted(ctx.run_id, len(files), len(todo), skipped))
 
     reported: set[str] = set()
     try:
@@ -254,14 +193,16 @@ def _run(ctx: RunContext, rescan: bool, t_start: float) -> ScanResult:
                   ctx.run_dir / "new_studies.csv")
 
     exit_code = 1 if any(r.status.is_error for r in new_records) else 0
-    summary = summarize(ctx, files, skipped, new_records, images, studies, time.time() - t_start, exit_code,
-                        redecided)
-    summary["resumed_runs"] = resumed
-    summary["drift"] = drift_check(summary, ledger.previous_summaries(7, exclude=ctx.run_id))
-    for w in summary["drift"]["warnings"]:
+    totals = WorklistTotals(len(images), len(studies),
+                            {str(k): int(v) for k, v in Counter(studies["decision"]).items()} if len(studies) else {})
+    summary = summarize(ctx, PlanCounts(len(files), skipped, redecided), new_records, totals, time.time() - t_start,
+                        exit_code)
+    previous = [RunSummary.from_json(s) for s in ledger.previous_summaries(7, exclude=ctx.run_id)]
+    summary = replace(summary, resumed_runs=tuple(resumed), drift=drift_check(summary, previous))
+    for w in summary.drift.warnings:
         log.warning("drift: %s", w)
-    atomic_write_text(ctx.run_dir / "run.json", json.dumps(summary, indent=2) + "\n")
-    ledger.finish_run(ctx.run_id, summary, resumed)
+    atomic_write_text(ctx.run_dir / "run.json", json.dumps(summary.to_json(), indent=2) + "\n")
+    ledger.finish_run(ctx.run_id, summary.to_json(), resumed)
     write_summary_pdf(ctx.out / "summary.pdf", summary, studies, ctx.model, ctx.threshold, images=images,
                       cache=ctx.out / STATE_DIR)
     return ScanResult(ctx.run_id, ctx.out, images_csv, studies_csv, ctx.run_dir, exit_code, summary)
