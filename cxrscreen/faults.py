@@ -1,4 +1,5 @@
-"""Fault-injection points for tests; inert unless their environment variable is set (README, "Fault injection").
+"""Fault-injection points for tests; inert unless their environment variable is set (README, "Fault injection";
+read with the other settings, :mod:`cxrscreen.settings`).
 
 ``CXRSCREEN_FAULT_KILL_AFTER_BATCH=N``
     ``scan`` sends SIGKILL to its own process right after its N-th batch was committed to the
@@ -17,9 +18,10 @@ import os
 import signal
 import threading
 
-KILL_AFTER_BATCH = "CXRSCREEN_FAULT_KILL_AFTER_BATCH"
-DECODE = "CXRSCREEN_FAULT_DECODE"
-DECODE_ACTIONS = ("abort", "panic", "hang")
+from cxrscreen import settings
+
+KILL_AFTER_BATCH = settings.FAULT_KILL_AFTER_BATCH
+DECODE = settings.FAULT_DECODE
 
 
 class InjectedPanic(BaseException):  # noqa: N818 (named like the PanicException it stands for)
@@ -27,25 +29,15 @@ class InjectedPanic(BaseException):  # noqa: N818 (named like the PanicException
 
 
 def kill_after_batch(committed: int) -> None:
-    """SIGKILL this process when ``committed`` equals ``$CXRSCREEN_FAULT_KILL_AFTER_BATCH``."""
-    value = os.environ.get(KILL_AFTER_BATCH, "")
-    if value.strip().isdigit() and committed == int(value):
+    """SIGKILL this process when ``committed`` is the configured batch (:attr:`Settings.fault_kill_after_batch
+    <cxrscreen.settings.Settings>`)."""
+    if committed == settings.current().fault_kill_after_batch:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def decode_faults() -> dict[str, str]:
-    """``{SOPInstanceUID: action}`` from ``$CXRSCREEN_FAULT_DECODE`` (empty when unset)."""
-    out: dict[str, str] = {}
-    for item in os.environ.get(DECODE, "").split(","):
-        action, sep, uid = item.strip().partition("@")
-        if sep and action in DECODE_ACTIONS and uid:
-            out[uid.strip()] = action
-    return out
 
 
 def maybe_fail_decode(sop_instance_uid: str) -> None:
     """Do the injected decode fault for this file, if one is configured."""
-    action = decode_faults().get(sop_instance_uid) if os.environ.get(DECODE) else None
+    action = settings.current().fault_decode.get(sop_instance_uid)
     if action == "abort":
         os.abort()
     if action == "panic":

@@ -41,6 +41,14 @@ TrainPrecision = StrEnum("TrainPrecision", {m.name: m.value for m in Precision i
 TrainPrecision.__doc__ = "Arithmetic of training and adaptation: a :class:`Precision` other than ``int8``."
 
 
+class Engine(StrEnum):
+    """What runs a scan's preparation and scoring: ``local`` (this process, threads or worker processes) or
+    ``ray`` (Ray Data tasks and actor pools on a Ray cluster; the driver keeps the ledger)."""
+
+    local = "local"
+    ray = "ray"
+
+
 class ReportPolicy(StrEnum):
     """Which studies get a PDF report: ``flagged`` = abnormal + review."""
 
@@ -105,8 +113,9 @@ class ScanOptions:
     ``threshold``: one threshold for every film instead of the model's operating points; ``workers``:
     decode worker processes (0: in the main process; None: chosen after timing the first batch);
     ``rescan``: score every file again; ``dicom_results``: also write each scored study's results as
-    DICOM objects in its own study (``OUT/dicom/``) for ``cxrscreen send``. Enum fields take their
-    values as text too (``reports="all"``).
+    DICOM objects in its own study (``OUT/dicom/``) for ``cxrscreen send``; ``engine``: what prepares and
+    scores the films (``ray_address``: the Ray cluster). Enum fields take their values as text too
+    (``reports="all"``).
     """
 
     threshold: float | None = None
@@ -117,9 +126,12 @@ class ScanOptions:
     reports: ReportPolicy = ReportPolicy.flagged
     rescan: bool = False
     dicom_results: bool = False
+    engine: Engine = Engine.local
+    ray_address: str | None = None  # --engine ray: the cluster to join (None: a local one)
 
     def __post_init__(self) -> None:
-        for name, enum in (("device", Device), ("precision", Precision), ("reports", ReportPolicy)):
+        for name, enum in (("device", Device), ("precision", Precision), ("reports", ReportPolicy),
+                           ("engine", Engine)):
             object.__setattr__(self, name, parse(enum, getattr(self, name), f"--{name}"))
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise OptionError("--threshold must be strictly between 0 and 1")
@@ -129,3 +141,5 @@ class ScanOptions:
             raise OptionError("--workers must be 0 or more")
         if self.precision is Precision.int8 and self.device is Device.cuda:
             raise OptionError("--precision int8 runs on the CPU only")
+        if self.ray_address is not None and self.engine is not Engine.ray:
+            raise OptionError("--ray-address needs --engine ray")

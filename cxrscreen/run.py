@@ -14,7 +14,6 @@ import logging
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,13 +27,7 @@ from cxrscreen.model.meta import ModelInfo, read_model_info
 from cxrscreen.options import Precision, ReportPolicy, ScanOptions
 from cxrscreen.outputs.summary import write_summary_pdf
 from cxrscreen.outputs.worklist import images_frame, studies_frame, write_csv
-from cxrscreen.pipeline.context import (
-    ProcessState,
-    RunContext,
-    ScanInputError,
-    ScanResult,
-    borrowed_process_state,
-)
+from cxrscreen.pipeline.context import RunContext, ScanInputError, ScanResult
 from cxrscreen.pipeline.plan import new_run_id, plan
 from cxrscreen.pipeline.run_summary import PlanCounts, summarize
 from cxrscreen.records import ImageRecord
@@ -48,6 +41,7 @@ if TYPE_CHECKING:
     from cxrscreen.model.files import LoadedModel
 
 log = logging.getLogger("cxrscreen")
+
 
 def scan(
     folder: Path | str,
@@ -89,25 +83,20 @@ def scan(
             raise ScanInputError(str(exc)) from exc
     out.mkdir(parents=True, exist_ok=True)
     state = out / STATE_DIR
-    with (borrowed_process_state() as process, folder_lock(state), Ledger(ledger_path(out)) as ledger,
-          isolation.helpers(), LazyModel(info, o.device, o.precision, on_import=_on_import(process)) as lazy):
+    with (folder_lock(state), Ledger(ledger_path(out)) as ledger, isolation.helpers(),
+          LazyModel(info, o.device, o.precision, on_import=_import_stages) as lazy):
         run_id = new_run_id(lambda rid: (out / "runs" / rid).exists() or ledger.has_run(rid))
         ctx = RunContext(folder, out, lazy, points, o.reports, o.batch_size, o.workers, ledger, run_id,
-                         dicom_results=o.dicom_results, emit=progress or ignore)
+                         dicom_results=o.dicom_results, engine=o.engine, ray_address=o.ray_address,
+                         emit=progress or ignore)
         return _run(ctx, o.rescan, t_start)
 
 
-def _on_import(process: ProcessState) -> Callable[[], None]:
-    """What the model's loading thread does once torch is imported, before anything uses it: record the
-    process-wide settings the run will change, and import the stages that need torch (so that this
-    thread alone imports torch's package graph)."""
-
-    def hook() -> None:
-        process.capture()
-        import cxrscreen.pages  # noqa: F401
-        import cxrscreen.pipeline.scoring  # noqa: F401
-
-    return hook
+def _import_stages() -> None:
+    """Run by the model's loading thread once torch is imported: import the stages that need torch (so that
+    this thread alone imports torch's package graph)."""
+    import cxrscreen.pages  # noqa: F401
+    import cxrscreen.pipeline.scoring  # noqa: F401
 
 
 def _score(ctx: RunContext, todo: list[tuple[Path, str | None]]) -> list[ImageRecord]:

@@ -87,7 +87,7 @@ def test_adapt_passes_writes_a_model_scan_can_use(site, tmp_path: Path, random_m
     # --resume continues from the last epoch checkpoint instead of starting again
     more = adapt(config(site, out, random_model_path, epochs=2, min_auroc_gain=-1.0, sensitivity_margin=1.0),
                  resume=True)
-    assert [h["epoch"] for h in more.summary.history] == [0, 1]
+    assert [h["epoch"] for h in more.summary["history"]] == [0, 1]
     with pytest.raises(FileExistsError, match="--resume"):
         adapt(config(site, out, random_model_path))
 

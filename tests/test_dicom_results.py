@@ -17,7 +17,7 @@ from cxrscreen import scan
 from cxrscreen.logs import setup_logging
 from cxrscreen.options import ScanOptions
 from cxrscreen.outputs.dicom import DICOM_DIR, write_dicom_results
-from cxrscreen.outputs.dicom.pdf import EncapsulatedPDF
+from cxrscreen.outputs.dicom.pdf import EncapsulatedPDF, InstanceIds
 from cxrscreen.outputs.dicom.sr import PROBABILITY, QC_STATUS, TRIAGE_DECISION
 from cxrscreen.records import ImageRecord
 from cxrscreen.state.ledger import Ledger
@@ -212,8 +212,7 @@ def test_encapsulated_pdf_pads_an_odd_document_and_refuses_a_non_pdf():
     header.SOPClassUID = dicom.DX_STORAGE
     document = b"%PDF-1.4\n%%EOF\n"  # 15 bytes: odd
     assert len(document) % 2 == 1
-    kw = {"series_instance_uid": generate_uid(), "series_number": 1, "sop_instance_uid": generate_uid(),
-          "instance_number": 1, "document_title": "t"}
+    kw = {"ids": InstanceIds(generate_uid(), 1, generate_uid()), "document_title": "t"}
     ds = EncapsulatedPDF(header, document, **kw)
     assert ds.EncapsulatedDocument == document + b"\x00" and ds.EncapsulatedDocumentLength == len(document)
     assert ds.PatientID == "P" and ds.StudyInstanceUID == header.StudyInstanceUID

@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+from cxrscreen import settings
 from cxrscreen.model.inference import (
     Runtime,
     choose_runtime,
@@ -94,13 +95,14 @@ def test_inference_net_fp32_is_folded_channels_last_and_scores_like_the_model(ra
     torch.testing.assert_close(predict_batch(scorer, x, rt), probs, rtol=0, atol=1e-3)
 
 
-def test_bf16_can_be_disabled_from_the_environment(monkeypatch):
+def test_bf16_can_be_disabled_from_the_environment():
     """CXRSCREEN_DISABLE_BF16=1 (``make test-avx2``): precision "auto" takes the path of AVX2-only CPUs
     (fp32 floats; int8 for a calibrated model, ``tests/test_quantize.py``)."""
-    monkeypatch.setenv("CXRSCREEN_DISABLE_BF16", "1")
-    assert not cpu_supports_bf16()
-    assert choose_runtime("cpu", "auto").autocast_dtype is None
-    assert choose_runtime("cpu", "bf16").autocast_dtype == torch.bfloat16  # an explicit choice still holds
+    assert settings.Settings.from_env({settings.DISABLE_BF16: "1"}).disable_bf16
+    with settings.override(disable_bf16=True):
+        assert not cpu_supports_bf16()
+        assert choose_runtime("cpu", "auto").autocast_dtype is None
+        assert choose_runtime("cpu", "bf16").autocast_dtype == torch.bfloat16  # an explicit choice still holds
 
 
 def test_choose_runtime_refuses_unknown_choices_naming_the_option():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import sys
 import tracemalloc
@@ -12,12 +13,13 @@ import pytest
 from pydicom.encaps import generate_fragments
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from cxrscreen import faults
+from cxrscreen import faults, settings
 from cxrscreen.ingest import isolation
 from cxrscreen.ingest.decode import DecodeError, decode_dataset
 from cxrscreen.options import ScanOptions
 from cxrscreen.prepare import prepare_file
 from cxrscreen.preprocess import PreprocessSpec, build_transform
+from cxrscreen.settings import Isolation, Settings
 from tests.crashers import jpegls_hang_file, rle_panic_file
 from tests.factory import chest_phantom, make_dicom
 
@@ -32,10 +34,13 @@ def prepare():
 
 @pytest.fixture
 def fresh_helpers(monkeypatch):
-    """Helpers started after the test's environment is set (they inherit it), stopped afterwards."""
+    """Helpers started after the test's settings are made (``fresh_helpers.use(decode_timeout_s=2)``: the
+    helpers get them), stopped afterwards; the settings are put back."""
     isolation.shutdown()
-    yield monkeypatch
-    isolation.shutdown()
+    with contextlib.ExitStack() as stack:
+        monkeypatch.use = lambda **changes: stack.enter_context(settings.override(**changes))
+        yield monkeypatch
+        isolation.shutdown()
 
 
 def uid(path: Path) -> str:
@@ -73,7 +78,7 @@ def test_in_process_panic_is_still_one_row(tmp_path: Path, prepare) -> None:
 def test_jpegls_hang_becomes_decoder_timeout(tmp_path: Path, prepare, fresh_helpers) -> None:
     """CharLS loops forever on this stream in most tries (tests/crashers.py): up to 6 tries, each in a
     fresh helper (a timeout replaces it); every try ends in a row, and one is the timeout."""
-    fresh_helpers.setenv(isolation.TIMEOUT_ENV, "2")  # the decode never ends: any timeout is reached
+    fresh_helpers.use(decode_timeout_s=2.0)  # the decode never ends: any timeout is reached
     path = jpegls_hang_file(tmp_path / "jls.dcm")
     tries = []
     while len(tries) < 6 and "error:decoder_timeout" not in tries:
@@ -88,7 +93,7 @@ def test_jpegls_hang_becomes_decoder_timeout(tmp_path: Path, prepare, fresh_help
 @pytest.mark.parametrize("action", ["abort", "panic"])
 def test_injected_faults_in_a_helper(tmp_path: Path, prepare, fresh_helpers, action: str) -> None:
     path = make_dicom(tmp_path / "j2k.dcm", chest_phantom(300, 280, seed=7), transfer_syntax=JPEG2000Lossless)
-    fresh_helpers.setenv(faults.DECODE, f"{action}@{uid(path)}")
+    fresh_helpers.use(fault_decode={uid(path): action})
     assert prepare(path).status == "error:decoder_crash"
     other = make_dicom(tmp_path / "j2k_other.dcm", chest_phantom(300, 280, seed=8), transfer_syntax=JPEG2000Lossless)
     assert prepare(other).status == "ok"
@@ -96,10 +101,10 @@ def test_injected_faults_in_a_helper(tmp_path: Path, prepare, fresh_helpers, act
 
 def test_uncompressed_files_stay_in_process_unless_all(tmp_path: Path, prepare, fresh_helpers) -> None:
     path = make_dicom(tmp_path / "raw.dcm", chest_phantom(300, 280, seed=9))
-    fresh_helpers.setenv(faults.DECODE, f"panic@{uid(path)}")
+    fresh_helpers.use(fault_decode={uid(path): "panic"})
     assert prepare(path).status == "error:decoder_crash"  # caught in process (BaseException)
     assert isolation.pool().started == 0
-    fresh_helpers.setenv(faults.DECODE, f"abort@{uid(path)}")
+    fresh_helpers.use(fault_decode={uid(path): "abort"})
     assert prepare(path, isolate="all").status == "error:decoder_crash"  # would have killed this process
     assert isolation.pool().started == 1
 
@@ -191,21 +196,34 @@ def test_jpeg_frame_header_is_none_without_a_whole_one(stream: bytes) -> None:
     assert isolation.jpeg_frame_header(stream) is None
 
 
-def test_settings_from_the_environment(monkeypatch) -> None:
-    monkeypatch.delenv(isolation.ISOLATION_ENV, raising=False)
-    monkeypatch.delenv(isolation.TIMEOUT_ENV, raising=False)
-    assert isolation.isolation_mode() == "compressed" and isolation.decode_timeout() == isolation.DEFAULT_TIMEOUT_S
-    monkeypatch.setenv(isolation.ISOLATION_ENV, "ALL")
-    monkeypatch.setenv(isolation.TIMEOUT_ENV, "2.5")
-    assert isolation.isolation_mode() == "all" and isolation.decode_timeout() == 2.5
-    monkeypatch.setenv(isolation.ISOLATION_ENV, "bogus")
-    monkeypatch.setenv(isolation.TIMEOUT_ENV, "-1")
-    assert isolation.isolation_mode() == "compressed" and isolation.decode_timeout() == isolation.DEFAULT_TIMEOUT_S
+def test_settings_from_the_environment() -> None:
+    default = Settings()
+    assert Settings.from_env({}) == default and default.decode_isolation == "compressed"
+    s = Settings.from_env({settings.DECODE_ISOLATION: "ALL", settings.DECODE_TIMEOUT_S: "2.5",
+                           settings.DECODE_MEMORY_MB: "512", settings.DISABLE_BF16: "1"})
+    assert (s.decode_isolation, s.decode_timeout_s, s.decode_memory_mb, s.disable_bf16) == ("all", 2.5, 512, True)
+    bad = Settings.from_env({settings.DECODE_ISOLATION: "bogus", settings.DECODE_TIMEOUT_S: "-1",
+                             settings.DECODE_MEMORY_MB: "lots", settings.FAULT_KILL_AFTER_BATCH: "x"})
+    assert bad.decode_isolation == default.decode_isolation and bad.decode_timeout_s == default.decode_timeout_s
+    assert bad.decode_memory_mb == default.decode_memory_mb and bad.fault_kill_after_batch is None
+    assert set(bad.ignored) == {settings.DECODE_ISOLATION, settings.DECODE_TIMEOUT_S, settings.DECODE_MEMORY_MB,
+                                settings.FAULT_KILL_AFTER_BATCH}
+    assert Settings.from_env(s.child_env()) == s  # a helper process gets the same settings
 
 
-def test_fault_settings_parse(monkeypatch) -> None:
-    monkeypatch.setenv(faults.DECODE, "abort@1.2.3, hang@4.5 ,nonsense,boom@6")
-    assert faults.decode_faults() == {"1.2.3": "abort", "4.5": "hang"}
-    monkeypatch.delenv(faults.DECODE)
-    assert faults.decode_faults() == {}
-    faults.maybe_fail_decode("1.2.3")  # no fault configured: nothing happens
+def test_settings_are_read_once_and_overridden_in_scope(monkeypatch) -> None:
+    monkeypatch.setattr(settings, "_current", settings.current())  # this process's settings, back afterwards
+    settings.load({})
+    monkeypatch.setenv(settings.DECODE_TIMEOUT_S, "7")  # read at the edge only: no effect until load()
+    assert isolation.decode_timeout() == Settings().decode_timeout_s
+    with settings.override(decode_timeout_s=3.0, decode_isolation=Isolation.all):
+        assert isolation.decode_timeout() == 3.0 and isolation.isolation_mode() == "all"
+    assert isolation.decode_timeout() == Settings().decode_timeout_s
+    assert settings.load().decode_timeout_s == 7.0
+
+
+def test_fault_settings_parse() -> None:
+    s = Settings.from_env({settings.FAULT_DECODE: "abort@1.2.3, hang@4.5 ,nonsense,boom@6"})
+    assert dict(s.fault_decode) == {"1.2.3": "abort", "4.5": "hang"}
+    assert dict(Settings.from_env({}).fault_decode) == {}
+    faults.maybe_fail_decode("1.2.3")  # no fault configured here: nothing happens

@@ -26,10 +26,10 @@ import pytest
 from pydicom.uid import CTImageStorage
 
 from cxrscreen import faults
-from cxrscreen.ingest.isolation import TIMEOUT_ENV
 from cxrscreen.logs import file_handle as instance_hash
 from cxrscreen.options import ScanOptions
 from cxrscreen.outputs.worklist import read_csv
+from cxrscreen.settings import DECODE_TIMEOUT_S as TIMEOUT_ENV
 from cxrscreen.state.lock import folder_lock
 from tests.crashers import jpegls_hang_file, rle_panic_file
 from tests.factory import chest_phantom, make_dicom, truncate

@@ -231,7 +231,7 @@ def test_calibrate_one_population_and_evaluate_per_population(aged_manifest: Pat
     from typer.testing import CliRunner
 
     from cxrscreen.cli.app import app
-    from cxrscreen.training.evaluate import evaluate, row_thresholds
+    from cxrscreen.training.evaluate import EvalConfig, evaluate, row_thresholds
 
     runner = CliRunner()
     first = tmp_path / "ped.json"
@@ -262,7 +262,8 @@ def test_calibrate_one_population_and_evaluate_per_population(aged_manifest: Pat
     assert set(thr[:20]) == {both.points["pediatric"].threshold} and set(thr[20:]) == {both.points["adult"].threshold}
     from cxrscreen.model.inference import choose_runtime
 
-    result = evaluate(both, df, choose_runtime("cpu", "fp32"), tmp_path / "ev", "manifest.csv", "val", n_boot=100)
+    cfg = EvalConfig("manifest.csv", "val", n_boot=100)
+    result = evaluate(both, df, choose_runtime("cpu", "fp32"), tmp_path / "ev", cfg)
     m = result["metrics"]
     assert m["kids"]["threshold"] == both.points["pediatric"].threshold
     assert m["grown"]["threshold"] == both.points["adult"].threshold

@@ -11,6 +11,7 @@ from functools import partial
 import pytest
 import torch
 
+from cxrscreen import settings
 from cxrscreen.model import inference, quantize
 from cxrscreen.model.files import load_model
 from cxrscreen.model.inference import choose_runtime, inference_net, predict_batch, runtime_for, scoring_net
@@ -156,8 +157,9 @@ def model_copy(random_model_path, tmp_path):
 @pytest.fixture
 def avx2_cpu(monkeypatch):
     """A CPU without native bf16 whose kernels run AVX2 code: an AVX2-only server, as auto sees it."""
-    monkeypatch.setenv("CXRSCREEN_DISABLE_BF16", "1")
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    with settings.override(disable_bf16=True):
+        yield
 
 
 @pytest.mark.slow

@@ -42,10 +42,6 @@ def adapt_command(
     from cxrscreen.training.adapt import AdaptConfig, adapt
     from cxrscreen.training.site import SiteDataError
 
-    if init != "default" and not Path(init).is_file():
-        fail(f"--init: {init} is neither 'default' nor an existing model file")
-    if not dicom_dir.is_dir():
-        fail(f"{dicom_dir}: not a folder")
     console = Console(stderr=True, quiet=quiet)
 
     def on_event(e: Event) -> None:
@@ -61,12 +57,12 @@ def adapt_command(
                 console.print(f"epoch {e.epoch + 1}/{epochs}: loss {e.train_loss:.4f}, calibration AUROC "
                               f"{e.score:.3f} ({e.seconds:.0f} s; best epoch {e.best_epoch + 1})")
 
-    cfg = AdaptConfig(dicom_dir=str(dicom_dir), labels=str(labels), out=str(out), init=init,
-                      target_sensitivity=target_sensitivity, require_lower_bound=require_lower_bound, epochs=epochs,
-                      seed=seed, batch_size=batch_size, lr=lr, train_layers=train_layers.value,
-                      min_auroc_gain=min_auroc_gain, sensitivity_margin=sensitivity_margin, device=device.value,
-                      precision=precision.value, name=name)
     try:
+        cfg = AdaptConfig(dicom_dir=str(dicom_dir), labels=str(labels), out=str(out), init=init,
+                          target_sensitivity=target_sensitivity, require_lower_bound=require_lower_bound,
+                          epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, train_layers=train_layers.value,
+                          min_auroc_gain=min_auroc_gain, sensitivity_margin=sensitivity_margin, device=device.value,
+                          precision=precision.value, name=name)
         result = adapt(cfg, resume=resume, progress=on_event)
     except (SiteDataError, FileExistsError, FileNotFoundError, ModelIntegrityError, ValueError) as exc:
         fail(str(exc))

@@ -27,16 +27,18 @@ def evaluate_command(
     quiet: Quiet = False,
 ) -> None:
     """Score a manifest split and report AUROC (bootstrap CI) and sensitivity/specificity/PPV/NPV (Wilson CIs)."""
-    from cxrscreen.training.evaluate import evaluate, markdown_report
+    from cxrscreen.options import OptionError
+    from cxrscreen.training.evaluate import EvalConfig, evaluate, markdown_report
 
-    if threshold is not None and not 0.0 < threshold < 1.0:
-        fail("--threshold must be strictly between 0 and 1")
+    try:
+        cfg = EvalConfig(manifest.name, split, threshold, bootstrap, batch_size, workers)
+    except OptionError as exc:
+        fail(str(exc))
     lm, df, rt = load_model_and_manifest(model, manifest, split, device.value, precision.value)
     out = out or Path(f"evaluation-{split}")
     console = Console(stderr=True, quiet=quiet)
     console.print(f"evaluating {lm.tag} on {len(df)} images ({split}) with {rt.describe()}")
-    result = evaluate(lm, df, rt, out, manifest.name, split, threshold=threshold, n_boot=bootstrap,
-                      batch_size=batch_size, workers=workers)
+    result = evaluate(lm, df, rt, out, cfg)
     if not quiet:
         typer.echo(markdown_report(result["metrics"], result["meta"]))
     console.print(f"written: {out}/metrics.json, report.md, scores.csv, roc.png, scores.png")

@@ -29,7 +29,7 @@ from cxrscreen.cli.common import (
 )
 from cxrscreen.events import BatchScored, Event, ReportWritten, ScanStarted
 from cxrscreen.logs import native_stderr_to_log, setup_logging
-from cxrscreen.options import Device, Precision, ReportPolicy
+from cxrscreen.options import Device, Engine, Precision, ReportPolicy
 
 
 def scan_command(
@@ -46,6 +46,8 @@ def scan_command(
     reports: Reports = ReportPolicy.flagged,
     rescan: Annotated[bool, typer.Option("--rescan", help="Score every file again, even if the ledger has it.")] = False,
     dicom_results: DicomResults = False,
+    engine: Annotated[Engine, typer.Option("--engine", help="local: this machine (threads or worker processes); ray: Ray Data on a Ray cluster (pip install 'cxrscreen[ray]'), the driver keeping the ledger.")] = Engine.local,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="--engine ray: the cluster to join (e.g. ray://head:10001 or auto); default: a local one.")] = None,
     quiet: Quiet = False,
     as_json: AsJson = False,
     log_file: LogFile = None,
@@ -58,7 +60,8 @@ def scan_command(
 
     try:
         options = ScanOptions(threshold=threshold, device=device, precision=precision, batch_size=batch_size,
-                              workers=workers, reports=reports, rescan=rescan, dicom_results=dicom_results)
+                              workers=workers, reports=reports, rescan=rescan, dicom_results=dicom_results,
+                              engine=engine, ray_address=ray_address)
     except OptionError as exc:
         fail(str(exc))
     os.umask(0o027)  # the CLI's process: outputs (worklists, reports, ledger) owner/group-only

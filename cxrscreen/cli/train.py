@@ -34,16 +34,17 @@ def train_command(
     quiet: Quiet = False,
 ) -> None:
     """Train a ResNet50 (one logit = abnormal); the best epoch by val AUROC is kept as OUT/model.json."""
+    from cxrscreen.options import OptionError
     from cxrscreen.training.data import ManifestError
     from cxrscreen.training.train import TrainConfig, train
 
-    if init not in ("imgsim", "none", "default") and not Path(init).is_file():
-        fail(f"--init: {init} is neither 'imgsim', 'none', 'default' nor an existing file")
-    if (out / "checkpoint.pt").exists() and not resume:
-        fail(f"{out} already holds a checkpoint; pass --resume to continue or choose another --out")
-    cfg = TrainConfig(manifest=str(manifest), out=str(out), init=init, epochs=epochs, batch_size=batch_size,
-                      lr=lr, optimizer=optimizer.value, class_weighting=class_weighting, augment=augment,
-                      seed=seed, device=device.value, precision=precision.value, workers=workers, limit=limit, name=name)
+    try:
+        cfg = TrainConfig(manifest=str(manifest), out=str(out), init=init, epochs=epochs, batch_size=batch_size,
+                          lr=lr, optimizer=optimizer.value, class_weighting=class_weighting, augment=augment,
+                          seed=seed, device=device.value, precision=precision.value, workers=workers, limit=limit,
+                          name=name)
+    except OptionError as exc:
+        fail(str(exc))
     console = Console(stderr=True, quiet=quiet)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                         TimeRemainingColumn(), console=console, disable=quiet or not is_tty())
@@ -74,7 +75,7 @@ def train_command(
     try:
         with progress:
             meta = train(cfg, resume=resume, progress=on_event)
-    except (ManifestError, FileNotFoundError, ValueError) as exc:
+    except (ManifestError, FileNotFoundError, FileExistsError, ValueError) as exc:
         fail(str(exc))
     console.print(f"model: {out / 'model.json'} (sha256 {meta['sha256'][:12]}, best epoch "
                   f"{meta['training']['best']['epoch'] + 1}, val AUROC {meta['training']['best']['auroc']:.4f})")

@@ -39,16 +39,12 @@ from pydicom.encaps import generate_fragments
 from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import JPEG2000TransferSyntaxes, RLELossless
 
-from cxrscreen import faults
+from cxrscreen import faults, settings
 from cxrscreen.ingest.decode import Decoded, DecodeError, decode_dataset, read_dataset
+from cxrscreen.settings import Isolation
 
-ISOLATION_ENV = "CXRSCREEN_DECODE_ISOLATION"
-TIMEOUT_ENV = "CXRSCREEN_DECODE_TIMEOUT_S"
-MEMORY_ENV = "CXRSCREEN_DECODE_MEMORY_MB"
-MODES = ("compressed", "all", "none")
-DEFAULT_TIMEOUT_S = 60.0  # far above any sane film's decode (docs/benchmarks.md): only a hung codec reaches it
+MODES = tuple(m.value for m in Isolation)
 START_TIMEOUT_S = 300.0  # a fresh helper imports pydicom and the codecs: a one-off, slower on a busy machine
-DEFAULT_MEMORY_MB = 4096
 #: Largest decoded frame accepted (256 MiB: a 11 585² 16-bit image); chest films are 10–40 MiB.
 MAX_DECODED_BYTES = 1 << 28
 #: RLE (PS3.5 G.3.1): a 2-byte replicate run decodes to at most 128 bytes.
@@ -58,18 +54,13 @@ _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
 
 
 def isolation_mode() -> str:
-    """``$CXRSCREEN_DECODE_ISOLATION`` (``compressed`` when unset or unknown)."""
-    mode = os.environ.get(ISOLATION_ENV, "compressed").strip().lower()
-    return mode if mode in MODES else "compressed"
+    """Which files are decoded in helpers (:attr:`Settings.decode_isolation <cxrscreen.settings.Settings>`)."""
+    return str(settings.current().decode_isolation)
 
 
 def decode_timeout() -> float:
-    """Seconds one file may take in a helper (``$CXRSCREEN_DECODE_TIMEOUT_S``, default 60)."""
-    try:
-        value = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
-    except ValueError:
-        return DEFAULT_TIMEOUT_S
-    return value if value > 0 else DEFAULT_TIMEOUT_S
+    """Seconds one file may take in a helper (:attr:`Settings.decode_timeout_s <cxrscreen.settings.Settings>`)."""
+    return settings.current().decode_timeout_s
 
 
 def is_compressed(ds: Dataset) -> bool:
@@ -148,7 +139,7 @@ def _short(exc: BaseException, limit: int = 160) -> str:
 # --------------------------------------------------------------------------- decoding
 def decode_here(ds: Dataset, target: int | None) -> Decoded:
     """Decode in this process (the fault-injection point of ``faults.DECODE``)."""
-    if os.environ.get(faults.DECODE):
+    if settings.current().fault_decode:
         uid = ""
         with contextlib.suppress(Exception):
             uid = str(ds.get("SOPInstanceUID", ""))
@@ -179,7 +170,8 @@ class _Helper:
     def __init__(self) -> None:
         req_r, req_w = os.pipe()
         resp_r, resp_w = os.pipe()
-        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        env = dict(os.environ, **settings.current().child_env(), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+                   MKL_NUM_THREADS="1")
         try:
             # stderr to /dev/null: a dying codec's message may quote the file; the parent logs the outcome
             self.proc = subprocess.Popen(
@@ -372,10 +364,7 @@ atexit.register(shutdown)
 
 # --------------------------------------------------------------------------- the helper's side
 def _limit_memory() -> None:
-    try:
-        mb = int(os.environ.get(MEMORY_ENV, DEFAULT_MEMORY_MB))
-    except ValueError:
-        mb = DEFAULT_MEMORY_MB
+    mb = settings.current().decode_memory_mb
     if mb > 0:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_AS, (mb << 20, mb << 20))
@@ -397,6 +386,7 @@ def _answer(request: tuple) -> tuple:
 def serve(req_fd: int, resp_fd: int) -> None:
     """The helper's loop: decode requests until the parent closes the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    settings.load()  # the helper's edge: the settings the parent handed it (Settings.child_env)
     _limit_memory()
     requests, answers = Connection(req_fd, writable=False), Connection(resp_fd, readable=False)
     answers.send(("ready",))

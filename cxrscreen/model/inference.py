@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import os
 from collections.abc import Iterable, Iterator
 from copy import deepcopy
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from cxrscreen import settings
 from cxrscreen.options import Device, Precision, parse
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def cpu_supports_bf16() -> bool:
     ``CXRSCREEN_DISABLE_BF16=1`` answers False, so precision "auto" takes the path that AVX2-only
     CPUs take (:func:`runtime_for`; ``make test-avx2`` runs the suite that way).
     """
-    if os.environ.get("CXRSCREEN_DISABLE_BF16", "") == "1":
+    if settings.current().disable_bf16:
         return False
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -65,7 +65,7 @@ class LazyModel(ModelInfo):
     ``model``: the metadata (:func:`~cxrscreen.model.meta.read_model_info`), or a
     :class:`~cxrscreen.model.files.LoadedModel`, whose network is then used as it is.
     ``on_import``: called once torch and MONAI are imported, in that thread, before anything uses them
-    (the run records torch's process-wide settings there, to give them back at its end).
+    (the run imports the stages that need torch there).
 
     Where a :class:`~cxrscreen.model.files.LoadedModel` is expected (``spec``, ``net``, ``sha256``…)
     this one serves: :attr:`net` loads the weights. :meth:`close` waits for a load in progress.

@@ -56,13 +56,28 @@ def _quiet_fx(stack_traces: bool = False) -> Iterator[None]:
             config.do_not_emit_stack_traces = before
 
 
+@contextmanager
+def quantized_engine() -> Iterator[None]:
+    """Torch's quantized engine set to ``ENGINE`` for the ``with`` block (process-wide), then put back.
+
+    The int8 network is prepared, calibrated and converted (its weights packed for the engine) inside it;
+    the packed weights keep their kernels when the engine is put back."""
+    if ENGINE not in torch.backends.quantized.supported_engines:
+        raise Int8Unavailable(f"this torch build has no {ENGINE!r} quantized engine")
+    before = torch.backends.quantized.engine
+    torch.backends.quantized.engine = ENGINE
+    try:
+        yield
+    finally:
+        if torch.backends.quantized.engine != before:
+            torch.backends.quantized.engine = before
+
+
 def _prepared(net: torch.nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+    """``net`` traced with observers (call inside :func:`quantized_engine`)."""
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import prepare_fx
 
-    if ENGINE not in torch.backends.quantized.supported_engines:
-        raise Int8Unavailable(f"this torch build has no {ENGINE!r} quantized engine")
-    torch.backends.quantized.engine = ENGINE
     # The classifier stays float: a quantized logit lies on a 7-bit grid (about 0.26 apart), which
     # left 116 distinct probabilities on the 1,418 test films and ties all through the worklist's
     # priority order; a float Linear on the dequantized pooled features gives 1,309 (fp32: 1,312), at
@@ -83,7 +98,7 @@ def calibrate_int8(net: torch.nn.Module, batches: Iterable[torch.Tensor], model_
     """Run ``batches`` (model inputs, as scoring sees them) through an observed copy of ``net``."""
     prepared: torch.fx.GraphModule | None = None
     n = 0
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad(), quantized_engine():
         for x in batches:
             if prepared is None:
                 prepared = _prepared(net, x[:1])
@@ -103,17 +118,18 @@ def int8_net(net: torch.nn.Module, calib: Int8Calibration) -> torch.fx.GraphModu
     from torch.ao.quantization.observer import FixedQParamsObserver
     from torch.ao.quantization.quantize_fx import convert_fx
 
-    gm = _prepared(net, torch.zeros(1, 1, 64, 64))  # traced symbolically: any input size scores
-    observers = _observers(gm)
-    if set(observers) != set(calib.qparams):
-        raise Int8Unavailable("the int8 calibration does not fit this network (another architecture or torch "
-                              "version); recalibrate it (tools/int8_calibration.py)")
-    for name, (scale, zero_point, qmin, qmax) in calib.qparams.items():
-        old = observers[name]
-        setattr(gm, name, FixedQParamsObserver(scale, zero_point, dtype=old.dtype, qscheme=old.qscheme,
-                                               quant_min=qmin, quant_max=qmax))
-    with _quiet_fx():
-        return convert_fx(gm).eval()
+    with quantized_engine():
+        gm = _prepared(net, torch.zeros(1, 1, 64, 64))  # traced symbolically: any input size scores
+        observers = _observers(gm)
+        if set(observers) != set(calib.qparams):
+            raise Int8Unavailable("the int8 calibration does not fit this network (another architecture or torch "
+                                  "version); recalibrate it (tools/int8_calibration.py)")
+        for name, (scale, zero_point, qmin, qmax) in calib.qparams.items():
+            old = observers[name]
+            setattr(gm, name, FixedQParamsObserver(scale, zero_point, dtype=old.dtype, qscheme=old.qscheme,
+                                                   quant_min=qmin, quant_max=qmax))
+        with _quiet_fx():
+            return convert_fx(gm).eval()
 
 
 def _release(version: str) -> str:

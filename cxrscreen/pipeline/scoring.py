@@ -11,6 +11,7 @@ DataLoader worker that dies anyway is replaced and its files prepared again, eac
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -20,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from monai.data import set_track_meta
+from monai.data import get_track_meta, set_track_meta
 from torch.utils.data import DataLoader, Dataset
 
 from cxrscreen import faults
@@ -114,14 +115,35 @@ def _worker_init(_: int) -> None:  # a worker process's own state: one thread, n
     set_track_meta(False)
 
 
+@contextlib.contextmanager
+def scoring_threads(cores: int) -> Iterator[None]:
+    """Torch on ``cores`` threads and MONAI without metadata tracking for the ``with`` block (the scoring
+    pass), both put back as they were afterwards: they are process-wide."""
+    threads, track = torch.get_num_threads(), get_track_meta()
+    # The chain ends in plain tensors and reads no MONAI metadata: without MetaTensor bookkeeping
+    # it runs faster (docs/benchmarks.md).
+    set_track_meta(False)
+    torch.set_num_threads(cores)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        set_track_meta(track)
+
+
 def score(ctx: RunContext, todo: list[tuple[Path, str | None]]) -> list[ImageRecord]:
     """Prepare and score ``todo`` (``(path, known sha256)`` pairs) in batches, committing each batch.
 
-    The caller restores torch's thread count and MONAI's metadata tracking
-    (:func:`~cxrscreen.pipeline.context.borrowed_process_state`).
+    Torch's thread count and MONAI's metadata tracking are set for the pass and put back
+    (:func:`scoring_threads`).
     """
     if not todo:
         return []
+    with scoring_threads(usable_cores()):
+        return _score(ctx, todo)
+
+
+def _score(ctx: RunContext, todo: list[tuple[Path, str | None]]) -> list[ImageRecord]:
     scorer = _Scorer(ctx, todo)
     paths = [p for p, _ in todo]
     cores, gpu = usable_cores(), ctx.model.rt.device.type == "cuda"
@@ -132,10 +154,6 @@ def score(ctx: RunContext, todo: list[tuple[Path, str | None]]) -> list[ImageRec
         sched = gpu_schedule(cores)
     else:
         sched = None  # measured on the first batch
-    # The chain ends in plain tensors and reads no MONAI metadata: without MetaTensor bookkeeping
-    # it runs faster (docs/benchmarks.md).
-    set_track_meta(False)
-    torch.set_num_threads(cores)
     t0 = time.perf_counter()
     batches: Iterator[list[Prepared]] | DataLoader | None = None
     try:

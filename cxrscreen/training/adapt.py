@@ -24,7 +24,7 @@ from monai.transforms import Compose
 from cxrscreen.events import AdaptDone, ProgressFn, SitePrepared, SitePreparing, ignore
 from cxrscreen.model.files import LoadedModel, load_model, save_model
 from cxrscreen.model.inference import Runtime, choose_runtime, inference_net, predict_batch, prepare
-from cxrscreen.options import TrainLayers, TrainPrecision, parse
+from cxrscreen.options import OptionError, TrainLayers, TrainPrecision, parse
 from cxrscreen.outputs.worklist import write_csv
 from cxrscreen.preprocess import PreprocessSpec, augment_transforms, normalize_transforms
 from cxrscreen.state.atomic import atomic_write_text
@@ -60,6 +60,16 @@ class AdaptConfig:
     name: str | None = None
     min_per_class: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        parse(TrainLayers, self.train_layers, "--train-layers")
+        parse(TrainPrecision, self.precision, "--precision")
+        if self.init != "default" and not Path(self.init).is_file():
+            raise OptionError(f"--init: {self.init} is neither 'default' nor an existing model file")
+        if not Path(self.dicom_dir).is_dir():
+            raise OptionError(f"{self.dicom_dir}: not a folder")
+        if not 0.0 < self.target_sensitivity <= 1.0:
+            raise OptionError("--target-sensitivity must be above 0 and at most 1")
 
 
 @dataclass
@@ -258,7 +268,6 @@ def adapt(cfg: AdaptConfig, resume: bool = False, progress: ProgressFn | None = 
     from cxrscreen.outputs.validation import write_validation_report
 
     layers = parse(TrainLayers, cfg.train_layers, "--train-layers")
-    parse(TrainPrecision, cfg.precision, "--precision")
     emit = progress or ignore
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"

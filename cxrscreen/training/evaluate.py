@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from cxrscreen.model.files import LoadedModel
 from cxrscreen.model.inference import Runtime, predict_batch, scoring_net
+from cxrscreen.options import OptionError
 from cxrscreen.outputs.worklist import write_csv
 from cxrscreen.populations import manifest_population
 from cxrscreen.state.atomic import atomic_open, atomic_write_text
@@ -166,25 +168,32 @@ def plot_hist(df: pd.DataFrame, scores: np.ndarray, threshold: float | np.ndarra
         fig.savefig(fh, format="png")
 
 
-def evaluate(
-    lm: LoadedModel,
-    df: pd.DataFrame,
-    rt: Runtime,
-    out: Path,
-    manifest_name: str,
-    split: str,
-    threshold: float | None = None,
-    n_boot: int = 1000,
-    batch_size: int = 64,
-    workers: int = 0,
-    progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class EvalConfig:
+    """What an evaluation is of and how it runs: the manifest's name and split (recorded with the metrics),
+    one ``threshold`` for every film instead of the model's operating points, bootstrap resamples, scoring."""
+
+    manifest_name: str
+    split: str
+    threshold: float | None = None
+    n_boot: int = 1000
+    batch_size: int = 64
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise OptionError("--threshold must be strictly between 0 and 1")
+
+
+def evaluate(lm: LoadedModel, df: pd.DataFrame, rt: Runtime, out: Path, cfg: EvalConfig,
+             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Score, compute metrics, write ``metrics.json``, ``report.md``, ``scores.csv``, ``roc.png``, ``scores.png``."""
+    threshold, n_boot, manifest_name, split = cfg.threshold, cfg.n_boot, cfg.manifest_name, cfg.split
     thr = float(lm.threshold if threshold is None else threshold)
     pops = row_populations(lm, df)
     thresholds = row_thresholds(lm, df, threshold)
     t0 = time.time()
-    scores = score_frame(lm, df, rt, batch_size=batch_size, workers=workers, progress=progress)
+    scores = score_frame(lm, df, rt, batch_size=cfg.batch_size, workers=cfg.workers, progress=progress)
     metrics = evaluate_scores(df, scores, thresholds, n_boot=n_boot, populations=pops)
     meta = {
         "model": lm.name, "model_sha256": lm.sha256, "model_path": str(lm.path), "threshold": thr,

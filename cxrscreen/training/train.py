@@ -18,7 +18,7 @@ from cxrscreen.events import CachingImages, ProgressFn, TrainStep, ignore
 from cxrscreen.model.architecture import build_resnet50, imgsim_weights_path, load_torchvision_backbone
 from cxrscreen.model.files import load_model, save_model
 from cxrscreen.model.inference import Runtime, choose_runtime, predict_batch, prepare
-from cxrscreen.options import Optimizer, TrainPrecision, parse
+from cxrscreen.options import Optimizer, OptionError, TrainPrecision, parse
 from cxrscreen.preprocess import PreprocessSpec
 from cxrscreen.state.atomic import atomic_write_text
 from cxrscreen.training.data import make_dataset, read_manifest
@@ -50,6 +50,14 @@ class TrainConfig:
     threshold: float = 0.5
     name: str = "cxrscreen-resnet50"
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        parse(Optimizer, self.optimizer, "--optimizer")
+        parse(TrainPrecision, self.precision, "--precision")
+        if self.init not in ("imgsim", "none", "default") and not Path(self.init).is_file():
+            raise OptionError(f"--init: {self.init} is neither 'imgsim', 'none', 'default' nor an existing file")
+        if self.epochs < 1:
+            raise OptionError("--epochs must be at least 1")
 
 
 
@@ -176,12 +184,15 @@ class _TrainFit:
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | None = None) -> dict[str, Any]:
-    """Train; returns the metadata of the best model (written to ``OUT/model.json``)."""
+    """Train; returns the metadata of the best model (written to ``OUT/model.json``).
+
+    ``FileExistsError`` when OUT holds a checkpoint and ``resume`` is not asked for."""
     optimizer = parse(Optimizer, cfg.optimizer, "--optimizer")
-    parse(TrainPrecision, cfg.precision, "--precision")
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpoints(out, single="checkpoint.pt")
+    if checkpoints.exist() and not resume:
+        raise FileExistsError(f"{out} already holds a checkpoint; pass --resume to continue or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
     set_determinism(seed=cfg.seed)
     spec = PreprocessSpec(input_size=cfg.input_size)
     rt = choose_runtime(cfg.device, cfg.precision)

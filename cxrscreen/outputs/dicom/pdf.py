@@ -9,6 +9,7 @@ Document modules.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
@@ -24,6 +25,26 @@ DOCUMENT_TITLE = "cxrscreen triage report (research use, not for diagnosis)"
 MIME_TYPE = "application/pdf"
 
 
+@dataclass(frozen=True)
+class InstanceIds:
+    """Where a new instance goes: its series (UID, number, description) and its own UID and number."""
+
+    series_instance_uid: str
+    series_number: int
+    sop_instance_uid: str
+    instance_number: int = 1
+    series_description: str | None = None
+
+
+@dataclass(frozen=True)
+class Equipment:
+    """The software that made an instance (General Equipment module)."""
+
+    manufacturer: str = MANUFACTURER
+    manufacturer_model_name: str | None = None
+    software_versions: str | None = None
+
+
 class EncapsulatedPDF(hd.SOPClass):
     """An Encapsulated PDF instance holding ``document`` in the study of ``source``."""
 
@@ -31,16 +52,10 @@ class EncapsulatedPDF(hd.SOPClass):
         self,
         source: Dataset,
         document: bytes,
-        series_instance_uid: str,
-        series_number: int,
-        sop_instance_uid: str,
-        instance_number: int,
+        ids: InstanceIds,
         document_title: str,
         source_instances: Sequence[Dataset] = (),
-        manufacturer: str = MANUFACTURER,
-        manufacturer_model_name: str | None = None,
-        software_versions: str | None = None,
-        series_description: str | None = None,
+        equipment: Equipment = Equipment(),
     ) -> None:
         """``source``: an instance of the study (or a dataset standing for one, with its SOPClassUID and
         SOPInstanceUID: highdicom picks the modules by that SOP class) whose Patient and General Study
@@ -50,13 +65,13 @@ class EncapsulatedPDF(hd.SOPClass):
             raise ValueError("the encapsulated document is not a PDF")
         super().__init__(
             study_instance_uid=source.StudyInstanceUID,
-            series_instance_uid=series_instance_uid,
-            series_number=series_number,
-            sop_instance_uid=sop_instance_uid,
+            series_instance_uid=ids.series_instance_uid,
+            series_number=ids.series_number,
+            sop_instance_uid=ids.sop_instance_uid,
             sop_class_uid=EncapsulatedPDFStorage,
-            instance_number=instance_number,
+            instance_number=ids.instance_number,
             modality="DOC",
-            manufacturer=manufacturer,
+            manufacturer=equipment.manufacturer,
             transfer_syntax_uid=ExplicitVRLittleEndian,
             patient_id=source.get("PatientID"),
             patient_name=source.get("PatientName"),
@@ -67,9 +82,9 @@ class EncapsulatedPDF(hd.SOPClass):
             study_date=source.get("StudyDate"),
             study_time=source.get("StudyTime"),
             referring_physician_name=source.get("ReferringPhysicianName"),
-            series_description=series_description,
-            manufacturer_model_name=manufacturer_model_name,
-            software_versions=software_versions,
+            series_description=ids.series_description,
+            manufacturer_model_name=equipment.manufacturer_model_name,
+            software_versions=equipment.software_versions,
             specific_character_set=source.get("SpecificCharacterSet"),
         )
         self.copy_patient_and_study_information(source)
@@ -109,13 +124,8 @@ def build(result: StudyResult, document: bytes) -> EncapsulatedPDF:
     return EncapsulatedPDF(
         source=result.evidence()[0],
         document=document,
-        series_instance_uid=result.uid("pdf/series"),
-        series_number=SERIES_NUMBER,
-        sop_instance_uid=result.uid("pdf/instance"),
-        instance_number=1,
+        ids=InstanceIds(result.uid("pdf/series"), SERIES_NUMBER, result.uid("pdf/instance"), 1, SERIES_DESCRIPTION),
         document_title=DOCUMENT_TITLE,
         source_instances=result.evidence(),
-        manufacturer_model_name=result.model.name[:64],
-        software_versions=SOFTWARE_VERSION,
-        series_description=SERIES_DESCRIPTION,
+        equipment=Equipment(manufacturer_model_name=result.model.name[:64], software_versions=SOFTWARE_VERSION),
     )
