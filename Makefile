@@ -40,6 +40,19 @@ sysdeps:
 		 && (systemctl disable --now orthanc >/dev/null 2>&1 || true)) \
 		|| echo "note: could not install orthanc; the PACS tests of pull/send will be skipped"; \
 	else echo "note: Orthanc not found; the PACS tests of pull/send will be skipped (apt-get install orthanc)"; fi
+# Orthanc's DICOMweb plugin, the server of the DICOMweb tests of pull/send (optional: skipped without it).
+	@if [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		( (apt-get install -y -qq orthanc-dicomweb >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq orthanc-dicomweb >/dev/null)) \
+		 && (systemctl disable --now orthanc >/dev/null 2>&1 || true)) \
+		|| echo "note: could not install orthanc-dicomweb; the DICOMweb tests of pull/send will be skipped"; \
+	else echo "note: Orthanc's DICOMweb plugin not found; the DICOMweb tests will be skipped (apt-get install orthanc-dicomweb)"; fi
+# dcmtk (storescu, storescp): a second, independent DICOM peer for the network tests (optional: skipped without it).
+	@if command -v storescu >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -qq dcmtk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq dcmtk >/dev/null)) \
+		|| echo "note: could not install dcmtk; the tests that use storescu/storescp will be skipped"; \
+	else echo "note: dcmtk not found; the tests that use storescu/storescp will be skipped (apt-get install dcmtk)"; fi
 
 setup: $(STAMP) sysdeps
 

@@ -2,11 +2,13 @@
 
 :func:`orthanc_server` starts one (permissive C-FIND/C-GET/C-STORE/C-ECHO, no HTTP authentication,
 the storage in a temporary folder), waits until its REST API answers, and stops it; the tests that
-use it are skipped with the reason when the ``Orthanc`` binary is absent.
+use it are skipped with the reason when the ``Orthanc`` binary is absent. Options turn on its
+DICOMweb plugin (Debian ``orthanc-dicomweb``), HTTP basic authentication, and DICOM TLS.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import shutil
@@ -23,10 +25,12 @@ from typing import Any
 import pytest
 
 from cxrscreen.pacs.address import Address
+from cxrscreen.pacs.tls import TlsFiles
 
 ORTHANC = shutil.which("Orthanc") or next((p for p in ("/usr/sbin/Orthanc",) if Path(p).exists()), None)
 START_TIMEOUT = 60.0  # seconds for the REST API to answer (a cold start on a loaded machine)
 AET = "ORTHANC"
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 def require_orthanc() -> str:
@@ -34,6 +38,15 @@ def require_orthanc() -> str:
     if ORTHANC is None:
         pytest.skip("Orthanc is not installed (Debian: apt-get install orthanc; `make sysdeps` does it as root)")
     return ORTHANC
+
+
+def require_dicomweb() -> Path:
+    """Orthanc's DICOMweb plugin, or skip the test with the reason (Orthanc itself is required too)."""
+    require_orthanc()
+    if not DICOMWEB_PLUGIN.is_file():
+        pytest.skip("Orthanc's DICOMweb plugin is not installed (Debian: apt-get install orthanc-dicomweb; "
+                    "`make sysdeps` does it as root)")
+    return DICOMWEB_PLUGIN
 
 
 def free_port() -> int:
@@ -44,29 +57,40 @@ def free_port() -> int:
 
 @dataclass
 class Orthanc:
-    """A running Orthanc: its DICOM address and REST API."""
+    """A running Orthanc: its DICOM address and REST API (``auth``: the user and password it asks for, if any)."""
 
     dicom: Address
     http_port: int
     storage: Path
+    auth: tuple[str, str] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    @property
+    def dicomweb(self) -> str:
+        """The base URL of its DICOMweb API (with the plugin on)."""
+        return f"{self.url}/dicom-web"
+
+    def _request(self, path: str, method: str = "GET", data: bytes | None = None) -> urllib.request.Request:
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        if self.auth is not None:
+            req.add_header("Authorization", "Basic " + base64.b64encode(":".join(self.auth).encode()).decode())
+        return req
+
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=30) as rsp:
+        with urllib.request.urlopen(self._request(path), timeout=30) as rsp:
             body = rsp.read()
         return json.loads(body) if rsp.headers.get_content_type() == "application/json" else body
 
     def post(self, path: str, data: bytes | str) -> Any:
         body = data.encode() if isinstance(data, str) else data
-        req = urllib.request.Request(self.url + path, data=body, method="POST")
-        with urllib.request.urlopen(req, timeout=60) as rsp:
+        with urllib.request.urlopen(self._request(path, "POST", body), timeout=60) as rsp:
             return json.loads(rsp.read())
 
     def delete(self, path: str) -> None:
-        urllib.request.urlopen(urllib.request.Request(self.url + path, method="DELETE"), timeout=30).close()
+        urllib.request.urlopen(self._request(path, "DELETE"), timeout=30).close()
 
     def upload(self, path: Path) -> dict:
         """Store a DICOM file through the REST API (what C-STORE from a modality would do)."""
@@ -90,11 +114,27 @@ class Orthanc:
 
 
 @contextlib.contextmanager
-def orthanc_server(folder: Path, **config: Any) -> Iterator[Orthanc]:
-    """Run Orthanc with its storage under ``folder``; ``config`` overrides the permissive defaults."""
+def orthanc_server(folder: Path, *, dicomweb: bool = False, users: dict[str, str] | None = None,
+                   tls: TlsFiles | None = None, **config: Any) -> Iterator[Orthanc]:
+    """Run Orthanc with its storage under ``folder``; ``config`` overrides the permissive defaults.
+
+    ``dicomweb``: its DICOMweb plugin at ``/dicom-web/`` (skips without it). ``users``: HTTP basic
+    authentication on, for these users and passwords (the REST helpers log in as the first one).
+    ``tls``: DICOM TLS on its DICOM port, with this certificate and key, callers' certificates
+    required and checked against this CA. (Its HTTPS server is not offered: Debian's Orthanc 1.10.1
+    crashes on the first HTTPS connection.)
+    """
     binary = require_orthanc()
     folder.mkdir(parents=True, exist_ok=True)
     dicom_port, http_port = free_port(), free_port()
+    extra: dict[str, Any] = {}
+    if dicomweb:
+        extra |= {"Plugins": [str(require_dicomweb())], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+    if users:
+        extra |= {"AuthenticationEnabled": True, "RegisteredUsers": users}
+    if tls is not None:
+        extra |= {"DicomTlsEnabled": True, "DicomTlsCertificate": str(tls.cert), "DicomTlsPrivateKey": str(tls.key),
+                  "DicomTlsTrustedCertificates": str(tls.ca), "DicomTlsRemoteCertificateRequired": True}
     settings = {
         "Name": "cxrscreen-test",
         "StorageDirectory": str(folder / "db"),
@@ -121,13 +161,14 @@ def orthanc_server(folder: Path, **config: Any) -> Iterator[Orthanc]:
         "StorageCompression": False,
         "LimitFindResults": 0,
         "LimitFindInstances": 0,
-    } | config
+    } | extra | config
     cfg = folder / "orthanc.json"
     cfg.write_text(json.dumps(settings, indent=1))
     log_path = folder / "orthanc.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([binary, str(cfg)], stdout=log, stderr=subprocess.STDOUT, cwd=folder)
-    server = Orthanc(Address(AET, "127.0.0.1", dicom_port), http_port, folder)
+    server = Orthanc(Address(AET, "127.0.0.1", dicom_port), http_port, folder,
+                     next(iter(users.items())) if users else None)
     try:
         _wait_ready(proc, server, log_path)
         yield server

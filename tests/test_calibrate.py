@@ -1,7 +1,15 @@
 import numpy as np
+import pandas as pd
 import pytest
 
-from cxrscreen.training.calibrate import pick_threshold
+from cxrscreen.populations import OperatingPoints
+from cxrscreen.training.calibrate import (
+    CalibrateConfig,
+    CalibrationError,
+    calibrate,
+    pick_threshold,
+    rows_to_calibrate,
+)
 from cxrscreen.training.metrics import threshold_metrics, wilson_ci
 
 
@@ -37,3 +45,29 @@ def test_unreachable_targets():
         pick_threshold(np.array([0, 0]), np.array([0.1, 0.2]), 0.95)
     with pytest.raises(ValueError):
         pick_threshold(np.array([1, 1, 0]), np.array([0.9, 0.8, 0.1]), 0.99, require_lower_bound=True)
+
+
+def test_calibrate_config_refuses_the_test_split_and_impossible_targets() -> None:
+    with pytest.raises(CalibrationError, match="test split"):
+        CalibrateConfig("m.csv", "test")
+    assert CalibrateConfig("m.csv", "test", allow_test=True).split == "test"
+    with pytest.raises(CalibrationError, match="target-sensitivity"):
+        CalibrateConfig("m.csv", target_sensitivity=1.5)
+
+
+def test_calibrate_sets_one_population_point_on_its_rows() -> None:
+    df = pd.DataFrame({"label": [1, 1, 0, 0, 1, 0], "dataset": "d",
+                       "population": ["adult", "adult", "adult", "pediatric (1-5 y)", "pediatric", "pediatric"]})
+    scores = np.array([0.9, 0.6, 0.2, 0.7, 0.8, 0.1])
+    single = OperatingPoints.from_meta({"threshold": 0.5})
+    cfg = CalibrateConfig("m.csv", population="pediatric", target_sensitivity=1.0)
+    points, rows = rows_to_calibrate(single, df, cfg)
+    assert points.names == ("pediatric", "adult") and list(rows["label"]) == [0, 1, 0]
+    got = calibrate({"threshold": 0.5, "sha256": "x"}, points, rows, scores[3:], cfg)
+    assert got.threshold == 0.8 and got.n == 3 and "sha256" not in got.meta
+    meta_points = OperatingPoints.from_meta(got.meta)
+    assert meta_points["pediatric"].threshold == 0.8 and meta_points["adult"].threshold == 0.5
+    with pytest.raises(CalibrationError, match="one threshold per population"):
+        rows_to_calibrate(meta_points, df, CalibrateConfig("m.csv"))
+    with pytest.raises(CalibrationError, match="no 'population' column"):
+        rows_to_calibrate(single, df.drop(columns="population"), cfg)

@@ -12,7 +12,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, DigitalXRayImageStorageF
 from typer.testing import CliRunner
 
 from cxrscreen.cli.app import app
-from cxrscreen.pacs import Address, pull
+from cxrscreen.pacs import Address, DateRangeError, pull
 from cxrscreen.pacs.net import MAX_CONTEXTS
 from cxrscreen.pacs.pull import SOP_CLASSES, TRANSFER_SYNTAXES, date_range, safe_name, storage_contexts
 from cxrscreen.testing import dicom
@@ -87,6 +87,19 @@ def test_date_range_and_safe_name():
         date_range(date(2026, 11, 25), date(2026, 11, 24))
     assert safe_name("1.2.840.1") == "1.2.840.1"
     assert "/" not in safe_name("../../etc/passwd") and safe_name("../x").startswith("h")
+
+
+def test_date_range_parses_and_checks_text_dates():
+    """The API parses YYYYMMDD text itself (the CLI passes --since/--until through) with a typed error."""
+    assert date_range("20261124", None) == "20261124-"
+    assert date_range("20261124", "20261125") == "20261124-20261125"
+    assert issubclass(DateRangeError, ValueError)
+    with pytest.raises(DateRangeError, match="--since '2026-11-24': expected a date as YYYYMMDD"):
+        date_range("2026-11-24", None)
+    with pytest.raises(DateRangeError, match="--until '20261332'"):
+        date_range(None, "20261332")
+    with pytest.raises(DateRangeError, match="--since 20261125 is after --until 20261124"):
+        pull(Address("PACS", "127.0.0.1", 1), Path("unused"), since="20261125", until="20261124")
 
 
 @pytest.mark.slow

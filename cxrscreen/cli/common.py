@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import ssl
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from cxrscreen.options import Device, Precision, ReportPolicy
+
+if TYPE_CHECKING:
+    from cxrscreen.pacs import Address, WebCredentials, WebEndpoint
+    from cxrscreen.pacs.tls import TlsFiles
 
 # Help of the options shared by several commands; Typer lists their choices (cxrscreen.options) itself.
 DEVICE_HELP = "auto: CUDA when available, else the CPU."
@@ -36,7 +43,7 @@ Reports = Annotated[ReportPolicy, typer.Option("--reports", help="Which studies 
 DicomResults = Annotated[bool, typer.Option("--dicom-results", help="Also write each scored study's results as DICOM objects in its own study (OUT/dicom/: SR + encapsulated PDF), for `cxrscreen send`.")]
 TlsCert = Annotated[Path | None, typer.Option("--tls-cert", help="DICOM over TLS: our certificate (PEM); with --tls-key and --tls-ca.")]
 TlsKey = Annotated[Path | None, typer.Option("--tls-key", help="DICOM over TLS: the private key (PEM) of --tls-cert.")]
-TlsCa = Annotated[Path | None, typer.Option("--tls-ca", help="DICOM over TLS: the CA certificate(s) (PEM) a peer's certificate must be signed by.")]
+TlsCa = Annotated[Path | None, typer.Option("--tls-ca", help="DICOM over TLS, or an https:// DICOMweb URL: the CA certificate(s) (PEM) a peer's certificate must be signed by.")]
 
 
 class ExitCode(IntEnum):
@@ -102,6 +109,46 @@ def tls_files(cert: Path | None, key: Path | None, ca: Path | None) -> Any:
     except TlsError as exc:
         fail(str(exc))
     return files
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A PACS named on the command line, with the TLS files and the DICOMweb credentials to reach it."""
+
+    peer: Address | WebEndpoint
+    tls: TlsFiles | None = None
+    credentials: WebCredentials | None = None
+
+
+def destination(text: str, option: str, calling_aet: str, cert: Path | None, key: Path | None, ca: Path | None,
+                environ: Mapping[str, str]) -> Destination:
+    """``option``'s ``AET@HOST:PORT`` (with ``--calling-aet`` checked, and the TLS files) or DICOMweb URL (with
+    the credentials in ``environ``; for https, ``--tls-ca`` alone or with our certificate); exit 2 with the
+    reason when any of it is unusable."""
+    from cxrscreen.pacs import AddressError, CredentialsError, WebCredentials, WebEndpoint, parse_destination
+
+    try:
+        peer = parse_destination(text)
+    except AddressError as exc:
+        fail(f"{option}: {exc}")
+    if not isinstance(peer, WebEndpoint):
+        return Destination(pacs_address(text, option, calling_aet), tls_files(cert, key, ca))
+    if peer.url.startswith("http://") and (cert or key or ca):
+        fail(f"{option}: --tls-cert, --tls-key and --tls-ca apply to an https:// URL, not {peer}")
+    tls = None
+    if cert is not None or key is not None:
+        tls = tls_files(cert, key, ca)
+    elif ca is not None:
+        try:
+            ssl.create_default_context(cafile=str(ca))
+        except (OSError, ssl.SSLError) as exc:
+            fail(f"--tls-ca {ca}: not a readable PEM CA certificate ({getattr(exc, 'reason', None) or exc.strerror or type(exc).__name__})")
+        peer = replace(peer, ca=ca)
+    try:
+        credentials = WebCredentials.from_env(environ)
+    except CredentialsError as exc:
+        fail(str(exc))
+    return Destination(peer, tls, credentials)
 
 
 def is_tty() -> bool:

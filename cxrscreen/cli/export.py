@@ -23,12 +23,6 @@ def export_command(
     """Export the cumulative worklist from the ledger: same columns and order as the worklist CSVs."""
     from cxrscreen.outputs.export import ExportError, export, parse_decisions, parse_since
 
-    if not out.is_dir():
-        fail(f"{out}: no such folder")
-    if to.is_dir():
-        fail(f"--to {to}: is a folder; give a file name")
-    if not to.parent.is_dir():
-        fail(f"--to {to}: folder {to.parent} does not exist")
     fmt = fmt or (ExportFormat.json if to.suffix.lower() == ".json" else ExportFormat.csv)
     try:
         n = export(out, to, since=parse_since(since), decisions=parse_decisions(decision), level=level.value,

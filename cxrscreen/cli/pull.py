@@ -1,48 +1,56 @@
-"""``cxrscreen pull``: fetch a PACS's CR/DX studies (C-FIND, then C-GET) into a folder, one folder per study."""
+"""``cxrscreen pull``: fetch a PACS's CR/DX studies (C-FIND and C-GET, or DICOMweb QIDO-RS and WADO-RS) into a
+folder, one folder per study."""
 
 from __future__ import annotations
 
 import json
 import logging
-from datetime import date, datetime
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from cxrscreen.cli.common import AsJson, CallingAet, ExitCode, LogFile, Quiet, Timeout, fail, pacs_address
+from cxrscreen.cli.common import (
+    AsJson,
+    CallingAet,
+    ExitCode,
+    LogFile,
+    Quiet,
+    Timeout,
+    TlsCa,
+    TlsCert,
+    TlsKey,
+    destination,
+    fail,
+)
 from cxrscreen.logs import setup_logging
 from cxrscreen.options import Modality
 
 
-def _day(value: str | None, option: str) -> date | None:
-    if value is None:
-        return None
-    try:
-        return datetime.strptime(value, "%Y%m%d").date()
-    except ValueError:
-        fail(f"{option} {value!r}: expected a date as YYYYMMDD, e.g. 20261124")
-
-
 def pull_command(
-    source: Annotated[str, typer.Option("--from", help="The PACS: AET@HOST:PORT (e.g. ORTHANC@pacs.example.org:4242).")],
+    source: Annotated[str, typer.Option("--from", help="The PACS: AET@HOST:PORT (e.g. ORTHANC@pacs.example.org:4242), or a DICOMweb base URL (e.g. https://pacs.example.org/dicom-web; credentials from CXRSCREEN_DICOMWEB_USER/_PASSWORD or _TOKEN).")],
     to: Annotated[Path, typer.Option("--to", help="Folder to fetch into: DIR/<StudyInstanceUID>/<SOPInstanceUID>.dcm.")],
     since: Annotated[str | None, typer.Option(help="Only studies dated on or after this day (YYYYMMDD).")] = None,
     until: Annotated[str | None, typer.Option(help="Only studies dated on or before this day (YYYYMMDD).")] = None,
     modality: Annotated[list[Modality] | None, typer.Option("--modality", help="Modality to fetch; repeat for several (default: CR and DX).")] = None,
     calling_aet: CallingAet = "CXRSCREEN",
     timeout: Timeout = 30.0,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_ca: TlsCa = None,
     quiet: Quiet = False,
     as_json: AsJson = False,
     log_file: LogFile = None,
 ) -> None:
     """Fetch the CR/DX images of the PACS's studies in a date range; instances already in --to are not fetched again."""
-    from cxrscreen.pacs import PacsError, pull
+    from cxrscreen.pacs import DateRangeError, PacsError, date_range, pull
 
-    address = pacs_address(source, "--from", calling_aet)
-    first, last = _day(since, "--since"), _day(until, "--until")
-    if first and last and first > last:
-        fail(f"--since {since} is after --until {until}")
+    where = destination(source, "--from", calling_aet, tls_cert, tls_key, tls_ca, os.environ)
+    try:
+        date_range(since, until)
+    except DateRangeError as exc:
+        fail(str(exc))
     if to.exists() and not to.is_dir():
         fail(f"--to {to}: exists and is not a folder")
     try:
@@ -52,8 +60,8 @@ def pull_command(
     setup_logging(quiet=quiet or as_json, log_file=log_file)
     modalities = [m.value for m in modality] if modality else ["CR", "DX"]
     try:
-        result = pull(address, to, since=first, until=last, modalities=modalities, calling_aet=calling_aet,
-                      timeout=timeout)
+        result = pull(where.peer, to, since=since, until=until, modalities=modalities, calling_aet=calling_aet,
+                      timeout=timeout, tls=where.tls, credentials=where.credentials)
     except PacsError as exc:
         fail(str(exc))
     except OSError as exc:

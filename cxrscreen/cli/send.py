@@ -1,26 +1,43 @@
-"""``cxrscreen send``: C-STORE the DICOM result objects under OUT/dicom/ that the destination has not acknowledged."""
+"""``cxrscreen send``: C-STORE (or DICOMweb STOW-RS) the DICOM result objects under OUT/dicom/ that the
+destination has not acknowledged."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from cxrscreen.cli.common import AsJson, CallingAet, ExitCode, LogFile, Quiet, Timeout, fail, pacs_address
+from cxrscreen.cli.common import (
+    AsJson,
+    CallingAet,
+    ExitCode,
+    LogFile,
+    Quiet,
+    Timeout,
+    TlsCa,
+    TlsCert,
+    TlsKey,
+    destination,
+    fail,
+)
 from cxrscreen.logs import setup_logging
 from cxrscreen.outputs import DICOM_DIR
 
 
 def send_command(
     out: Annotated[Path, typer.Argument(help="Output folder of 'cxrscreen scan --dicom-results' (holds dicom/).")],
-    to: Annotated[str, typer.Option("--to", help="The destination: AET@HOST:PORT (e.g. ORTHANC@pacs.example.org:4242).")],
+    to: Annotated[str, typer.Option("--to", help="The destination: AET@HOST:PORT (e.g. ORTHANC@pacs.example.org:4242), or a DICOMweb base URL (e.g. https://pacs.example.org/dicom-web; credentials from CXRSCREEN_DICOMWEB_USER/_PASSWORD or _TOKEN).")],
     calling_aet: CallingAet = "CXRSCREEN",
     retries: Annotated[int, typer.Option(min=0, max=20, help="Further associations tried after an association failure or a transient status.")] = 3,
     retry_delay: Annotated[float, typer.Option("--retry-delay", min=0, max=3600, help="Seconds before the first retry; doubled before each further one.")] = 5.0,
     timeout: Timeout = 30.0,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_ca: TlsCa = None,
     quiet: Quiet = False,
     as_json: AsJson = False,
     log_file: LogFile = None,
@@ -29,20 +46,21 @@ def send_command(
     from cxrscreen.pacs import send
     from cxrscreen.state.lock import LockedError
 
-    address = pacs_address(to, "--to", calling_aet)
+    where = destination(to, "--to", calling_aet, tls_cert, tls_key, tls_ca, os.environ)
     if not out.is_dir():
         fail(f"{out}: no such folder")
     if not (out / DICOM_DIR).is_dir():
         fail(f"{out}: holds no dicom/ folder; run 'cxrscreen scan --dicom-results' first")
     setup_logging(quiet=quiet or as_json, log_file=log_file)
     try:
-        result = send(out, address, calling_aet=calling_aet, timeout=timeout, retries=retries, backoff=retry_delay)
+        result = send(out, where.peer, calling_aet=calling_aet, timeout=timeout, retries=retries, backoff=retry_delay,
+                      tls=where.tls, credentials=where.credentials)
     except LockedError as exc:
         fail(f"{exc}; not sending while it runs", ExitCode.LOCKED)
     code = ExitCode.USAGE if result.unreachable else ExitCode.OK if result.complete else ExitCode.NOT_SENT
     if as_json:
         typer.echo(json.dumps(result.summary() | {"exit_code": int(code)}, indent=2))
-    elif not quiet:
+    elif not quiet and not result.unreachable:  # unreachable: the error line alone
         typer.echo(f"{result.found} result objects: {result.sent} sent, {result.already_acknowledged} already "
                    f"acknowledged, {result.failed} not sent", err=True)
     if result.unreachable:

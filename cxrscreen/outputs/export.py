@@ -98,6 +98,8 @@ def export_frame(
         level = parse(ExportLevel, level, "--level")
     except ValueError as exc:
         raise ExportError(str(exc)) from None
+    if not Path(out).is_dir():
+        raise ExportError(f"{out}: no such folder")
     db_path = ledger_path(out)
     if not db_path.is_file():
         raise ExportError(f"{out}: no ledger ({STATE_DIR}/{LEDGER_NAME}); run 'cxrscreen scan' into it first")
@@ -152,7 +154,13 @@ def export(
     level: ExportLevel | str = ExportLevel.images,
     fmt: str = "csv",
 ) -> int:
-    """Write the filtered worklist to ``to``; returns the number of rows."""
+    """Write the filtered worklist to ``to``; returns the number of rows. :class:`ExportError` for a bad
+    argument (checked before anything is read)."""
+    to = Path(to)
+    if to.is_dir():
+        raise ExportError(f"--to {to}: is a folder; give a file name")
+    if not to.parent.is_dir():
+        raise ExportError(f"--to {to}: folder {to.parent} does not exist")
     df = export_frame(out, since, decisions, level)
     write_export(df, to, fmt)
     return len(df)

@@ -1,17 +1,19 @@
-"""DICOM network addresses: ``AET@HOST:PORT`` and application entity titles."""
+"""DICOM network addresses: ``AET@HOST:PORT`` (DIMSE), DICOMweb base URLs, and application entity titles."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?$")
 
 
 class AddressError(ValueError):
-    """A malformed ``AET@HOST:PORT`` or AE title; the message says what is wrong."""
+    """A malformed ``AET@HOST:PORT``, DICOMweb URL or AE title; the message says what is wrong."""
 
 
 def check_aet(title: str, what: str = "AE title") -> str:
@@ -66,3 +68,54 @@ def parse_address(text: str) -> Address:
         return Address(check_aet(aet, "called AE title"), host, int(port_text))
     except AddressError as exc:
         raise AddressError(f"{text!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class WebEndpoint:
+    """A DICOMweb service: its base URL (``http(s)://host[:port]/path``, no credentials, no trailing slash),
+    and for ``https`` the CA bundle that signs its certificate (default: requests' bundle) and our client
+    certificate and key, if it asks for one."""
+
+    url: str
+    ca: Path | None = None
+    client_cert: tuple[Path, Path] | None = None
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def parse_web_url(text: str) -> WebEndpoint:
+    """``http(s)://HOST[:PORT]/PATH`` → :class:`WebEndpoint`; a URL holding ``user:password@`` is refused
+    (the message never repeats it): credentials come from the environment."""
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError:
+        raise AddressError("the DICOMweb URL is malformed (its port or host); expected http(s)://HOST[:PORT]/PATH") \
+            from None
+    shown = f"{parts.scheme}://{parts.hostname or ''}{f':{port}' if port else ''}{parts.path}"
+    if "@" in parts.netloc:
+        raise AddressError(f"{shown}: credentials in the URL are refused; set CXRSCREEN_DICOMWEB_USER and "
+                           "CXRSCREEN_DICOMWEB_PASSWORD (or CXRSCREEN_DICOMWEB_TOKEN) in the environment instead")
+    if parts.scheme.lower() not in ("http", "https"):
+        raise AddressError(f"{text!r}: expected an http:// or https:// URL")
+    host = parts.hostname or ""
+    if not host:
+        raise AddressError(f"{shown!r}: no host; expected http(s)://HOST[:PORT]/PATH")
+    if ":" in host:
+        raise AddressError(f"{shown!r}: an IPv6 address as host is not supported for DICOMweb; use a host name")
+    if not _HOSTNAME.match(host):
+        raise AddressError(f"{shown!r}: {host!r} is not a host name or IP address")
+    if parts.query or parts.fragment:
+        raise AddressError(f"{shown!r}: a DICOMweb base URL has no query (?) or fragment (#)")
+    if port == 0:
+        raise AddressError(f"{shown!r}: port 0 is not a number from 1 to 65535")
+    netloc = f"{host}:{port}" if port else host
+    return WebEndpoint(f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/')}")
+
+
+def parse_destination(text: str) -> Address | WebEndpoint:
+    """A PACS: ``AET@HOST:PORT`` (DIMSE) → :class:`Address`, ``http(s)://…`` (DICOMweb) → :class:`WebEndpoint`."""
+    if re.match(r"\s*https?://", text, re.IGNORECASE):
+        return parse_web_url(text)
+    return parse_address(text)

@@ -1,9 +1,12 @@
-"""Associations with a remote AE (pynetdicom): time-outs, one-line reasons for failures, quiet logs."""
+"""Associations with a remote AE (pynetdicom, optionally over TLS): time-outs, one-line reasons for failures,
+quiet logs (pynetdicom's and the DICOMweb libraries')."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import ssl
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -30,9 +33,9 @@ class NoContextError(PacsError):
 
 
 class _Forward(logging.Handler):
-    """pynetdicom's warnings and errors, scrubbed, to the log file only (INFO on ``cxrscreen.pacs.net``);
-    while an association is being set up (by pynetdicom's own threads), its error lines are also kept
-    to explain a failure."""
+    """The network libraries' warnings and errors, scrubbed (UIDs too), to the log file only (INFO on
+    ``cxrscreen.pacs.net``); while an association is being set up (by pynetdicom's own threads), its
+    error lines are also kept to explain a failure."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -40,26 +43,38 @@ class _Forward(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            text = scrub(record.getMessage())
+            text = _UID.sub("<uid>", scrub(record.getMessage()))
         except Exception:
             return
-        logging.getLogger("cxrscreen.pacs.net").info("pynetdicom: %s", text)
+        logging.getLogger("cxrscreen.pacs.net").info("%s: %s", record.name.split(".")[0], text)
         errors = self.errors
         if errors is not None and record.levelno >= logging.ERROR:
             errors.append(text)
 
 
 _FORWARD = _Forward()
+#: The loggers kept off stderr: pynetdicom, and dicomweb-client with the HTTP stack under it (URLs hold UIDs).
+LIBRARY_LOGGERS = ("pynetdicom", "dicomweb_client", "urllib3", "requests", "retrying")
+_UID = re.compile(r"\b\d+(?:\.\d+){4,}\b")  # five or more numeric components: a UID, never an IPv4 address
+_SSL_REASON = re.compile(r"\[SSL: [A-Z0-9_]+\] ([^(\]'\"]+)")
 _NO_CONTEXT = "accepted none of the proposed presentation contexts (SOP class and transfer syntax)"
 _ASSOCIATING = threading.Lock()  # one association request at a time collects the error lines
 
 
 def route_library_logs() -> None:
-    """Keep pynetdicom's messages (which may quote header values) off stderr; idempotent."""
-    lg = logging.getLogger("pynetdicom")
-    if _FORWARD not in lg.handlers:
-        lg.addHandler(_FORWARD)
-    lg.propagate = False
+    """Keep the :data:`LIBRARY_LOGGERS`' messages (which may quote header values, URLs or UIDs) off stderr,
+    scrubbed into the log file; idempotent."""
+    for name in LIBRARY_LOGGERS:
+        lg = logging.getLogger(name)
+        if _FORWARD not in lg.handlers:
+            lg.addHandler(_FORWARD)
+        lg.propagate = False
+
+
+def tls_reason(text: str) -> str | None:
+    """The reason an OpenSSL error message gives (``certificate verify failed: …``), or None if it is none."""
+    m = _SSL_REASON.search(text)
+    return " ".join(m.group(1).split()).rstrip(" .:").lower() if m else None
 
 
 def make_ae(calling_aet: str, timeout: float = DEFAULT_TIMEOUT) -> AE:
@@ -72,11 +87,15 @@ def make_ae(calling_aet: str, timeout: float = DEFAULT_TIMEOUT) -> AE:
 
 
 @contextlib.contextmanager
-def associate(ae: AE, address: Address, **kwargs: Any) -> Iterator[Association]:
+def associate(ae: AE, address: Address, tls: ssl.SSLContext | None = None, **kwargs: Any) -> Iterator[Association]:
     """An established association with ``address`` (released on exit), or :class:`PacsError` saying why not.
 
-    ``kwargs`` go to :meth:`pynetdicom.AE.associate` (``ext_neg``, ``evt_handlers``).
+    With ``tls`` (:func:`cxrscreen.pacs.tls.client_context`) the association runs over TLS, the peer's
+    certificate checked against the CA and ``address.host``. ``kwargs`` go to :meth:`pynetdicom.AE.associate`
+    (``ext_neg``, ``evt_handlers``).
     """
+    if tls is not None:
+        kwargs["tls_args"] = (tls, address.host)
     with _ASSOCIATING:
         _FORWARD.errors = errors = []
         try:
@@ -86,7 +105,7 @@ def associate(ae: AE, address: Address, **kwargs: Any) -> Iterator[Association]:
         finally:
             _FORWARD.errors = None
     if not assoc.is_established:
-        why = _why(assoc, address, errors, ae.acse_timeout)
+        why = _why(assoc, address, errors, ae.acse_timeout, tls is not None)
         raise (NoContextError if why.endswith(_NO_CONTEXT) else PacsError)(why)
     try:
         yield assoc
@@ -95,13 +114,22 @@ def associate(ae: AE, address: Address, **kwargs: Any) -> Iterator[Association]:
             assoc.release()
 
 
-def _why(assoc: Association, address: Address, errors: list[str], timeout: float | None) -> str:
+def _why(assoc: Association, address: Address, errors: list[str], timeout: float | None, tls: bool = False) -> str:
     """One line on why the association with ``address`` was not established."""
     rsp = assoc.acceptor.primitive
     if assoc.is_rejected and rsp is not None:
         return (f"{address} rejected the association ({rsp.result_str.lower()}, {rsp.reason_str.lower()}); "
                 "check the called AE title and that the PACS knows the calling AE title")
     tcp = next((e.split(":", 1)[1].strip() for e in errors if e.startswith("TCP Initialisation Error")), None)
+    handshake = next((r for e in errors if (r := tls_reason(e))), None)
+    if handshake is not None:
+        hint = ("it does not accept our certificate (--tls-cert, --tls-key)" if "alert" in handshake
+                else "check --tls-ca (the CA that signs its certificate)")
+        return f"TLS handshake with {address} failed ({handshake}); {hint}"
+    if any("closed before the entire PDU" in e for e in errors) and tcp is None:
+        hint = ("it may not accept our certificate" if tls
+                else "it may expect DICOM over TLS (--tls-cert, --tls-key, --tls-ca)")
+        return f"{address} closed the connection before answering the association request; {hint}"
     if tcp is not None:
         reason = tcp.split("] ", 1)[-1] if tcp.startswith("[Errno") else tcp
         if reason == "timed out":

@@ -1,4 +1,5 @@
-"""``pull``: find a PACS's CR/DX studies by date (C-FIND) and fetch their images (C-GET) into a folder.
+"""``pull``: find a PACS's CR/DX studies by date (C-FIND) and fetch their images (C-GET) into a folder;
+from a DICOMweb service, QIDO-RS and WADO-RS (:mod:`cxrscreen.pacs.web`) into the same layout.
 
 Layout: ``DIR/<StudyInstanceUID>/<SOPInstanceUID>.dcm``, each file written atomically (mode 0640)
 byte for byte as the PACS sent it (no transcoding here: every transfer syntax below is proposed in
@@ -8,17 +9,15 @@ already exists is not fetched again, so an interrupted pull resumes where it sto
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
-    RE_VALID_UID,
     UID,
     ComputedRadiographyImageStorage,
     DeflatedExplicitVRLittleEndian,
@@ -44,9 +43,15 @@ from pynetdicom.sop_class import (
 )
 
 from cxrscreen.logs import file_handle
-from cxrscreen.pacs.address import Address
+from cxrscreen.pacs.address import Address, WebEndpoint
+from cxrscreen.pacs.common import DateRangeError, PullResult, date_range, safe_name
 from cxrscreen.pacs.net import DEFAULT_CALLING_AET, DEFAULT_TIMEOUT, MAX_CONTEXTS, PacsError, associate, make_ae
+from cxrscreen.pacs.tls import TlsFiles, client_context
+from cxrscreen.pacs.web import WebCredentials, pull_web
 from cxrscreen.state.atomic import atomic_write_bytes
+
+__all__ = ["SOP_CLASSES", "TRANSFER_SYNTAXES", "DateRangeError", "PullResult", "date_range", "pull", "safe_name",
+           "storage_contexts"]
 
 log = logging.getLogger("cxrscreen.pacs")
 
@@ -65,47 +70,11 @@ TRANSFER_SYNTAXES: tuple[UID, ...] = (
 _SUCCESS, _PENDING = 0x0000, (0xFF00, 0xFF01)
 
 
-@dataclass
-class PullResult:
-    """Counts of one pull; ``failed`` instances are tried again by the next pull."""
-
-    studies: int = 0  # studies the PACS matched
-    instances: int = 0  # CR/DX instances listed in them
-    fetched: int = 0
-    already_present: int = 0
-    failed: int = 0
-    error: str | None = None  # why the pull stopped early (the association was lost), if it did
-    study_folders: list[Path] = field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        return self.failed == 0 and self.error is None
-
-    def summary(self) -> dict:
-        keys = ("studies", "instances", "fetched", "already_present", "failed", "error")
-        return {k: getattr(self, k) for k in keys}
-
-
 @dataclass(frozen=True)
 class _Instance:
     study: str
     series: str
     sop: str
-
-
-def date_range(since: date | None, until: date | None) -> str:
-    """DICOM range matching value for StudyDate: ``since-until``, ``since-``, ``-until`` or ``""`` (any)."""
-    if since and until and since > until:
-        raise ValueError(f"--since {since:%Y%m%d} is after --until {until:%Y%m%d}")
-    if since is None and until is None:
-        return ""
-    lo, hi = (f"{d:%Y%m%d}" if d else "" for d in (since, until))
-    return lo if since == until else f"{lo}-{hi}"
-
-
-def safe_name(uid: str) -> str:
-    """A file name for ``uid``: the UID itself when it is a valid UID, else a hash (never a path)."""
-    return uid if len(uid) <= 64 and RE_VALID_UID.match(uid) else "h" + hashlib.sha256(uid.encode()).hexdigest()[:32]
 
 
 def storage_contexts(modalities: Iterable[str]) -> list[tuple[UID, UID]]:
@@ -115,26 +84,38 @@ def storage_contexts(modalities: Iterable[str]) -> list[tuple[UID, UID]]:
 
 
 def pull(
-    source: Address,
+    source: Address | WebEndpoint,
     dest: Path,
     *,
-    since: date | None = None,
-    until: date | None = None,
+    since: date | str | None = None,
+    until: date | str | None = None,
     modalities: Iterable[str] = ("CR", "DX"),
     calling_aet: str = DEFAULT_CALLING_AET,
     timeout: float = DEFAULT_TIMEOUT,
+    tls: TlsFiles | None = None,
+    credentials: WebCredentials | None = None,
 ) -> PullResult:
     """Fetch the CR/DX images of the studies of ``source`` dated ``since``–``until`` into ``dest``.
 
-    Raises :class:`PacsError` when no association can be made or the study query fails; an
-    association lost while fetching ends the pull with ``result.error`` set and the instances not
-    yet fetched counted as failed.
+    ``since``/``until`` are dates or ``YYYYMMDD`` text (:class:`DateRangeError` otherwise). ``source``
+    is a DIMSE :class:`Address` (C-FIND, C-GET; over TLS with ``tls``) or a DICOMweb
+    :class:`WebEndpoint` (QIDO-RS, WADO-RS; with ``credentials``, and ``tls``'s CA and certificate
+    for https). Raises :class:`PacsError` when no association or connection can be made, the login is
+    refused or the study query fails; a connection lost while fetching ends the pull with
+    ``result.error`` set and the instances not yet fetched counted as failed.
     """
     modalities = list(dict.fromkeys(m.upper() for m in modalities))
     unknown = [m for m in modalities if m not in SOP_CLASSES]
     if unknown or not modalities:
         raise ValueError(f"modalities must be among {', '.join(SOP_CLASSES)}")
     dates = date_range(since, until)
+    if isinstance(source, WebEndpoint):
+        if tls is not None:
+            source = replace(source, ca=tls.ca, client_cert=(tls.cert, tls.key))
+        sop_classes = {str(sop) for m in modalities for sop in SOP_CLASSES[m]}
+        return pull_web(source, dest, dates=dates, modalities=modalities, sop_classes=sop_classes,
+                        credentials=credentials, timeout=timeout)
+    context = client_context(tls) if tls is not None else None
     ae = make_ae(calling_aet, timeout)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
@@ -146,7 +127,7 @@ def pull(
     roles = [build_role(sop, scp_role=True) for sop in dict.fromkeys(sop for sop, _ in contexts)]
     receiver = _Receiver()
     result = PullResult()
-    with associate(ae, source, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, receiver)]) as assoc:
+    with associate(ae, source, context, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, receiver)]) as assoc:
         studies = _find_studies(assoc, dates, modalities)
         result.studies = len(studies)
         log.info("pull: %d studies matched (dates %s, modalities %s)", len(studies), dates or "any",

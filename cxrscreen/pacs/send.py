@@ -6,15 +6,17 @@ rewritten object (same UID, new content) is sent again. Association failures and
 statuses (out of resources) are retried with exponential back-off; a permanent refusal is not
 retried in this run, but the object stays unacknowledged and the next ``send`` tries it again.
 Files are sent as they are on disk (one presentation context per SOP class and transfer syntax
-found), under the output folder's lock, so a ``send`` never races a ``scan``.
+found), under the output folder's lock, so a ``send`` never races a ``scan``. To a DICOMweb service
+the objects go by STOW-RS (:mod:`cxrscreen.pacs.web`), with the same bookkeeping and retries.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 from pydicom.errors import InvalidDicomError
@@ -25,7 +27,8 @@ from pynetdicom.presentation import build_context
 
 from cxrscreen.logs import file_handle
 from cxrscreen.outputs import DICOM_DIR
-from cxrscreen.pacs.address import Address
+from cxrscreen.pacs.address import Address, WebEndpoint
+from cxrscreen.pacs.common import OutgoingObject, SendResult, is_stored, is_transient
 from cxrscreen.pacs.net import (
     DEFAULT_CALLING_AET,
     DEFAULT_TIMEOUT,
@@ -35,10 +38,14 @@ from cxrscreen.pacs.net import (
     associate,
     make_ae,
 )
+from cxrscreen.pacs.tls import TlsFiles, client_context
+from cxrscreen.pacs.web import LoginRefused, WebCredentials, client, store_round
 from cxrscreen.state.atomic import sha256_file
 from cxrscreen.state.ledger import STATE_DIR, ledger_path
 from cxrscreen.state.lock import folder_lock
 from cxrscreen.state.outbox import Outbox
+
+__all__ = ["DEFAULT_BACKOFF", "DEFAULT_RETRIES", "SendResult", "is_stored", "is_transient", "send"]
 
 log = logging.getLogger("cxrscreen.pacs")
 
@@ -46,64 +53,43 @@ DEFAULT_RETRIES = 3
 DEFAULT_BACKOFF = 5.0  # seconds before the first retry; doubled before each further one
 
 
-@dataclass(frozen=True)
-class _Object:
-    path: Path
-    sop_class: str
-    sop_uid: str
-    transfer_syntax: str
-    sha256: str
-
-
-@dataclass
-class SendResult:
-    """Counts of one send; ``failed`` objects stay unacknowledged and are sent by the next ``send``."""
-
-    found: int = 0  # result objects under OUT/dicom
-    already_acknowledged: int = 0
-    sent: int = 0  # acknowledged by the destination in this run
-    failed: int = 0  # not acknowledged (refused, unreadable, or the destination unreachable)
-    attempts: int = 0  # associations tried
-    unreachable: bool = False  # no association could be made at all, after every retry
-    error: str | None = None  # the last association failure, if any
-
-    @property
-    def complete(self) -> bool:
-        return self.failed == 0
-
-    def summary(self) -> dict:
-        keys = ("found", "already_acknowledged", "sent", "failed", "attempts", "unreachable", "error")
-        return {k: getattr(self, k) for k in keys}
-
-
-def is_transient(status: int) -> bool:
-    """C-STORE statuses worth retrying: out of resources (A7xx) and resource limitation (0213)."""
-    return status >> 8 == 0xA7 or status == 0x0213
-
-
-def is_stored(status: int) -> bool:
-    """Success or a warning (B000 coercion, B007 data set does not match SOP class, B006 elements discarded)."""
-    return status == 0x0000 or status >> 12 == 0xB
-
-
 def send(
     out: Path,
-    dest: Address,
+    dest: Address | WebEndpoint,
     *,
     calling_aet: str = DEFAULT_CALLING_AET,
     timeout: float = DEFAULT_TIMEOUT,
     retries: int = DEFAULT_RETRIES,
     backoff: float = DEFAULT_BACKOFF,
     sleep: Callable[[float], None] = time.sleep,
+    tls: TlsFiles | None = None,
+    credentials: WebCredentials | None = None,
 ) -> SendResult:
     """Send what ``dest`` has not acknowledged under ``out/dicom``; holds ``out``'s lock (``LockedError``).
 
-    ``retries`` further associations are tried, ``backoff``·2^k seconds apart, while objects remain
-    that failed for a transient reason.
+    ``dest`` is a DIMSE :class:`Address` (C-STORE; over TLS with ``tls``) or a DICOMweb
+    :class:`WebEndpoint` (STOW-RS; with ``credentials``, and ``tls``'s CA and certificate for https).
+    ``retries`` further associations (rounds of requests) are tried, ``backoff``·2^k seconds apart,
+    while objects remain that failed for a transient reason. A refused login (HTTP 401/403) is not
+    retried: ``result.error`` says so, and ``result.unreachable`` is set when nothing was sent.
     """
     if retries < 0 or backoff < 0:
         raise ValueError("retries and backoff must not be negative")
-    ae = make_ae(calling_aet, timeout)  # checks the calling AE title before anything is touched
+    attempt: Callable[[list[OutgoingObject], Outbox, SendResult], list[OutgoingObject]]
+    if isinstance(dest, WebEndpoint):
+        if tls is not None:
+            dest = replace(dest, ca=tls.ca, client_cert=(tls.cert, tls.key))
+        web, endpoint = client(dest, credentials, timeout), dest
+
+        def attempt(pending: list[OutgoingObject], outbox: Outbox, result: SendResult) -> list[OutgoingObject]:
+            return store_round(web, endpoint, pending, outbox, result, timeout)
+    else:
+        ae = make_ae(calling_aet, timeout)  # checks the calling AE title before anything is touched
+        context = client_context(tls) if tls is not None else None
+        address = dest
+
+        def attempt(pending: list[OutgoingObject], outbox: Outbox, result: SendResult) -> list[OutgoingObject]:
+            return _attempt(ae, address, context, pending, outbox, result)
     result = SendResult(unreachable=True)  # until an association is made
     with folder_lock(out / STATE_DIR), Outbox(ledger_path(out)) as outbox:
         pending = _pending(out / DICOM_DIR, str(dest), outbox, result)
@@ -114,7 +100,12 @@ def send(
                 sleep(delay)
                 delay *= 2
             result.attempts += 1
-            pending = _attempt(ae, dest, pending, outbox, result)
+            try:
+                pending = attempt(pending, outbox, result)
+            except LoginRefused as exc:  # retrying the same credentials cannot help (counted as failed)
+                result.error = str(exc)
+                log.info("send: %s", exc)  # the caller reports it
+                pending = []
         if pending and not result.unreachable:
             log.warning("send: %d object(s) still refused with a transient status after %d association(s)",
                         len(pending), result.attempts)
@@ -125,7 +116,7 @@ def send(
     return result
 
 
-def _pending(folder: Path, destination: str, outbox: Outbox, result: SendResult) -> list[_Object]:
+def _pending(folder: Path, destination: str, outbox: Outbox, result: SendResult) -> list[OutgoingObject]:
     """The readable objects under ``folder`` not acknowledged by ``destination``; unreadable ones count as failed."""
     todo = []
     for path in sorted(folder.rglob("*.dcm")) if folder.is_dir() else []:
@@ -135,7 +126,7 @@ def _pending(folder: Path, destination: str, outbox: Outbox, result: SendResult)
         handle = file_handle(path.relative_to(folder).as_posix())
         try:
             meta = read_file_meta_info(path)
-            obj = _Object(path, str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID),
+            obj = OutgoingObject(path, str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID),
                           str(meta.TransferSyntaxUID), sha256_file(path))
         except (InvalidDicomError, AttributeError, OSError, ValueError) as exc:
             result.failed += 1
@@ -148,10 +139,11 @@ def _pending(folder: Path, destination: str, outbox: Outbox, result: SendResult)
     return todo
 
 
-def _attempt(ae: AE, dest: Address, pending: list[_Object], outbox: Outbox, result: SendResult) -> list[_Object]:
+def _attempt(ae: AE, dest: Address, tls: ssl.SSLContext | None, pending: list[OutgoingObject], outbox: Outbox,
+             result: SendResult) -> list[OutgoingObject]:
     """One round: an association per batch of presentation contexts; returns the objects to retry."""
-    retry: list[_Object] = []
-    batches: dict[int, list[_Object]] = {}
+    retry: list[OutgoingObject] = []
+    batches: dict[int, list[OutgoingObject]] = {}
     pairs: dict[tuple[str, str], int] = {}
     for obj in pending:  # a new association each MAX_CONTEXTS (SOP class, transfer syntax) pairs
         key = (obj.sop_class, obj.transfer_syntax)
@@ -161,7 +153,7 @@ def _attempt(ae: AE, dest: Address, pending: list[_Object], outbox: Outbox, resu
         contexts = [build_context(sop_class, [ts])
                     for sop_class, ts in dict.fromkeys((o.sop_class, o.transfer_syntax) for o in batch)]
         try:
-            with associate(ae, dest, contexts=contexts) as assoc:
+            with associate(ae, dest, tls, contexts=contexts) as assoc:
                 result.unreachable = False
                 retry += _store_all(assoc, batch, str(dest), outbox, result)
         except NoContextError as exc:  # reached, but it stores none of these: not retried in this run
@@ -175,8 +167,8 @@ def _attempt(ae: AE, dest: Address, pending: list[_Object], outbox: Outbox, resu
     return retry
 
 
-def _store_all(assoc: Association, batch: list[_Object], destination: str, outbox: Outbox,
-               result: SendResult) -> list[_Object]:
+def _store_all(assoc: Association, batch: list[OutgoingObject], destination: str, outbox: Outbox,
+               result: SendResult) -> list[OutgoingObject]:
     """C-STORE each object of ``batch``; the objects to retry (transient status, association lost)."""
     retry = []
     for n, obj in enumerate(batch):

@@ -154,29 +154,28 @@ def _score(ctx: RunContext, todo: list[tuple[Path, str | None]]) -> list[ImageRe
         sched = gpu_schedule(cores)
     else:
         sched = None  # measured on the first batch
-    t0 = time.perf_counter()
-    batches: Iterator[list[Prepared]] | DataLoader | None = None
-    try:
-        if sched is None or sched.workers == 0:
-            batches = src.in_process(cores)
-        if sched is None:  # probe in process until one batch had images to score
-            sched = scorer.probe(batches, cores, gpu)
-        if sched.workers and scorer.done == len(todo) and ctx.workers is None:  # record what ran
-            sched = Schedule(0, cores, f"every file was in the first (timed, in-process) batch; {sched.reason}")
-        ctx.schedule = sched.to_dict()
-        log.info("scoring schedule: %d decode workers, %d torch threads (%s)", sched.workers, sched.threads,
-                 sched.reason)
-        if scorer.done < len(todo) and not sched.workers:
-            for batch in _timed(batches, ctx.durations, in_process=True):
-                scorer(batch)
-        elif scorer.done < len(todo):
+    with ctx.durations.stage("score_wall"):
+        batches: Iterator[list[Prepared]] | DataLoader | None = None
+        try:
+            if sched is None or sched.workers == 0:
+                batches = src.in_process(cores)
+            if sched is None:  # probe in process until one batch had images to score
+                sched = scorer.probe(batches, cores, gpu)
+            if sched.workers and scorer.done == len(todo) and ctx.workers is None:  # record what ran
+                sched = Schedule(0, cores, f"every file was in the first (timed, in-process) batch; {sched.reason}")
+            ctx.schedule = sched.to_dict()
+            log.info("scoring schedule: %d decode workers, %d torch threads (%s)", sched.workers, sched.threads,
+                     sched.reason)
+            if scorer.done < len(todo) and not sched.workers:
+                for batch in _timed(batches, ctx.durations, in_process=True):
+                    scorer(batch)
+            elif scorer.done < len(todo):
+                _close(batches)
+                batches = None
+                torch.set_num_threads(sched.threads)
+                _with_workers(src, sched.workers, cores, gpu, scorer, ctx.durations)
+        finally:
             _close(batches)
-            batches = None
-            torch.set_num_threads(sched.threads)
-            _with_workers(src, sched.workers, cores, gpu, scorer, ctx.durations)
-    finally:
-        _close(batches)
-    ctx.durations["score_wall"] = time.perf_counter() - t0
     return scorer.records
 
 
