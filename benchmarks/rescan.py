@@ -39,8 +39,8 @@ def tiny_dicoms(folder: Path, n: int, side: int = 8) -> None:
     """``n`` small DX files, distinct UIDs, 100 per sub-folder."""
     rng = np.random.default_rng(0)
     for i in range(n):
-        ds = dicom.dataset(patient_name=f"BENCH^{i}", patient_id=f"B{i:06d}", accession=f"A{i:06d}",
-                           study_date="20260101")
+        ds = dicom.dataset(PatientName=f"BENCH^{i}", PatientID=f"B{i:06d}", AccessionNumber=f"A{i:06d}",
+                           StudyDate="20260101")
         dicom.set_pixels(ds, rng.integers(0, 4096, (side, side), dtype=np.uint16), bits=12)
         dicom.write(ds, folder / f"d{i // 100:03d}" / f"img{i:06d}.dcm")
 

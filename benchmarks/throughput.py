@@ -156,8 +156,8 @@ def make_dataset(pixels: Any, bits: int, index: int) -> Any:
     """A DX chest PA dataset (one study per file) holding ``pixels`` uncompressed."""
     from cxrscreen.testing import dicom
 
-    ds = dicom.dataset(patient_name=f"BENCH^{index}", patient_id=f"B{index:06d}", accession=f"A{index:06d}",
-                       study_date="20260101")
+    ds = dicom.dataset(PatientName=f"BENCH^{index}", PatientID=f"B{index:06d}", AccessionNumber=f"A{index:06d}",
+                       StudyDate="20260101")
     window = tuple(map(str, dicom.auto_window(pixels[::4, ::4])))
     return dicom.set_pixels(ds, pixels, bits=bits, window=window)
 

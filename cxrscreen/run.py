@@ -24,7 +24,7 @@ from cxrscreen.ingest.discover import discover
 from cxrscreen.model.calibration import Int8Unavailable, load_calibration
 from cxrscreen.model.lazy import LazyModel
 from cxrscreen.model.meta import ModelInfo, read_model_info
-from cxrscreen.options import Precision, ReportPolicy, ScanOptions
+from cxrscreen.options import Engine, Precision, ReportPolicy, ScanOptions
 from cxrscreen.outputs.summary import write_summary_pdf
 from cxrscreen.outputs.worklist import images_frame, studies_frame, write_csv
 from cxrscreen.pipeline.context import RunContext, ScanInputError, ScanResult
@@ -46,7 +46,7 @@ log = logging.getLogger("cxrscreen")
 def scan(
     folder: Path | str,
     out: Path | str = "cxrscreen-out",
-    model: Path | str | ModelInfo | LoadedModel | None = None,
+    model: Path | str | ModelInfo | LoadedModel | LazyModel | None = None,
     options: ScanOptions | None = None,
     progress: ProgressFn | None = None,
 ) -> ScanResult:
@@ -55,7 +55,9 @@ def scan(
     ``model``: the model's metadata file (or its weights file; None: the embedded model), its
     :class:`~cxrscreen.model.meta.ModelInfo`, or a :class:`~cxrscreen.model.files.LoadedModel` to
     score with as it is. A file's weights are loaded (and their sha256 checked) only if a film is
-    scored or a report needs a Grad-CAM. ``options``: :class:`~cxrscreen.options.ScanOptions` (default:
+    scored or a report needs a Grad-CAM. A :class:`~cxrscreen.model.lazy.LazyModel` is used as it is, on
+    its own device and precision, and stays loaded for the next scan (a node that scans again and
+    again keeps one warm). ``options``: :class:`~cxrscreen.options.ScanOptions` (default:
     the model's operating points, reports for flagged studies). ``progress`` receives the
     :mod:`cxrscreen.events` of the run.
 
@@ -81,10 +83,16 @@ def scan(
             load_calibration(info.path, info.sha256)
         except Int8Unavailable as exc:
             raise ScanInputError(str(exc)) from exc
+    if o.engine is Engine.ray:  # refuse before anything is scanned: one line on how to install it (exit 2)
+        from cxrscreen.pipeline.ray_engine import ray_missing
+
+        if (why := ray_missing()) is not None:
+            raise ScanInputError(why)
     out.mkdir(parents=True, exist_ok=True)
     state = out / STATE_DIR
+    warm = model if isinstance(model, LazyModel) else None
     with (folder_lock(state), Ledger(ledger_path(out)) as ledger, isolation.helpers(),
-          LazyModel(info, o.device, o.precision, on_import=_import_stages) as lazy):
+          warm if warm is not None else LazyModel(info, o.device, o.precision, on_import=_import_stages) as lazy):
         run_id = new_run_id(lambda rid: (out / "runs" / rid).exists() or ledger.has_run(rid))
         ctx = RunContext(folder, out, lazy, points, o.reports, o.batch_size, o.workers, ledger, run_id,
                          dicom_results=o.dicom_results, engine=o.engine, ray_address=o.ray_address,
@@ -100,9 +108,14 @@ def _import_stages() -> None:
 
 
 def _score(ctx: RunContext, todo: list[tuple[Path, str | None]]) -> list[ImageRecord]:
-    """The scoring pass over ``todo``, the model loaded (started by the plan); report pages made as it goes."""
+    """The scoring pass over ``todo``, the model loaded (started by the plan); report pages made as it goes.
+    ``--engine ray``: :mod:`cxrscreen.pipeline.ray_engine` (its actors load the model; it makes ``ctx.pages``)."""
     if not todo:
         return []
+    if ctx.engine is Engine.ray:
+        from cxrscreen.pipeline.ray_engine import score as score_on_ray
+
+        return score_on_ray(ctx, todo)
     ctx.model.start()
     ctx.model.wait_imported()
     from cxrscreen.pipeline.scoring import score

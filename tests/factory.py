@@ -45,8 +45,8 @@ def base_dataset(
     view: str | None = "PA",
 ) -> Dataset:
     """A test patient's dataset declaring ``rows`` × ``cols`` but holding no pixel data."""
-    ds = dicom.dataset(sop_class=sop_class, modality=modality, study_uid=study_uid, patient_id=patient_id,
-                       patient_name=patient_name, accession=accession, body_part=body_part, view=view)
+    ds = dicom.dataset(sop_class=sop_class, modality=modality, StudyInstanceUID=study_uid, PatientID=patient_id,
+                       PatientName=patient_name, AccessionNumber=accession, body_part=body_part, view=view)
     ds.Rows, ds.Columns = rows, cols
     return ds
 

@@ -27,7 +27,7 @@ from tests.factory import chest_phantom
 from tests.test_logs import isolated_logging  # noqa: F401 (a fixture)
 
 STUDY_A, STUDY_B = generate_uid(), generate_uid()
-PATIENT_A = {"patient_name": "Müller^Zoë", "patient_id": "PAT-A", "accession": "ACC-A", "PatientSex": "F",
+PATIENT_A = {"PatientName": "Müller^Zoë", "PatientID": "PAT-A", "AccessionNumber": "ACC-A", "PatientSex": "F",
              "StudyID": "S1", "StudyTime": "101010", "ReferringPhysicianName": "REF^DOC",
              "SpecificCharacterSet": "ISO_IR 192"}
 #: Attributes that hold the time an object was made: the only ones a rerun may change.
@@ -36,7 +36,7 @@ TIME_FIELDS = {"InstanceCreationDate", "InstanceCreationTime", "ContentDate", "C
 
 def film(path: Path, seed: int, study_uid: str, view: str, **tags: str) -> Path:
     """A 12-bit DX chest film of ``study_uid``, ``view`` PA or LL."""
-    ds = dicom.dataset(study_uid=study_uid, view=view, **tags)
+    ds = dicom.dataset(StudyInstanceUID=study_uid, view=view, **tags)
     dicom.set_pixels(ds, np.rint(chest_phantom(512, 448, seed=seed) * 4095).astype(np.uint16), bits=12)
     return dicom.write(ds, path)
 
@@ -50,7 +50,7 @@ def scanned(tmp_path_factory, random_model) -> tuple[Path, list[ImageRecord]]:
     film(src / "a1.dcm", 1, STUDY_A, "PA", **PATIENT_A)
     film(src / "a2.dcm", 2, STUDY_A, "AP", **PATIENT_A)
     film(src / "a3.dcm", 3, STUDY_A, "LL", **PATIENT_A)
-    film(src / "b1.dcm", 4, STUDY_B, "LL", patient_id="PAT-B")
+    film(src / "b1.dcm", 4, STUDY_B, "LL", PatientID="PAT-B")
     (src / "junk.dcm").write_bytes(b"not a DICOM file")
     scan(src, root / "out", model=random_model, options=ScanOptions(threshold=1e-6, reports="flagged", workers=0))
     with Ledger(root / "out" / ".cxrscreen" / "ledger.sqlite") as ledger:

@@ -22,7 +22,9 @@ from cxrscreen.pacs import (
     Address,
     AddressError,
     CredentialsError,
+    Link,
     LoginRefused,
+    Retry,
     WebCredentials,
     WebEndpoint,
     parse_destination,
@@ -135,12 +137,12 @@ def stub_server(token: str, context: ssl.SSLContext | None = None) -> Iterator[t
 
 def test_bearer_token_goes_in_the_authorization_header(tmp_path):
     with stub_server(TOKEN) as (url, seen):
-        result = pull(parse_destination(url), tmp_path / "in", credentials=WebCredentials(token=TOKEN))
+        result = pull(parse_destination(url), tmp_path / "in", link=Link(credentials=WebCredentials(token=TOKEN)))
         assert result.complete and result.studies == 0
         assert seen and set(seen) == {f"Bearer {TOKEN}"}  # one QIDO-RS per modality, each with the token
 
         with pytest.raises(LoginRefused, match="refused the login"):
-            pull(parse_destination(url), tmp_path / "in", credentials=WebCredentials(token="wrong"))
+            pull(parse_destination(url), tmp_path / "in", link=Link(credentials=WebCredentials(token="wrong")))
         res = runner.invoke(app, ["pull", "--from", url, "--to", str(tmp_path / "in")], env={ENV_TOKEN: "wrong"})
     assert res.exit_code == 2
     assert res.stderr == (f"cxrscreen: error: {url} refused the login (HTTP 401); check {ENV_USER} and "
@@ -194,7 +196,7 @@ def test_stow_statuses_are_retried_only_when_transient(tmp_path, answers, sent, 
     answers = [(code, _failed(uid, int(a, 16)) if isinstance(a, str) else a) for code, a in answers]
     waits: list[float] = []
     with stow_stub(answers) as url:
-        result = send(out, parse_destination(url), retries=3, backoff=0.5, sleep=waits.append)
+        result = send(out, parse_destination(url), retry=Retry(retries=3, backoff=0.5, sleep=waits.append))
     assert (result.sent, result.failed, waits) == (sent, 1 - sent, slept) and not result.unreachable
     with Outbox(out / ".cxrscreen" / "ledger.sqlite") as box:
         assert box.count(url) == sent
@@ -279,7 +281,7 @@ def test_pull_over_dicomweb_gives_what_the_dimse_pull_gives_and_resumes(pacs, tm
     summary = json.loads(res.stdout)
     expected = _expected(pacs.films)
     assert (summary["fetched"], summary["failed"], summary["already_present"]) == (len(expected), 0, 0)
-    assert pull(pacs.dicom, dimse_dir, calling_aet="TESTSCU").complete
+    assert pull(pacs.dicom, dimse_dir, link=Link(calling_aet="TESTSCU")).complete
 
     web, dimse = _pulled(web_dir), _pulled(dimse_dir)
     assert set(web) == set(dimse) == set(expected)
@@ -334,7 +336,7 @@ def test_send_stores_a_scans_sr_and_pdf_over_stow_once(pacs, tmp_path, random_mo
     from cxrscreen.options import ScanOptions
 
     films, out, log = tmp_path / "films", tmp_path / "out", tmp_path / "send.log"
-    assert pull(parse_destination(pacs.dicomweb), films, credentials=WebCredentials(USER, PASSWORD)).complete
+    assert pull(parse_destination(pacs.dicomweb), films, link=Link(credentials=WebCredentials(USER, PASSWORD))).complete
     scan(films, out=out, model=random_model, options=ScanOptions(threshold=1e-6, workers=0, dicom_results=True))
     objects = sorted((out / "dicom").rglob("*.dcm"))
     classes = {pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID for p in objects}
@@ -368,8 +370,8 @@ def test_stow_refusals_are_counted_and_not_acknowledged(pacs, tmp_path):
     broken.parent.mkdir(parents=True)
     ds.save_as(broken, enforce_file_format=True)
     slept: list[float] = []
-    result = send(out, parse_destination(pacs.dicomweb), credentials=WebCredentials(USER, PASSWORD), retries=2,
-                  backoff=0, sleep=slept.append)
+    result = send(out, parse_destination(pacs.dicomweb), link=Link(credentials=WebCredentials(USER, PASSWORD)),
+                  retry=Retry(retries=2, backoff=0, sleep=slept.append))
     assert (result.found, result.sent, result.failed) == (3, 2, 1) and not result.unreachable
     assert slept == []  # a permanent refusal is not retried
     assert {pydicom.dcmread(p).SOPInstanceUID for p in (good, doc)} <= pacs.sop_uids()

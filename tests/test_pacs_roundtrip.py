@@ -14,7 +14,7 @@ from pydicom.uid import ComprehensiveSRStorage, EncapsulatedPDFStorage
 
 from cxrscreen import scan
 from cxrscreen.options import ScanOptions
-from cxrscreen.pacs import pull, send
+from cxrscreen.pacs import Link, Retry, pull, send
 from tests.orthanc import orthanc_server, require_orthanc
 
 pytestmark = pytest.mark.slow  # Orthanc, a scan with DICOM results, dciodvfy
@@ -34,7 +34,7 @@ def pacs(tmp_path: Path):
 
 def test_pull_scan_send_puts_the_results_in_their_studies(pacs, tmp_path: Path, random_model) -> None:
     films, out = tmp_path / "films", tmp_path / "out"
-    pulled = pull(pacs.dicom, films, calling_aet="CXRSCREEN")
+    pulled = pull(pacs.dicom, films, link=Link(calling_aet="CXRSCREEN"))
     assert pulled.fetched > 0 and pulled.complete
     res = scan(films, out=out, model=random_model, options=ScanOptions(threshold=1e-6, workers=0, dicom_results=True))
     assert res.summary.images_scored > 0
@@ -50,13 +50,13 @@ def test_pull_scan_send_puts_the_results_in_their_studies(pacs, tmp_path: Path, 
     assert all(ComprehensiveSRStorage in classes for classes in by_study.values())
     assert any(EncapsulatedPDFStorage in classes for classes in by_study.values())  # flagged studies' reports
 
-    sent = send(out, pacs.dicom, calling_aet="CXRSCREEN", retries=0)
+    sent = send(out, pacs.dicom, link=Link(calling_aet="CXRSCREEN"), retry=Retry(retries=0))
     assert sent.complete and sent.sent == len(objects)
     for p in objects:  # each object sits in its source study in the PACS
         ds = pydicom.dcmread(p, stop_before_pixels=True)
         tags = pacs.get(f"/instances/{pacs.instance_id(ds.SOPInstanceUID)}/simplified-tags")
         assert tags["StudyInstanceUID"] == ds.StudyInstanceUID and tags["PatientID"] == ds.PatientID
-    assert send(out, pacs.dicom, calling_aet="CXRSCREEN", retries=0).sent == 0  # nothing new
+    assert send(out, pacs.dicom, link=Link(calling_aet="CXRSCREEN"), retry=Retry(retries=0)).sent == 0  # nothing new
 
     again = scan(films, out=out, model=random_model, options=ScanOptions(threshold=1e-6, workers=0, dicom_results=True))
     assert again.summary.files_processed == 0

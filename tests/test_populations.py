@@ -133,9 +133,9 @@ def film(path: Path, seed: int, **tags) -> Path:
 @pytest.fixture(scope="module")
 def aged_folder(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("aged")
-    film(d / "child.dcm", 1, PatientAge="004Y", birth_date="")
-    film(d / "adult.dcm", 2, PatientAge="", birth_date="19600101", study_date="20260101")
-    film(d / "unknown.dcm", 3, PatientAge="", birth_date="")
+    film(d / "child.dcm", 1, PatientAge="004Y", PatientBirthDate="")
+    film(d / "adult.dcm", 2, PatientAge="", PatientBirthDate="19600101", StudyDate="20260101")
+    film(d / "unknown.dcm", 3, PatientAge="", PatientBirthDate="")
     return d
 
 

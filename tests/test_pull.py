@@ -12,7 +12,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, DigitalXRayImageStorageF
 from typer.testing import CliRunner
 
 from cxrscreen.cli.app import app
-from cxrscreen.pacs import Address, DateRangeError, pull
+from cxrscreen.pacs import Address, DateRangeError, Link, pull
 from cxrscreen.pacs.net import MAX_CONTEXTS
 from cxrscreen.pacs.pull import SOP_CLASSES, TRANSFER_SYNTAXES, date_range, safe_name, storage_contexts
 from cxrscreen.testing import dicom
@@ -26,13 +26,13 @@ def _extra_films(folder: Path) -> list[Path]:
     """Films of transfer syntaxes and SOP classes the samples lack: DX for processing in JPEG baseline,
     CR deflated; both dated 2026-11-26."""
     rng = np.random.default_rng(0)
-    ds = dicom.dataset(sop_class=DigitalXRayImageStorageForProcessing, study_date="20261126", patient_name="EXTRA^ONE",
-                       patient_id="EXTRA0001", accession="ACCX1")
+    ds = dicom.dataset(sop_class=DigitalXRayImageStorageForProcessing, StudyDate="20261126", PatientName="EXTRA^ONE",
+                       PatientID="EXTRA0001", AccessionNumber="ACCX1")
     dicom.set_pixels(ds, rng.integers(0, 255, (64, 48), dtype=np.uint8))
     ds.PresentationIntentType = "FOR PROCESSING"
     jpeg = dicom.write(dicom.encode(ds, JPEGBaseline8Bit), folder / "dx_processing_jpeg.dcm")
-    ds = dicom.dataset(sop_class=dicom.CR_STORAGE, modality="CR", study_date="20261126", patient_name="EXTRA^TWO",
-                       patient_id="EXTRA0002", accession="ACCX2")
+    ds = dicom.dataset(sop_class=dicom.CR_STORAGE, modality="CR", StudyDate="20261126", PatientName="EXTRA^TWO",
+                       PatientID="EXTRA0002", AccessionNumber="ACCX2")
     dicom.set_pixels(ds, rng.integers(0, 4095, (64, 48), dtype=np.uint16), bits=12)
     ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     deflated = dicom.write(ds, folder / "cr_deflated.dcm")
@@ -106,7 +106,7 @@ def test_date_range_parses_and_checks_text_dates():
 def test_pull_fetches_every_cr_dx_film_byte_for_byte_and_resumes(pacs, tmp_path):
     dest = tmp_path / "in"
     expected = _expected(pacs.films)
-    result = pull(pacs.dicom, dest, calling_aet="TESTSCU")
+    result = pull(pacs.dicom, dest, link=Link(calling_aet="TESTSCU"))
     assert result.complete and result.error is None
     assert (result.fetched, result.already_present, result.failed) == (len(expected), 0, 0)
     pulled = _pulled(dest)
@@ -123,14 +123,14 @@ def test_pull_fetches_every_cr_dx_film_byte_for_byte_and_resumes(pacs, tmp_path)
             "JPEG Baseline (Process 1)", "Deflated Explicit VR Little Endian", "Explicit VR Little Endian"} <= syntaxes
     assert sorted(result.study_folders) == sorted({p.parent for p in pulled.values()})
 
-    again = pull(pacs.dicom, dest, calling_aet="TESTSCU")
+    again = pull(pacs.dicom, dest, link=Link(calling_aet="TESTSCU"))
     assert (again.fetched, again.already_present, again.failed) == (0, len(expected), 0)
 
     gone = sorted(pulled.values())[0]
     before = {p: p.stat().st_mtime_ns for p in pulled.values() if p != gone}
     content = gone.read_bytes()
     gone.unlink()
-    resumed = pull(pacs.dicom, dest, calling_aet="TESTSCU")
+    resumed = pull(pacs.dicom, dest, link=Link(calling_aet="TESTSCU"))
     assert (resumed.fetched, resumed.already_present) == (1, len(expected) - 1)
     assert gone.read_bytes() == content
     assert {p: p.stat().st_mtime_ns for p in before} == before  # the others were not written again

@@ -12,7 +12,7 @@ from pydicom.uid import EncapsulatedPDFStorage
 from typer.testing import CliRunner
 
 from cxrscreen.cli.app import app
-from cxrscreen.pacs import Address, send
+from cxrscreen.pacs import Address, Link, Retry, send
 from cxrscreen.pacs.send import is_stored, is_transient
 from cxrscreen.state.lock import folder_lock
 from cxrscreen.state.outbox import Outbox
@@ -30,14 +30,15 @@ def _write(ds: pydicom.Dataset, out: Path) -> Path:
 
 
 def sr(out: Path, **tags) -> Path:
-    ds = dicom.dataset(sop_class=dicom.SR_STORAGE, modality="SR", study_uid=STUDY, body_part=None, view=None,
+    ds = dicom.dataset(sop_class=dicom.SR_STORAGE, modality="SR", StudyInstanceUID=STUDY, body_part=None, view=None,
                        ValueType="CONTAINER", **tags)
     return _write(ds, out)
 
 
 def pdf(out: Path) -> Path:
-    ds = dicom.dataset(sop_class=EncapsulatedPDFStorage, modality="DOC", study_uid=STUDY, body_part=None, view=None,
-                       MIMETypeOfEncapsulatedDocument="application/pdf", EncapsulatedDocument=b"%PDF-1.4\n%%EOF\n")
+    ds = dicom.dataset(sop_class=EncapsulatedPDFStorage, modality="DOC", StudyInstanceUID=STUDY, body_part=None,
+                       view=None, MIMETypeOfEncapsulatedDocument="application/pdf",
+                       EncapsulatedDocument=b"%PDF-1.4\n%%EOF\n")
     return _write(ds, out)
 
 
@@ -54,7 +55,7 @@ def refused_by_status(out: Path) -> Path:
 
 
 def unknown_sop_class(out: Path) -> Path:
-    return _write(dicom.dataset(sop_class=UNKNOWN_SOP_CLASS, modality="OT", study_uid=STUDY), out)
+    return _write(dicom.dataset(sop_class=UNKNOWN_SOP_CLASS, modality="OT", StudyInstanceUID=STUDY), out)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_send_stores_new_objects_once_and_resends_changed_ones(orthanc, tmp_path
     files = [sr(out), pdf(out), image(out)]
     uids = {pydicom.dcmread(p).SOPInstanceUID for p in files}
 
-    first = send(out, orthanc.dicom, calling_aet="TESTSCU", retries=0)
+    first = send(out, orthanc.dicom, link=Link(calling_aet="TESTSCU"), retry=Retry(retries=0))
     assert (first.found, first.sent, first.failed, first.already_acknowledged) == (3, 3, 0, 0) and first.complete
     assert orthanc.sop_uids() == uids
     for path in files:  # sent as they are on disk: the same data set arrives
@@ -103,13 +104,13 @@ def test_send_stores_new_objects_once_and_resends_changed_ones(orthanc, tmp_path
         assert pydicom.dcmread(io.BytesIO(orthanc.instance_bytes(src.SOPInstanceUID))) == src
     assert (out / ".cxrscreen" / "ledger.sqlite").is_file()  # acknowledgements live in the ledger
 
-    second = send(out, orthanc.dicom, calling_aet="TESTSCU", retries=0)
+    second = send(out, orthanc.dicom, link=Link(calling_aet="TESTSCU"), retry=Retry(retries=0))
     assert (second.sent, second.already_acknowledged, second.attempts) == (0, 3, 0)
 
     ds = pydicom.dcmread(files[0])  # the scan rewrote one object: same UID, new content
     ds.SeriesDescription = "second version"
     ds.save_as(files[0], enforce_file_format=True)
-    third = send(out, orthanc.dicom, calling_aet="TESTSCU", retries=0)
+    third = send(out, orthanc.dicom, link=Link(calling_aet="TESTSCU"), retry=Retry(retries=0))
     assert (third.sent, third.already_acknowledged) == (1, 2)
     assert orthanc.get(f"/instances/{orthanc.instance_id(ds.SOPInstanceUID)}/simplified-tags")[
         "SeriesDescription"] == "second version"
@@ -122,7 +123,7 @@ def test_transient_refusals_are_retried_with_exponential_back_off(orthanc, tmp_p
     sr(out)
     refused_by_status(out)
     slept: list[float] = []
-    result = send(out, orthanc.dicom, retries=3, backoff=1.5, sleep=slept.append)
+    result = send(out, orthanc.dicom, retry=Retry(retries=3, backoff=1.5, sleep=slept.append))
     assert slept == [1.5, 3.0, 6.0] and result.attempts == 4
     assert (result.sent, result.failed) == (1, 1) and not result.unreachable
 
@@ -151,7 +152,7 @@ def test_cli_partial_failure_has_its_own_exit_code(orthanc, tmp_path):
 def test_only_unaccepted_objects_left_is_a_partial_failure_not_unreachable(orthanc, tmp_path):
     out = tmp_path / "out"
     unknown_sop_class(out)
-    result = send(out, orthanc.dicom, retries=2, backoff=0)
+    result = send(out, orthanc.dicom, retry=Retry(retries=2, backoff=0))
     assert not result.unreachable and result.failed == 1 and result.attempts == 1  # a refusal is not retried
 
 
@@ -160,7 +161,7 @@ def test_unreachable_destination_exits_2_after_the_retries(tmp_path):
     sr(out)
     port = free_port()  # nothing listens there
     slept: list[float] = []
-    result = send(out, Address("PACS", "127.0.0.1", port), retries=2, backoff=0.5, sleep=slept.append)
+    result = send(out, Address("PACS", "127.0.0.1", port), retry=Retry(retries=2, backoff=0.5, sleep=slept.append))
     assert result.unreachable and result.attempts == 3 and result.failed == 1 and slept == [0.5, 1.0]
     res = runner.invoke(app, ["send", str(out), "--to", f"PACS@127.0.0.1:{port}", "--retries", "1",
                               "--retry-delay", "0"])

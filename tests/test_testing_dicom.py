@@ -26,9 +26,11 @@ def test_dataset_defaults_and_overrides():
     assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
     assert ds.StudyInstanceUID != dicom.dataset().StudyInstanceUID  # fresh UIDs by default
     study = generate_uid()
-    cr = dicom.dataset(sop_class=dicom.CR_STORAGE, modality="CR", study_uid=study, view=None, PatientSex="F")
+    cr = dicom.dataset(sop_class=dicom.CR_STORAGE, modality="CR", StudyInstanceUID=study, view=None, PatientSex="F")
     assert (cr.StudyInstanceUID, cr.PatientSex, cr.Modality) == (study, "F", "CR") and "ViewPosition" not in cr
     assert "PixelData" not in cr and "Rows" not in cr
+    assert cr.PatientName == dicom.IDENTITY["PatientName"]
+    assert dicom.dataset(PatientName="OTHER^ONE", AccessionNumber="X9").AccessionNumber == "X9"
     with pytest.raises(ValueError, match="not a DICOM keyword"):
         dicom.dataset(PatientNme="x")
 
@@ -48,9 +50,9 @@ def test_lossless_encodings_give_back_the_pixels(tmp_path, syntax):
 
 @pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless])
 def test_encoding_is_deterministic(syntax):
-    ds = dicom.dataset(instance_uid="1.2.3", study_uid="1.2.4", series_uid="1.2.5")
+    ds = dicom.dataset(SOPInstanceUID="1.2.3", StudyInstanceUID="1.2.4", SeriesInstanceUID="1.2.5")
     one = dicom.to_bytes(dicom.encode(dicom.set_pixels(ds, _ramp(), bits=12), syntax))
-    ds = dicom.dataset(instance_uid="1.2.3", study_uid="1.2.4", series_uid="1.2.5")
+    ds = dicom.dataset(SOPInstanceUID="1.2.3", StudyInstanceUID="1.2.4", SeriesInstanceUID="1.2.5")
     assert dicom.to_bytes(dicom.encode(dicom.set_pixels(ds, _ramp(), bits=12), syntax)) == one
 
 

@@ -164,10 +164,11 @@ def header(
     series_time = f"{int(study.time) + 100 * series:06d}"
     spacing = [f"{spacing_mm:.4f}", f"{spacing_mm:.4f}"]
     ds = build_dicom.dataset(
-        sop_class=sop_class, modality=modality, patient_name=study.name, patient_id=study.pid,
-        birth_date=study.birth, accession=study.acc, study_date=study.date, body_part=body, view=view or None,
-        study_uid=uid(study.acc, "study"), series_uid=uid(study.acc, series, "series"),
-        instance_uid=uid(study.acc, series, "instance"),
+        sop_class=sop_class, modality=modality, PatientName=study.name, PatientID=study.pid,
+        PatientBirthDate=study.birth, AccessionNumber=study.acc, StudyDate=study.date, body_part=body,
+        view=view or None,
+        StudyInstanceUID=uid(study.acc, "study"), SeriesInstanceUID=uid(study.acc, series, "series"),
+        SOPInstanceUID=uid(study.acc, series, "instance"),
         SpecificCharacterSet="ISO_IR 100", ImageType=["DERIVED", "SECONDARY" if sop_class == SC_STORAGE else "PRIMARY"],
         SeriesDate=study.date, ContentDate=study.date, StudyTime=study.time, SeriesTime=series_time,
         ContentTime=series_time, Manufacturer="Demo Imaging", InstitutionName="Demo General Hospital",

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from cxrscreen import settings
 from cxrscreen.cli.adapt import adapt_command
 from cxrscreen.cli.calibrate import calibrate_command
 from cxrscreen.cli.evaluate import evaluate_command
 from cxrscreen.cli.export import export_command
+from cxrscreen.cli.listen import listen_command
 from cxrscreen.cli.pull import pull_command
 from cxrscreen.cli.scan import scan_command
 from cxrscreen.cli.send import send_command
@@ -30,6 +32,7 @@ app.command("export")(export_command)
 app.command("adapt")(adapt_command)
 app.command("pull")(pull_command)
 app.command("send")(send_command)
+app.command("listen")(listen_command)
 
 
 def _version(value: bool) -> None:
@@ -46,4 +49,7 @@ def _root(
 
 
 def main() -> None:
+    """The ``cxrscreen`` command: the environment's settings are read here, once (:mod:`cxrscreen.settings`)."""
+    for name in settings.load().ignored:
+        typer.echo(f"cxrscreen: warning: {name} is not a usable value; its default applies", err=True)
     app()

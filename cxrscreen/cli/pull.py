@@ -44,7 +44,7 @@ def pull_command(
     log_file: LogFile = None,
 ) -> None:
     """Fetch the CR/DX images of the PACS's studies in a date range; instances already in --to are not fetched again."""
-    from cxrscreen.pacs import DateRangeError, PacsError, date_range, pull
+    from cxrscreen.pacs import DateRangeError, Link, PacsError, date_range, pull
 
     where = destination(source, "--from", calling_aet, tls_cert, tls_key, tls_ca, os.environ)
     try:
@@ -60,8 +60,8 @@ def pull_command(
     setup_logging(quiet=quiet or as_json, log_file=log_file)
     modalities = [m.value for m in modality] if modality else ["CR", "DX"]
     try:
-        result = pull(where.peer, to, since=since, until=until, modalities=modalities, calling_aet=calling_aet,
-                      timeout=timeout, tls=where.tls, credentials=where.credentials)
+        result = pull(where.peer, to, since=since, until=until, modalities=modalities,
+                      link=Link(calling_aet, timeout, where.tls, where.credentials))
     except PacsError as exc:
         fail(str(exc))
     except OSError as exc:

@@ -43,7 +43,7 @@ def send_command(
     log_file: LogFile = None,
 ) -> None:
     """Send the result objects (SR, encapsulated PDF) not yet acknowledged by --to; a second send sends nothing new."""
-    from cxrscreen.pacs import send
+    from cxrscreen.pacs import Link, Retry, send
     from cxrscreen.state.lock import LockedError
 
     where = destination(to, "--to", calling_aet, tls_cert, tls_key, tls_ca, os.environ)
@@ -53,8 +53,8 @@ def send_command(
         fail(f"{out}: holds no dicom/ folder; run 'cxrscreen scan --dicom-results' first")
     setup_logging(quiet=quiet or as_json, log_file=log_file)
     try:
-        result = send(out, where.peer, calling_aet=calling_aet, timeout=timeout, retries=retries, backoff=retry_delay,
-                      tls=where.tls, credentials=where.credentials)
+        result = send(out, where.peer, link=Link(calling_aet, timeout, where.tls, where.credentials),
+                      retry=Retry(retries, retry_delay))
     except LockedError as exc:
         fail(f"{exc}; not sending while it runs", ExitCode.LOCKED)
     code = ExitCode.USAGE if result.unreachable else ExitCode.OK if result.complete else ExitCode.NOT_SENT

@@ -10,7 +10,7 @@ from cxrscreen.pacs.address import (
     parse_destination,
     parse_web_url,
 )
-from cxrscreen.pacs.common import DateRangeError, PullResult, SendResult, date_range
+from cxrscreen.pacs.common import DateRangeError, Link, PullResult, Retry, SendResult, date_range
 from cxrscreen.pacs.net import DEFAULT_CALLING_AET, DEFAULT_TIMEOUT, PacsError
 from cxrscreen.pacs.pull import pull
 from cxrscreen.pacs.send import send
@@ -18,6 +18,6 @@ from cxrscreen.pacs.web import CredentialsError, LoginRefused, WebCredentials
 
 __all__ = [
     "DEFAULT_CALLING_AET", "DEFAULT_TIMEOUT", "Address", "AddressError", "CredentialsError", "DateRangeError",
-    "LoginRefused", "PacsError", "PullResult", "SendResult", "WebCredentials", "WebEndpoint", "check_aet",
-    "date_range", "parse_address", "parse_destination", "parse_web_url", "pull", "send",
+    "Link", "LoginRefused", "PacsError", "PullResult", "Retry", "SendResult", "WebCredentials", "WebEndpoint",
+    "check_aet", "date_range", "parse_address", "parse_destination", "parse_web_url", "pull", "send",
 ]

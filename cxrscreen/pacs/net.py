@@ -16,9 +16,8 @@ from pynetdicom.association import Association
 
 from cxrscreen.logs import scrub
 from cxrscreen.pacs.address import Address, check_aet
+from cxrscreen.pacs.common import DEFAULT_CALLING_AET, DEFAULT_TIMEOUT  # noqa: F401 (re-exported)
 
-DEFAULT_CALLING_AET = "CXRSCREEN"
-DEFAULT_TIMEOUT = 30.0  # seconds: TCP connect, association answer, each DIMSE message
 MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are the odd numbers 1–255
 
 log = logging.getLogger("cxrscreen.pacs")

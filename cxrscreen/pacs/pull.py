@@ -44,10 +44,10 @@ from pynetdicom.sop_class import (
 
 from cxrscreen.logs import file_handle
 from cxrscreen.pacs.address import Address, WebEndpoint
-from cxrscreen.pacs.common import DateRangeError, PullResult, date_range, safe_name
-from cxrscreen.pacs.net import DEFAULT_CALLING_AET, DEFAULT_TIMEOUT, MAX_CONTEXTS, PacsError, associate, make_ae
-from cxrscreen.pacs.tls import TlsFiles, client_context
-from cxrscreen.pacs.web import WebCredentials, pull_web
+from cxrscreen.pacs.common import DateRangeError, Link, PullResult, date_range, safe_name
+from cxrscreen.pacs.net import MAX_CONTEXTS, PacsError, associate, make_ae
+from cxrscreen.pacs.tls import client_context
+from cxrscreen.pacs.web import pull_web
 from cxrscreen.state.atomic import atomic_write_bytes
 
 __all__ = ["SOP_CLASSES", "TRANSFER_SYNTAXES", "DateRangeError", "PullResult", "date_range", "pull", "safe_name",
@@ -90,17 +90,14 @@ def pull(
     since: date | str | None = None,
     until: date | str | None = None,
     modalities: Iterable[str] = ("CR", "DX"),
-    calling_aet: str = DEFAULT_CALLING_AET,
-    timeout: float = DEFAULT_TIMEOUT,
-    tls: TlsFiles | None = None,
-    credentials: WebCredentials | None = None,
+    link: Link | None = None,
 ) -> PullResult:
     """Fetch the CR/DX images of the studies of ``source`` dated ``since``–``until`` into ``dest``.
 
     ``since``/``until`` are dates or ``YYYYMMDD`` text (:class:`DateRangeError` otherwise). ``source``
-    is a DIMSE :class:`Address` (C-FIND, C-GET; over TLS with ``tls``) or a DICOMweb
-    :class:`WebEndpoint` (QIDO-RS, WADO-RS; with ``credentials``, and ``tls``'s CA and certificate
-    for https). Raises :class:`PacsError` when no association or connection can be made, the login is
+    is a DIMSE :class:`Address` (C-FIND, C-GET; over TLS with ``link.tls``) or a DICOMweb
+    :class:`WebEndpoint` (QIDO-RS, WADO-RS; with ``link.credentials``, and ``link.tls``'s CA and
+    certificate for https). Raises :class:`PacsError` when no association or connection can be made, the login is
     refused or the study query fails; a connection lost while fetching ends the pull with
     ``result.error`` set and the instances not yet fetched counted as failed.
     """
@@ -109,14 +106,16 @@ def pull(
     if unknown or not modalities:
         raise ValueError(f"modalities must be among {', '.join(SOP_CLASSES)}")
     dates = date_range(since, until)
+    link = link or Link()
+    tls, timeout = link.tls, link.timeout
     if isinstance(source, WebEndpoint):
         if tls is not None:
             source = replace(source, ca=tls.ca, client_cert=(tls.cert, tls.key))
         sop_classes = {str(sop) for m in modalities for sop in SOP_CLASSES[m]}
         return pull_web(source, dest, dates=dates, modalities=modalities, sop_classes=sop_classes,
-                        credentials=credentials, timeout=timeout)
+                        credentials=link.credentials, timeout=timeout)
     context = client_context(tls) if tls is not None else None
-    ae = make_ae(calling_aet, timeout)
+    ae = make_ae(link.calling_aet, timeout)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     contexts = storage_contexts(modalities)

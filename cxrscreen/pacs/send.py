@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -28,18 +27,25 @@ from pynetdicom.presentation import build_context
 from cxrscreen.logs import file_handle
 from cxrscreen.outputs import DICOM_DIR
 from cxrscreen.pacs.address import Address, WebEndpoint
-from cxrscreen.pacs.common import OutgoingObject, SendResult, is_stored, is_transient
+from cxrscreen.pacs.common import (
+    DEFAULT_BACKOFF,
+    DEFAULT_RETRIES,
+    Link,
+    OutgoingObject,
+    Retry,
+    SendResult,
+    is_stored,
+    is_transient,
+)
 from cxrscreen.pacs.net import (
-    DEFAULT_CALLING_AET,
-    DEFAULT_TIMEOUT,
     MAX_CONTEXTS,
     NoContextError,
     PacsError,
     associate,
     make_ae,
 )
-from cxrscreen.pacs.tls import TlsFiles, client_context
-from cxrscreen.pacs.web import LoginRefused, WebCredentials, client, store_round
+from cxrscreen.pacs.tls import client_context
+from cxrscreen.pacs.web import LoginRefused, client, store_round
 from cxrscreen.state.atomic import sha256_file
 from cxrscreen.state.ledger import STATE_DIR, ledger_path
 from cxrscreen.state.lock import folder_lock
@@ -49,42 +55,35 @@ __all__ = ["DEFAULT_BACKOFF", "DEFAULT_RETRIES", "SendResult", "is_stored", "is_
 
 log = logging.getLogger("cxrscreen.pacs")
 
-DEFAULT_RETRIES = 3
-DEFAULT_BACKOFF = 5.0  # seconds before the first retry; doubled before each further one
 
 
 def send(
     out: Path,
     dest: Address | WebEndpoint,
     *,
-    calling_aet: str = DEFAULT_CALLING_AET,
-    timeout: float = DEFAULT_TIMEOUT,
-    retries: int = DEFAULT_RETRIES,
-    backoff: float = DEFAULT_BACKOFF,
-    sleep: Callable[[float], None] = time.sleep,
-    tls: TlsFiles | None = None,
-    credentials: WebCredentials | None = None,
+    link: Link | None = None,
+    retry: Retry | None = None,
 ) -> SendResult:
     """Send what ``dest`` has not acknowledged under ``out/dicom``; holds ``out``'s lock (``LockedError``).
 
-    ``dest`` is a DIMSE :class:`Address` (C-STORE; over TLS with ``tls``) or a DICOMweb
-    :class:`WebEndpoint` (STOW-RS; with ``credentials``, and ``tls``'s CA and certificate for https).
-    ``retries`` further associations (rounds of requests) are tried, ``backoff``·2^k seconds apart,
-    while objects remain that failed for a transient reason. A refused login (HTTP 401/403) is not
+    ``dest`` is a DIMSE :class:`Address` (C-STORE; over TLS with ``link.tls``) or a DICOMweb
+    :class:`WebEndpoint` (STOW-RS; with ``link.credentials``, and ``link.tls``'s CA and certificate for
+    https). ``retry.retries`` further associations (rounds of requests) are tried, ``retry.backoff``·2^k
+    seconds apart, while objects remain that failed for a transient reason. A refused login (HTTP 401/403) is not
     retried: ``result.error`` says so, and ``result.unreachable`` is set when nothing was sent.
     """
-    if retries < 0 or backoff < 0:
-        raise ValueError("retries and backoff must not be negative")
+    link, retry = link or Link(), retry or Retry()
+    tls, timeout = link.tls, link.timeout
     attempt: Callable[[list[OutgoingObject], Outbox, SendResult], list[OutgoingObject]]
     if isinstance(dest, WebEndpoint):
         if tls is not None:
             dest = replace(dest, ca=tls.ca, client_cert=(tls.cert, tls.key))
-        web, endpoint = client(dest, credentials, timeout), dest
+        web, endpoint = client(dest, link.credentials, timeout), dest
 
         def attempt(pending: list[OutgoingObject], outbox: Outbox, result: SendResult) -> list[OutgoingObject]:
             return store_round(web, endpoint, pending, outbox, result, timeout)
     else:
-        ae = make_ae(calling_aet, timeout)  # checks the calling AE title before anything is touched
+        ae = make_ae(link.calling_aet, timeout)  # checks the calling AE title before anything is touched
         context = client_context(tls) if tls is not None else None
         address = dest
 
@@ -93,11 +92,11 @@ def send(
     result = SendResult(unreachable=True)  # until an association is made
     with folder_lock(out / STATE_DIR), Outbox(ledger_path(out)) as outbox:
         pending = _pending(out / DICOM_DIR, str(dest), outbox, result)
-        delay = backoff
-        while pending and result.attempts <= retries:
+        delay = retry.backoff
+        while pending and result.attempts <= retry.retries:
             if result.attempts:
                 log.info("send: %d object(s) left; retrying in %g s", len(pending), delay)
-                sleep(delay)
+                retry.sleep(delay)
                 delay *= 2
             result.attempts += 1
             try:

@@ -40,44 +40,44 @@ SR_STORAGE = BasicTextSRStorage
 ENCODERS: dict[str, str] = {RLELossless: "pylibjpeg", JPEGLSLossless: "pyjpegls", JPEG2000Lossless: "pylibjpeg"}
 
 
+#: The test patient and study every :func:`dataset` starts from (DICOM keyword → value).
+IDENTITY: dict[str, str] = {"PatientName": "TEST^PATIENT", "PatientID": "TEST0001", "PatientBirthDate": "19700101",
+                            "AccessionNumber": "ACC0001", "StudyDate": "20261124"}
+
+
 def dataset(
     *,
     sop_class: str = DX_STORAGE,
     modality: str = "DX",
-    patient_name: str = "TEST^PATIENT",
-    patient_id: str = "TEST0001",
-    birth_date: str = "19700101",
-    accession: str = "ACC0001",
-    study_date: str = "20261124",
     body_part: str | None = "CHEST",
     view: str | None = "PA",
-    study_uid: str | None = None,
-    series_uid: str | None = None,
-    instance_uid: str | None = None,
-    **tags: Any,
+    **attributes: Any,
 ) -> Dataset:
     """A dataset with file meta, SOP, patient, study and series attributes; no pixel data.
 
-    UIDs default to fresh random ones; ``None`` for ``body_part``/``view`` leaves the tag out.
-    Any other attribute is given by its DICOM keyword, e.g. ``PatientSex="F"``.
+    ``attributes`` are DICOM keywords and their values (``PatientName="A^B"``, ``StudyInstanceUID=…``,
+    ``PatientSex="F"``), over :data:`IDENTITY`; the Study, Series and SOP Instance UIDs default to fresh
+    random ones. ``None`` for ``body_part``/``view`` leaves the tag out.
     """
+    for keyword in attributes:
+        if tag_for_keyword(keyword) is None:
+            raise ValueError(f"not a DICOM keyword: {keyword!r}")
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = sop_class
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = instance_uid or generate_uid()
-    ds.StudyInstanceUID = study_uid or generate_uid()
-    ds.SeriesInstanceUID = series_uid or generate_uid()
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate = patient_name, patient_id, birth_date
-    ds.AccessionNumber, ds.StudyDate, ds.Modality = accession, study_date, modality
+    ds.SOPInstanceUID = attributes.pop("SOPInstanceUID", None) or generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID = attributes.pop("StudyInstanceUID", None) or generate_uid()
+    ds.SeriesInstanceUID = attributes.pop("SeriesInstanceUID", None) or generate_uid()
+    for keyword, value in (IDENTITY | {"Modality": modality}).items():
+        setattr(ds, keyword, value)
     if body_part is not None:
         ds.BodyPartExamined = body_part
     if view is not None:
         ds.ViewPosition = view
-    for keyword, value in tags.items():
-        if tag_for_keyword(keyword) is None:
-            raise ValueError(f"not a DICOM keyword: {keyword!r}")
+    for keyword, value in attributes.items():
         setattr(ds, keyword, value)
     return ds
 
