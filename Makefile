@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	# CPU build of PyTorch pinned first (an unpinned torch pulls a multi-GB CUDA build); GPU: see README.
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,ray]"
 	# Self-supervised ResNet50 weights for `train --init imgsim` (MIT); --no-deps avoids OpenCV.
 	$(BIN)/python -m pip install -q --no-deps imgsim==0.1.2
 	touch $(STAMP)

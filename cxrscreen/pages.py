@@ -151,11 +151,12 @@ class PageStore:
         if todo:
             need_cam = any(t is not None for _, _, t in todo)
             for page in make_pages(todo, self.lm.spec, self.net if need_cam else None, self.rt):
-                self._save(page)
+                self.save(page)
             for it in batch:  # the films are no longer needed
                 it.film = None
 
-    def _save(self, page: Page) -> None:
+    def save(self, page: Page) -> None:
+        """Keep ``page`` on disk until the report stage takes it (also a page made elsewhere: a scoring actor)."""
         self.seen.add(page.record.path)
         if page.display is None:
             return

@@ -31,6 +31,7 @@ from cxrscreen.logs import file_handle
 from cxrscreen.model.inference import predict_batch
 from cxrscreen.pipeline.context import RunContext
 from cxrscreen.pipeline.schedule import Schedule, choose_schedule, fixed_schedule, gpu_schedule, usable_cores
+from cxrscreen.populations import OperatingPoints
 from cxrscreen.prepare import Prepared, prepare_file
 from cxrscreen.preprocess import PreprocessSpec, build_transform
 from cxrscreen.records import ImageRecord, decide
@@ -254,14 +255,8 @@ class _Scorer:
         for it in batch:
             path, known_sha = self.todo[it.index]
             prob = probs.get(it.index)
-            point = ctx.points.assign(it.tags, scored=it.status.is_ok)
-            notes = (*it.notes, *point.notes)
-            rec = ImageRecord(path=path.relative_to(ctx.folder).as_posix(), status=it.status, tags=it.tags,
-                              qc_notes=notes, probability=prob,
-                              decision=decide(it.status, prob, point.threshold, notes),
-                              size=it.size, mtime_ns=it.mtime_ns, sha256=it.sha256 or known_sha or "",
-                              threshold=point.threshold, population=point.population, model_sha256=ctx.model.sha256,
-                              run_id=ctx.run_id)
+            rec = record_for(it, path.relative_to(ctx.folder).as_posix(), known_sha, prob, ctx.points,
+                             ctx.model.sha256, ctx.run_id)
             d["decode"] += it.t_decode
             d["preprocess"] += it.t_preprocess
             if rec.status.is_error:
@@ -276,6 +271,17 @@ class _Scorer:
         self.batches += 1
         faults.kill_after_batch(self.batches)
         ctx.emit(BatchScored(len(self.records), len(self.todo), len(self.records) / (time.perf_counter() - self.t0)))
+
+
+def record_for(it: Prepared, rel: str, known_sha: str, prob: float | None, points: OperatingPoints, model_sha: str,
+               run_id: str) -> ImageRecord:
+    """The ledger row of one prepared (and, if assessable, scored) film."""
+    point = points.assign(it.tags, scored=it.status.is_ok)
+    notes = (*it.notes, *point.notes)
+    return ImageRecord(path=rel, status=it.status, tags=it.tags, qc_notes=notes, probability=prob,
+                       decision=decide(it.status, prob, point.threshold, notes), size=it.size, mtime_ns=it.mtime_ns,
+                       sha256=it.sha256 or known_sha or "", threshold=point.threshold, population=point.population,
+                       model_sha256=model_sha, run_id=run_id)
 
 
 def _from_workers(it: Iterator[list[Prepared]]) -> Iterator[list[Prepared]]:
