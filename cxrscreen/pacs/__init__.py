@@ -10,7 +10,8 @@ from cxrscreen.pacs.address import (
     parse_destination,
     parse_web_url,
 )
-from cxrscreen.pacs.common import DateRangeError, Link, PullResult, Retry, SendResult, date_range
+from cxrscreen.pacs.common import DateRangeError, PullResult, SendResult, date_range
+from cxrscreen.pacs.link import Link, Retry
 from cxrscreen.pacs.net import DEFAULT_CALLING_AET, DEFAULT_TIMEOUT, PacsError
 from cxrscreen.pacs.pull import pull
 from cxrscreen.pacs.send import send

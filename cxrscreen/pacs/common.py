@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydicom.uid import RE_VALID_UID
-
-if TYPE_CHECKING:
-    from cxrscreen.pacs.tls import TlsFiles
-    from cxrscreen.pacs.web import WebCredentials
 
 DEFAULT_CALLING_AET = "CXRSCREEN"
 DEFAULT_TIMEOUT = 30.0  # seconds: TCP connect, association answer, each DIMSE message or HTTP request
@@ -22,28 +15,6 @@ DEFAULT_RETRIES = 3
 DEFAULT_BACKOFF = 5.0  # seconds before the first retry; doubled before each further one
 
 
-@dataclass(frozen=True)
-class Link:
-    """How we reach a peer: our AE title (DIMSE), the time-out, the TLS files (DICOM over TLS, or the CA and
-    certificate of an https DICOMweb URL) and the DICOMweb credentials."""
-
-    calling_aet: str = DEFAULT_CALLING_AET
-    timeout: float = DEFAULT_TIMEOUT
-    tls: TlsFiles | None = None
-    credentials: WebCredentials | None = None
-
-
-@dataclass(frozen=True)
-class Retry:
-    """``retries`` further rounds after a failure that may pass, ``backoff``·2^k seconds apart (``sleep`` waits)."""
-
-    retries: int = DEFAULT_RETRIES
-    backoff: float = DEFAULT_BACKOFF
-    sleep: Callable[[float], None] = time.sleep
-
-    def __post_init__(self) -> None:
-        if self.retries < 0 or self.backoff < 0:
-            raise ValueError("retries and backoff must not be negative")
 
 
 class DateRangeError(ValueError):

@@ -44,7 +44,8 @@ from pynetdicom.sop_class import (
 
 from cxrscreen.logs import file_handle
 from cxrscreen.pacs.address import Address, WebEndpoint
-from cxrscreen.pacs.common import DateRangeError, Link, PullResult, date_range, safe_name
+from cxrscreen.pacs.common import DateRangeError, PullResult, date_range, safe_name
+from cxrscreen.pacs.link import Link
 from cxrscreen.pacs.net import MAX_CONTEXTS, PacsError, associate, make_ae
 from cxrscreen.pacs.tls import client_context
 from cxrscreen.pacs.web import pull_web

@@ -30,13 +30,12 @@ from cxrscreen.pacs.address import Address, WebEndpoint
 from cxrscreen.pacs.common import (
     DEFAULT_BACKOFF,
     DEFAULT_RETRIES,
-    Link,
     OutgoingObject,
-    Retry,
     SendResult,
     is_stored,
     is_transient,
 )
+from cxrscreen.pacs.link import Link, Retry
 from cxrscreen.pacs.net import (
     MAX_CONTEXTS,
     NoContextError,

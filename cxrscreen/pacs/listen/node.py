@@ -433,7 +433,7 @@ class Node:
 
     def _forward(self) -> None:
         """Send what the forward target has not acknowledged; what fails is sent again later."""
-        from cxrscreen.pacs.common import Link, Retry
+        from cxrscreen.pacs.link import Link, Retry
         from cxrscreen.pacs.send import send
 
         c = self.config
