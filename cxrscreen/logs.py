@@ -199,8 +199,9 @@ def setup_logging(quiet: bool = False, log_file: Path | None = None, root: Path 
 
 
 @contextlib.contextmanager
-def native_stderr_to_log(root: Path | None = None) -> Iterator[None]:
-    """Capture what native code writes to file descriptor 2 and log it, scrubbed, as ``cxrscreen.native``.
+def native_stderr_to_log(root: Path | None = None, logger: str = "cxrscreen.native",
+                         level: int = logging.WARNING) -> Iterator[None]:
+    """Capture what native code writes to file descriptor 2 and log it, scrubbed, to ``logger`` at ``level``.
 
     fd 2 is pointed at a pipe read by a thread; Python's own ``sys.stderr`` (progress, messages,
     the stderr log handler) keeps writing to the real stderr. Child processes (decode workers)
@@ -221,7 +222,8 @@ def native_stderr_to_log(root: Path | None = None) -> Iterator[None]:
         swapped = sys.stderr
         sys.stderr = io.TextIOWrapper(io.FileIO(os.dup(saved), "w"), encoding=swapped.encoding or "utf-8",
                                       errors=swapped.errors or "backslashreplace", line_buffering=True)
-    reader = threading.Thread(target=_pump, args=(r, root), name="cxrscreen-native-stderr", daemon=True)
+    reader = threading.Thread(target=_pump, args=(r, root, logger, level), name="cxrscreen-native-stderr",
+                              daemon=True)
     reader.start()
     try:
         yield
@@ -241,14 +243,14 @@ def _writes_to_fd2(stream: object) -> bool:
         return False
 
 
-def _pump(fd: int, root: Path | None, limit: int = 8192) -> None:
+def _pump(fd: int, root: Path | None, logger: str, level: int, limit: int = 8192) -> None:
     """Read the pipe until every writer has closed it; one log record per line."""
-    log = logging.getLogger("cxrscreen.native")
+    log = logging.getLogger(logger)
 
     def emit(raw: bytes) -> None:
         text = raw.decode("utf-8", "replace").strip()
         if text:
-            log.warning("native library: %s", scrub(text, root))
+            log.log(level, "native library: %s", scrub(text, root))
 
     with open(fd, "rb", buffering=0) as pipe:
         pending = b""

@@ -24,7 +24,6 @@ started is shut down when the pass ends; a cluster given by ``--ray-address`` is
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import pickle
@@ -42,7 +41,7 @@ import numpy as np
 from cxrscreen import faults, settings
 from cxrscreen.events import BatchScored
 from cxrscreen.ingest import isolation
-from cxrscreen.logs import file_handle
+from cxrscreen.logs import file_handle, native_stderr_to_log
 from cxrscreen.model.meta import ModelIntegrityError
 from cxrscreen.options import ReportPolicy
 from cxrscreen.pages import Page, PageStore
@@ -168,50 +167,10 @@ def _python_logs_to_log() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _native_stderr_to_log() -> Iterator[None]:
-    """What native code writes to file descriptor 2 in the ``with`` block (Ray's core worker and GCS client:
-    retries, warnings) into the cxrscreen log at INFO, not onto the terminal. Python's ``sys.stderr``
-    keeps writing where it wrote."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):
-        yield
-        return
-    r, w = os.pipe()
-    os.dup2(w, 2)
-    os.close(w)
-    swapped = None
-    with contextlib.suppress(AttributeError, OSError, ValueError, io.UnsupportedOperation):
-        if sys.stderr.fileno() == 2:
-            swapped = sys.stderr
-            sys.stderr = io.TextIOWrapper(io.FileIO(os.dup(saved), "w"), encoding=swapped.encoding or "utf-8",
-                                          errors="backslashreplace", line_buffering=True)
-
-    def pump() -> None:
-        with open(r, "rb", buffering=0) as pipe:
-            for line in pipe:
-                if text := line.decode("utf-8", "replace").strip():
-                    RAY_LOG.info("native: %s", text)
-
-    reader = threading.Thread(target=pump, name="cxrscreen-ray-stderr", daemon=True)
-    reader.start()
-    try:
-        yield
-    finally:
-        if swapped is not None:
-            ours, sys.stderr = sys.stderr, swapped
-            ours.close()
-        os.dup2(saved, 2)  # the pipe closes when the processes started meanwhile (a local cluster) are gone
-        os.close(saved)
-        reader.join(timeout=5.0)
-
-
-@contextlib.contextmanager
 def quiet_ray() -> Iterator[None]:
     """Ray's log lines, Python's and native, into the cxrscreen log for the ``with`` block: the terminal
     shows cxrscreen's own messages only."""
-    with _python_logs_to_log(), _native_stderr_to_log():
+    with _python_logs_to_log(), native_stderr_to_log(logger=RAY_LOG.name, level=logging.INFO):
         yield
 
 
