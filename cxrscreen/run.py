@@ -156,7 +156,9 @@ def _run(ctx: RunContext, rescan: bool, t_start: float) -> ScanResult:
     with d.stage("discover"):
         files = discover(ctx.folder)
     with d.stage("plan"):
-        todo, skipped = plan(files, ctx.folder, ledger, ctx.model.sha256, rescan, on_work=ctx.model.start)
+        # the local engine loads the model while the plan goes on; Ray's actors load their own
+        start = ctx.model.start if ctx.engine is Engine.local else None
+        todo, skipped = plan(files, ctx.folder, ledger, ctx.model.sha256, rescan, on_work=start)
         redecided = ledger.redecide(ctx.model.sha256, ctx.points)
     log.info("run %s: %d files found, %d already scored, %d to process", ctx.run_id, len(files), skipped, len(todo))
     ctx.emit(ScanStarted(ctx.run_id, len(files), len(todo), skipped))

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
 from pydicom.uid import RE_VALID_UID
+
+from cxrscreen.logs import file_handle
+from cxrscreen.state.outbox import Outbox
+
+log = logging.getLogger("cxrscreen.pacs")
 
 DEFAULT_CALLING_AET = "CXRSCREEN"
 DEFAULT_TIMEOUT = 30.0  # seconds: TCP connect, association answer, each DIMSE message or HTTP request
@@ -112,3 +118,28 @@ def date_range(since: date | str | None, until: date | str | None) -> str:
 def safe_name(uid: str) -> str:
     """A file name for ``uid``: the UID itself when it is a valid UID, else a hash (never a path)."""
     return uid if len(uid) <= 64 and RE_VALID_UID.match(uid) else "h" + hashlib.sha256(uid.encode()).hexdigest()[:32]
+
+
+def settle(outbox: Outbox, destination: str, obj: OutgoingObject, status: int, result: SendResult) -> bool:
+    """Book ``destination``'s store status for ``obj`` (C-STORE or STOW-RS): acknowledged in the ledger, or
+    failed for this run; True when the status is transient and ``obj`` is worth sending again."""
+    if is_stored(status):
+        outbox.acknowledge(destination, obj.sop_uid, obj.sha256, status)
+        result.sent += 1
+        return False
+    if is_transient(status):
+        log.info("send: object %s: transient status 0x%04X", file_handle(obj.sop_uid), status)
+        return True
+    result.failed += 1
+    log.warning("send: object %s refused with status 0x%04X; not retried in this run", file_handle(obj.sop_uid),
+                status)
+    return False
+
+
+def log_pull_end(result: PullResult) -> PullResult:
+    """The closing log lines of a pull (DIMSE or DICOMweb); returns ``result``."""
+    if result.error:
+        log.warning("pull stopped early: %s", result.error)
+    log.info("pull: %d instances listed, %d fetched, %d already present, %d failed", result.instances,
+             result.fetched, result.already_present, result.failed)
+    return result

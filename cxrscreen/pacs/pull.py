@@ -44,7 +44,7 @@ from pynetdicom.sop_class import (
 
 from cxrscreen.logs import file_handle
 from cxrscreen.pacs.address import Address, WebEndpoint
-from cxrscreen.pacs.common import DateRangeError, PullResult, date_range, safe_name
+from cxrscreen.pacs.common import DateRangeError, PullResult, date_range, log_pull_end, safe_name
 from cxrscreen.pacs.link import Link
 from cxrscreen.pacs.net import MAX_CONTEXTS, PacsError, associate, make_ae
 from cxrscreen.pacs.tls import client_context
@@ -142,11 +142,7 @@ def pull(
             except PacsError as exc:
                 result.error = str(exc)
                 break
-    if result.error:
-        log.warning("pull stopped early: %s", result.error)
-    log.info("pull: %d instances listed, %d fetched, %d already present, %d failed", result.instances,
-             result.fetched, result.already_present, result.failed)
-    return result
+    return log_pull_end(result)
 
 
 def _find(assoc: Association, query: Dataset) -> Iterator[Dataset]:

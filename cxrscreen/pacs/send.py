@@ -34,6 +34,7 @@ from cxrscreen.pacs.common import (
     SendResult,
     is_stored,
     is_transient,
+    settle,
 )
 from cxrscreen.pacs.link import Link, Retry
 from cxrscreen.pacs.net import (
@@ -182,14 +183,6 @@ def _store_all(assoc: Association, batch: list[OutgoingObject], destination: str
             log.warning("send: association lost while storing object %s", handle)
             retry += batch[n:]
             break
-        code = int(status.Status)
-        if is_stored(code):
-            outbox.acknowledge(destination, obj.sop_uid, obj.sha256, code)
-            result.sent += 1
-        elif is_transient(code):
+        if settle(outbox, destination, obj, int(status.Status), result):
             retry.append(obj)
-            log.info("send: object %s: transient status 0x%04X", handle, code)
-        else:
-            result.failed += 1
-            log.warning("send: object %s refused with status 0x%04X; not retried in this run", handle, code)
     return retry

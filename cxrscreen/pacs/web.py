@@ -25,7 +25,7 @@ from pydicom.errors import InvalidDicomError
 
 from cxrscreen.logs import file_handle
 from cxrscreen.pacs.address import WebEndpoint
-from cxrscreen.pacs.common import OutgoingObject, PullResult, SendResult, is_stored, is_transient, safe_name
+from cxrscreen.pacs.common import OutgoingObject, PullResult, SendResult, log_pull_end, safe_name, settle
 from cxrscreen.pacs.net import PacsError, route_library_logs, tls_reason
 from cxrscreen.state.atomic import atomic_write_bytes
 from cxrscreen.state.outbox import Outbox
@@ -213,11 +213,7 @@ def pull_web(source: WebEndpoint, dest: Path, *, dates: str, modalities: list[st
         except PacsError as exc:  # the connection lost midway: the rest is for the next run
             result.error = str(exc)
             break
-    if result.error:
-        log.warning("pull stopped early: %s", result.error)
-    log.info("pull: %d instances listed, %d fetched, %d already present, %d failed", result.instances,
-             result.fetched, result.already_present, result.failed)
-    return result
+    return log_pull_end(result)
 
 
 def _find_instances(web: DICOMwebClient, study: str, modalities: list[str],
@@ -307,15 +303,8 @@ def store_round(web: DICOMwebClient, dest: WebEndpoint, pending: list[OutgoingOb
             log.warning("send: object %s: %s; not retried in this run", handle, exc)
             continue
         result.unreachable = False
-        if is_stored(status):
-            outbox.acknowledge(str(dest), obj.sop_uid, obj.sha256, status)
-            result.sent += 1
-        elif is_transient(status):
+        if settle(outbox, str(dest), obj, status, result):
             retry.append(obj)
-            log.info("send: object %s: transient status 0x%04X", handle, status)
-        else:
-            result.failed += 1
-            log.warning("send: object %s refused with status 0x%04X; not retried in this run", handle, status)
     return retry
 
 

@@ -36,7 +36,7 @@ def summarize(ctx: RunContext, counts: PlanCounts, new_records: list[ImageRecord
         out=str(ctx.out),
         model=ModelRef(ctx.model.name, ctx.model.sha256, str(ctx.model.path)),
         threshold=ctx.threshold,
-        runtime=ctx.model.runtime_description() or NOT_LOADED,
+        runtime=(ctx.schedule or {}).get("runtime") or ctx.model.runtime_description() or NOT_LOADED,
         files_found=counts.files_found,
         files_skipped_already_scored=counts.skipped,
         files_processed=len(new_records),
