@@ -63,16 +63,11 @@ def listen_command(
     """Receive CR/DX/SC images (C-STORE), score each study once no image of it has arrived for --study-timeout
     seconds, write what `scan` writes under OUT, and forward the results. SIGTERM or Ctrl-C: stop accepting,
     finish the study in hand, exit 0 (a second one: exit at once)."""
-    from cxrscreen.pacs import AddressError, WebEndpoint, check_aet
+    from cxrscreen.pacs import AddressError, WebEndpoint
     from cxrscreen.pacs.listen import SPOOL_DIR, ListenConfig, ListenError, Node
     from cxrscreen.pacs.tls import TlsError
     from cxrscreen.state.lock import LockedError
 
-    try:
-        check_aet(aet, "--aet")
-        allowed = tuple(check_aet(a, "--allow") for a in allow or ())
-    except AddressError as exc:
-        fail(str(exc))
     tls = tls_files(tls_cert, tls_key, tls_ca)
     target = destination(forward, "--forward", aet, None, None, None, os.environ) if forward is not None else None
     if target is not None and tls is not None and not isinstance(target.peer, WebEndpoint):
@@ -91,7 +86,7 @@ def listen_command(
     info.addFilter(lambda r: r.levelno < logging.WARNING)  # warnings: the handler setup_logging made
     if not (quiet or as_json):  # the node's INFO lines (associations, studies) on stderr too: the service's journal
         node_log.addHandler(info)
-    config = ListenConfig(out, port, aet=aet, host=host, study_timeout=study_timeout, allow=allowed, tls=tls,
+    config = ListenConfig(out, port, aet=aet, host=host, study_timeout=study_timeout, allow=tuple(allow or ()), tls=tls,
                           model=model, options=options, timeout=timeout,
                           forward=target.peer if target else None, forward_tls=target.tls if target else None,
                           forward_credentials=target.credentials if target else None)
@@ -102,8 +97,11 @@ def listen_command(
             os._exit(128 + signum)
         stop.set()
 
+    try:
+        node = Node(config)  # checks the AE titles
+    except AddressError as exc:
+        fail(str(exc))
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    node = Node(config)
     try:
         with native_stderr_to_log(out / SPOOL_DIR):  # decoders' own stderr lines → the log, scrubbed
             node.run(stop)

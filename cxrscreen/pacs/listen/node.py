@@ -133,9 +133,8 @@ class Node:
     """
 
     def __init__(self, config: ListenConfig) -> None:
-        check_aet(config.aet, "--aet")
-        for aet in config.allow:
-            check_aet(aet, "--allow")
+        config = replace(config, aet=check_aet(config.aet, "--aet"),
+                         allow=tuple(check_aet(aet, "--allow") for aet in config.allow))
         if config.study_timeout <= 0:
             raise ValueError("--study-timeout must be positive")
         self.config = config
