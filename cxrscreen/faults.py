@@ -10,6 +10,10 @@ read with the other settings, :mod:`cxrscreen.settings`).
     raises :class:`InjectedPanic`, a ``BaseException`` like pyo3's ``PanicException`` (how a Rust
     codec's panic surfaces), ``hang`` blocks forever. It acts where the pixels are decoded: in a
     decode helper process for compressed files, in the calling process otherwise.
+``CXRSCREEN_FAULT_ACTOR_CRASH=1``
+    ``scan --engine ray``: every scoring actor SIGKILLs its own process at the start of every batch (a
+    native crash or an OOM kill that recurs), so Ray's bounded restarts run out. The actors get it with
+    the driver's other settings.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Mapping
 
 from cxrscreen import settings
 
 KILL_AFTER_BATCH = settings.FAULT_KILL_AFTER_BATCH
 DECODE = settings.FAULT_DECODE
+ACTOR_CRASH = settings.FAULT_ACTOR_CRASH
 
 
 class InjectedPanic(BaseException):  # noqa: N818 (named like the PanicException it stands for)
@@ -44,3 +50,10 @@ def maybe_fail_decode(sop_instance_uid: str) -> None:
         raise InjectedPanic("injected decoder panic")
     if action == "hang":
         threading.Event().wait()
+
+
+def maybe_crash_actor(env: Mapping[str, str]) -> None:
+    """SIGKILL this process (a scoring actor's) when ``env``, the settings the driver handed it
+    (:meth:`Settings.child_env <cxrscreen.settings.Settings.child_env>`), has the actor-crash fault on."""
+    if settings.Settings.from_env(env).fault_actor_crash:
+        os.kill(os.getpid(), signal.SIGKILL)

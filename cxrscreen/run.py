@@ -14,6 +14,7 @@ import logging
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,16 +27,15 @@ from cxrscreen.model.lazy import LazyModel
 from cxrscreen.model.meta import ModelInfo, read_model_info
 from cxrscreen.options import Engine, Precision, ReportPolicy, ScanOptions
 from cxrscreen.outputs.summary import write_summary_pdf
-from cxrscreen.outputs.worklist import images_frame, studies_frame, write_csv
+from cxrscreen.outputs.worklist import Worklist, write_csv
 from cxrscreen.pipeline.context import RunContext, ScanInputError, ScanResult
 from cxrscreen.pipeline.plan import new_run_id, plan
-from cxrscreen.pipeline.run_summary import PlanCounts, summarize
-from cxrscreen.records import ImageRecord
+from cxrscreen.pipeline.run_summary import Delivered, PlanCounts, summarize
 from cxrscreen.runs import RunSummary, WorklistTotals, drift_check
 from cxrscreen.state.atomic import atomic_write_text
 from cxrscreen.state.ledger import PAGES_DIR, STATE_DIR, Ledger, ledger_path
 from cxrscreen.state.lock import folder_lock
-from cxrscreen.studies import Study, group_studies
+from cxrscreen.studies import Study, study_batches
 
 if TYPE_CHECKING:
     from cxrscreen.model.files import LoadedModel
@@ -107,15 +107,17 @@ def _import_stages() -> None:
     import cxrscreen.pipeline.scoring  # noqa: F401
 
 
-def _score(ctx: RunContext, todo: list[tuple[Path, str | None]]) -> list[ImageRecord]:
+def _score(ctx: RunContext, todo: list[tuple[Path, str | None]]) -> None:
     """The scoring pass over ``todo``, the model loaded (started by the plan); report pages made as it goes.
-    ``--engine ray``: :mod:`cxrscreen.pipeline.ray_engine` (its actors load the model; it makes ``ctx.pages``)."""
+    ``--engine ray``: :mod:`cxrscreen.pipeline.ray_engine` (its actors load the model; it makes ``ctx.pages``).
+    The records go to the ledger only, batch by batch: the run reads them back from there."""
     if not todo:
-        return []
+        return
     if ctx.engine is Engine.ray:
         from cxrscreen.pipeline.ray_engine import score as score_on_ray
 
-        return score_on_ray(ctx, todo)
+        score_on_ray(ctx, todo)
+        return
     ctx.model.start()
     ctx.model.wait_imported()
     from cxrscreen.pipeline.scoring import score
@@ -124,27 +126,53 @@ def _score(ctx: RunContext, todo: list[tuple[Path, str | None]]) -> list[ImageRe
         from cxrscreen.pages import PageStore
 
         ctx.pages = PageStore(ctx.out / STATE_DIR / PAGES_DIR, ctx.reports, ctx.model, ctx.model.rt)
-    return score(ctx, todo)
+    score(ctx, todo)
 
 
-def _reports(ctx: RunContext, studies: list[Study]) -> tuple[set[str], list[Study]]:
+def _studies(ctx: RunContext) -> Iterator[list[Study]]:
+    """Every study of the ledger with its one decision, a batch at a time (the run never holds the whole
+    ledger's records: :meth:`~cxrscreen.state.ledger.Ledger.records_by_study`)."""
+    return study_batches(ctx.ledger.records_by_study())
+
+
+def _reports(ctx: RunContext) -> set[str]:
     """The report stage (:func:`~cxrscreen.outputs.report.write_reports`). The model's runtime and network
     are asked for only when a page has to be made: a stage with every report in place imports no torch."""
     from cxrscreen.outputs.report import ReportSetup, write_reports
 
     setup = ReportSetup(ctx.out, ctx.folder, ctx.model, None, ctx.ledger, ctx.pages, ctx.emit, ctx.durations)
-    return write_reports(setup, studies, ctx.reports)
+    return write_reports(setup, lambda: _studies(ctx), ctx.reports)
 
 
-def _dicom_results(ctx: RunContext, studies: list[Study], changed: set[str], everything: bool) -> None:
+def _dicom_results(ctx: RunContext, delivered: set[str], reported: set[str], everything: bool) -> None:
     """(Re)write the DICOM results of the studies this run changed (new images, a new report), of
     every study when the threshold changed, and of scored studies that have none yet."""
     from cxrscreen.outputs.dicom import DICOM_DIR, write_dicom_results  # highdicom: only when asked for
 
     root = ctx.out / DICOM_DIR
-    todo = [s for s in studies if everything or s.key in changed or not (root / s.key).is_dir()]
+    todo = (s for batch in _studies(ctx) for s in batch
+            if everything or s.key in reported or any(r.run_id in delivered for r in s.records)
+            or not (root / s.key).is_dir())
     written = write_dicom_results(ctx.out, todo, ctx.model)
     log.info("DICOM results: %d objects written", len(written))
+
+
+def _worklists(ctx: RunContext, delivered: set[str]) -> tuple[Worklist, set[str], Worklist, Delivered]:
+    """The worklists of the whole ledger; the paths of the images this run delivers (its own, and those of
+    the killed runs it resumes: the ledger rows they wrote), the worklist of their studies (those images
+    alone) and what the summary counts of them. One pass over the ledger, a batch of studies at a time."""
+    everything, new_studies, counts = Worklist(ctx.model.name), Worklist(ctx.model.name), Delivered()
+    new_paths: set[str] = set()
+    for batch in _studies(ctx):
+        for st in batch:
+            everything.add_study(st)
+            mine = [r for r in st.records if r.run_id in delivered]
+            if mine:
+                new_studies.add_study(Study.of(st.key, mine), images=False)
+                for r in mine:
+                    new_paths.add(r.path)
+                    counts.add(r)
+    return everything, new_paths, new_studies, counts
 
 
 def _run(ctx: RunContext, rescan: bool, t_start: float) -> ScanResult:
@@ -152,6 +180,7 @@ def _run(ctx: RunContext, rescan: bool, t_start: float) -> ScanResult:
     ledger, d = ctx.ledger, ctx.durations
     ledger.start_run(ctx.run_id)
     resumed = ledger.unfinished_runs(exclude=ctx.run_id)  # killed runs: this run delivers their rows
+    delivered = {ctx.run_id, *resumed}  # a ledger row is this run's to deliver if one of these wrote it
 
     with d.stage("discover"):
         files = discover(ctx.folder)
@@ -163,16 +192,14 @@ def _run(ctx: RunContext, rescan: bool, t_start: float) -> ScanResult:
     log.info("run %s: %d files found, %d already scored, %d to process", ctx.run_id, len(files), skipped, len(todo))
     ctx.emit(ScanStarted(ctx.run_id, len(files), len(todo), skipped))
 
+    # The records go to the ledger as they are scored; every stage after scoring reads them back from it,
+    # a batch of studies at a time (the one study decision: cxrscreen.studies).
     reported: set[str] = set()
     try:
-        new_records = _score(ctx, todo)
-        if resumed:
-            own = {r.path for r in new_records}
-            new_records = [r for rid in resumed for r in ledger.records(rid) if r.path not in own] + new_records
-        all_studies = group_studies(ledger.records())  # the one study decision of this run
+        _score(ctx, todo)
         if ctx.reports is not ReportPolicy.none:
             with d.stage("reports"):
-                reported, all_studies = _reports(ctx, all_studies)
+                reported = _reports(ctx)
     finally:
         if ctx.pages is not None:
             ctx.pages.close()
@@ -180,26 +207,24 @@ def _run(ctx: RunContext, rescan: bool, t_start: float) -> ScanResult:
             shutil.rmtree(ctx.out / STATE_DIR / PAGES_DIR, ignore_errors=True)
     if ctx.dicom_results:
         with d.stage("dicom_results"):
-            changed = {r.study_key for r in new_records} | reported
-            _dicom_results(ctx, all_studies, changed, everything=redecided > 0)
+            _dicom_results(ctx, delivered, reported, everything=redecided > 0)
 
     with d.stage("worklists"):
-        records = [r for s in all_studies for r in s.records]
-        images = images_frame(records, ctx.model.name)
-        studies = studies_frame(all_studies, ctx.model.name)
+        everything, new_paths, new_studies, counts = _worklists(ctx, delivered)
+        images, studies = everything.images_frame(), everything.studies_frame()
+        del everything
         images_csv = write_csv(images, ctx.out / "worklist_images.csv")
         studies_csv = write_csv(studies, ctx.out / "worklist_studies.csv")
-        new_paths = {r.path for r in new_records}
         new_images = images[images["path"].isin(new_paths)].reset_index(drop=True)
         new_images["rank"] = range(1, len(new_images) + 1)
         write_csv(new_images, ctx.run_dir / "new_images.csv")
-        write_csv(studies_frame(group_studies(r for r in records if r.path in new_paths), ctx.model.name),
-                  ctx.run_dir / "new_studies.csv")
+        write_csv(new_studies.studies_frame(), ctx.run_dir / "new_studies.csv")
+        del new_images, new_paths, new_studies
 
-    exit_code = 1 if any(r.status.is_error for r in new_records) else 0
+    exit_code = 1 if counts.errors else 0
     totals = WorklistTotals(len(images), len(studies),
                             {str(k): int(v) for k, v in Counter(studies["decision"]).items()} if len(studies) else {})
-    summary = summarize(ctx, PlanCounts(len(files), skipped, redecided), new_records, totals, time.time() - t_start,
+    summary = summarize(ctx, PlanCounts(len(files), skipped, redecided), counts, totals, time.time() - t_start,
                         exit_code)
     previous = [RunSummary.from_json(s) for s in ledger.previous_summaries(7, exclude=ctx.run_id)]
     summary = replace(summary, resumed_runs=tuple(resumed), drift=drift_check(summary, previous))

@@ -27,6 +27,7 @@ DECODE_TIMEOUT_S = "CXRSCREEN_DECODE_TIMEOUT_S"
 DECODE_MEMORY_MB = "CXRSCREEN_DECODE_MEMORY_MB"
 FAULT_KILL_AFTER_BATCH = "CXRSCREEN_FAULT_KILL_AFTER_BATCH"
 FAULT_DECODE = "CXRSCREEN_FAULT_DECODE"
+FAULT_ACTOR_CRASH = "CXRSCREEN_FAULT_ACTOR_CRASH"
 DECODE_FAULTS = ("abort", "panic", "hang")
 
 
@@ -53,6 +54,8 @@ class Settings:
     fault_kill_after_batch: int | None = None
     #: fault injection (tests): SOPInstanceUID → ``abort``, ``panic`` or ``hang`` where its pixels are decoded
     fault_decode: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: fault injection (tests): every ``--engine ray`` scoring actor SIGKILLs itself at each batch
+    fault_actor_crash: bool = False
     #: variables that were set but could not be used (their defaults applied)
     ignored: tuple[str, ...] = ()
 
@@ -89,6 +92,8 @@ class Settings:
                 kw["fault_kill_after_batch"] = int(v)
             else:
                 ignored.append(FAULT_KILL_AFTER_BATCH)
+        if (v := raw(FAULT_ACTOR_CRASH)) is not None:
+            kw["fault_actor_crash"] = v == "1"
         if (v := raw(FAULT_DECODE)) is not None:
             faults: dict[str, str] = {}
             for item in v.split(","):
@@ -103,7 +108,8 @@ class Settings:
         env = {DISABLE_BF16: "1" if self.disable_bf16 else "0", DECODE_ISOLATION: str(self.decode_isolation),
                DECODE_TIMEOUT_S: repr(self.decode_timeout_s), DECODE_MEMORY_MB: str(self.decode_memory_mb),
                FAULT_KILL_AFTER_BATCH: "" if self.fault_kill_after_batch is None else str(self.fault_kill_after_batch),
-               FAULT_DECODE: ",".join(f"{action}@{uid}" for uid, action in self.fault_decode.items())}
+               FAULT_DECODE: ",".join(f"{action}@{uid}" for uid, action in self.fault_decode.items()),
+               FAULT_ACTOR_CRASH: "1" if self.fault_actor_crash else ""}
         return env
 
 

@@ -14,8 +14,8 @@ The worklists, report selection, study PDFs, DICOM results and the summary all r
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 from cxrscreen.options import ReportPolicy
 from cxrscreen.records import ABNORMAL, NORMAL, REVIEW, ImageRecord
@@ -85,10 +85,6 @@ class Study:
     def report(self) -> str:
         return next((r.report for r in self.records if r.report), "")
 
-    def with_report(self, rel: str) -> Study:
-        """This study with every image's report path set to ``rel``."""
-        return replace(self, records=tuple(r if r.report == rel else r.evolve(report=rel) for r in self.records))
-
 
 def group_studies(records: Iterable[ImageRecord]) -> list[Study]:
     """Group records by :attr:`ImageRecord.study_key`, in key order, each with its decision."""
@@ -96,6 +92,30 @@ def group_studies(records: Iterable[ImageRecord]) -> list[Study]:
     for r in records:
         groups.setdefault(r.study_key, []).append(r)
     return [Study.of(k, v) for k, v in sorted(groups.items())]
+
+
+def study_batches(batches: Iterable[Iterable[ImageRecord]]) -> Iterator[list[Study]]:
+    """The studies of records that arrive in study-key order, batch after batch
+    (:meth:`Ledger.records_by_study <cxrscreen.state.ledger.Ledger.records_by_study>`): one list of studies
+    per batch, in key order, a study's records never split between two lists (the last study of a batch
+    waits for the next). The same studies as :func:`group_studies` of all the records, holding one batch."""
+    key: str | None = None
+    held: list[ImageRecord] = []
+    for batch in batches:
+        done: list[Study] = []
+        for r in batch:
+            k = r.study_key
+            if k != key:
+                if key is not None:
+                    if k < key:
+                        raise ValueError("records out of study order")
+                    done.append(Study.of(key, held))
+                key, held = k, []
+            held.append(r)
+        if done:
+            yield done
+    if key is not None:
+        yield [Study.of(key, held)]
 
 
 def wanted(study: Study, policy: ReportPolicy | str) -> bool:

@@ -2,9 +2,9 @@
 
 On a local Ray cluster of 2 CPUs started here (skipped where Ray is not installed: ``pip install
 'cxrscreen[ray]'``): the same worklists as the local engine, a decoder crash is one row, a scoring
-actor killed mid-run loses and duplicates nothing, kill -9 of the driver then a rerun equals an
-uninterrupted run, report pages are made in the actors. The 64 px random model keeps them fast; most
-of their time is Ray starting worker processes (each imports torch and MONAI).
+actor killed mid-run loses and duplicates nothing, one that keeps crashing stops the scan (exit 3), kill -9
+of the driver then a rerun equals an uninterrupted run, report pages are made in the actors. The 64 px random
+model keeps them fast; most of their time is Ray starting worker processes (each imports torch and MONAI).
 """
 
 from __future__ import annotations
@@ -164,6 +164,42 @@ def test_a_local_cluster_is_started_for_the_run_and_stopped_after_it(tmp_path: P
     assert got == {"cluster": "local", "rows": 4, "initialized": False, "left": [], "restored": True}
 
 
+GPU_CLUSTER_RUN = """
+import json, sys
+import ray
+import torch
+from cxrscreen import scan
+from cxrscreen.options import ScanOptions
+ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+try:
+    res = scan(sys.argv[1], sys.argv[2], sys.argv[3], ScanOptions(device="auto", precision="fp32", batch_size=4,
+                                                                  reports="none", engine="ray"))
+finally:
+    ray.shutdown()
+s = res.summary
+print(json.dumps({"schedule": s.schedule, "runtime": s.runtime, "rows": s.files_processed,
+                  "cuda": torch.cuda.is_available()}))
+"""
+
+
+@needs_ray
+@pytest.mark.slow
+def test_a_cluster_with_a_gpu_gets_one_gpu_actor_per_gpu(tmp_path: Path, random_model_path: Path) -> None:
+    """A cluster that has a GPU (here one declared to Ray: ``num_gpus=1``): one scoring actor asking for it
+    (``num_gpus=1``), with a CPU beside one preparation task, and the films scored; the actor's device is
+    the GPU where CUDA works (``--device auto``), else the CPU (this machine)."""
+    folder = tmp_path / "in"
+    for i in range(4):
+        make_dicom(folder / f"f{i}.dcm", chest_phantom(256, 256, seed=820 + i), accession=f"G{i}")
+    res = subprocess.run([sys.executable, "-c", GPU_CLUSTER_RUN, str(folder), str(tmp_path / "out"),
+                          str(random_model_path)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    sched = got["schedule"]
+    assert (sched["actor_kind"], sched["actors"], sched["cluster_gpus"], sched["actor_cpus"]) == ("gpu", 1, 1.0, 1.0)
+    assert got["rows"] == 4 and got["runtime"].startswith("cuda" if got["cuda"] else "cpu")
+
+
 # --------------------------------------------------------------------------- on a local cluster
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
@@ -295,6 +331,30 @@ def test_a_scoring_actor_killed_mid_run_loses_and_duplicates_nothing(cluster: st
     assert res.summary.files_processed == N + 2
     assert_same_worklists(out, reference)
     assert ledger_rows(out, "SELECT COUNT(*), COUNT(DISTINCT path) FROM images") == [(N + 2, N + 2)]
+
+
+@needs_ray
+@pytest.mark.slow
+def test_a_scoring_actor_that_keeps_crashing_stops_the_scan(cluster: str, films: Path, random_model_path: Path,
+                                                            tmp_path: Path) -> None:
+    """Every scoring actor SIGKILLs itself on every batch (fault injection): Ray's restarts are bounded
+    (``ACTOR_RESTARTS``), so the real CLI ends instead of restarting it without end: exit 3, one line that says
+    so, Ray's error in the log, nothing committed."""
+    from cxrscreen.pipeline.ray_engine import ACTOR_RESTARTS
+
+    out, log = tmp_path / "out", tmp_path / "scan.log"
+    args = [sys.executable, "-m", "cxrscreen", "scan", str(films), "--out", str(out), "--model",
+            str(random_model_path), "--batch-size", str(BATCH), "--reports", "none", "--device", "cpu",
+            "--precision", "fp32", "--engine", "ray", "--ray-address", cluster, "--log-file", str(log)]
+    env = dict(os.environ, **{faults.ACTOR_CRASH: "1"})
+    res = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env=env, timeout=240)  # a hang fails here
+    assert res.returncode == 3, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert lines[0].startswith(f"cxrscreen: error: --engine ray: a scoring actor died {ACTOR_RESTARTS + 1} times")
+    assert "0 film(s) committed so far are kept in the ledger" in lines[0]
+    assert ledger_rows(out, "SELECT COUNT(*) FROM images") == [(0,)]
+    assert "ActorDiedError" in log.read_text()  # Ray's own error, for whoever looks into it
 
 
 @needs_ray

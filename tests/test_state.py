@@ -21,6 +21,7 @@ from cxrscreen.runs import DRIFT_BOUNDS, DRIFT_MIN_IMAGES, RunSummary, drift_che
 from cxrscreen.state.atomic import atomic_open, atomic_write_text
 from cxrscreen.state.ledger import Ledger, file_sha256
 from cxrscreen.state.lock import LockedError, folder_lock
+from cxrscreen.studies import group_studies, study_batches
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_A, MODEL_B = "a" * 64, "b" * 64
@@ -67,6 +68,26 @@ def test_ledger_one_row_per_path_with_sop_uid_and_sha(tmp_path: Path) -> None:
         assert "_run_id" not in recs[0].tags and recs[0].status.kind == "ok"
         assert [r.path for r in led.records("r1")] == ["b.dcm"]
         assert (tmp_path / "l.sqlite").stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 1000])
+def test_ledger_studies_batch_by_batch_are_group_studies_of_every_record(tmp_path: Path, batch: int) -> None:
+    """records_by_study + study_batches: the same studies, in the same order, as grouping every record at once,
+    whatever the batch size (a study is never split): files without a StudyInstanceUID are studies of their
+    own, keys compare as Python compares them (non-ASCII, case, a prefix of another key)."""
+    uids = ["1.2.10", "1.2.9", "1.2.1", "1.2", "", "", "é.1", "Z.1", "a.1", "1.2.10", "1.2.9", "", "1.2.10"]
+    recs = [ImageRecord(path=f"{'dir/' if i % 2 else ''}f{i:02d}.dcm", status="ok", probability=i / 20,
+                        decision="normal", tags={"StudyInstanceUID": u} if u or i % 3 else {}, sha256=f"s{i}",
+                        threshold=0.5, model_sha256=MODEL_A, run_id="r1")
+            for i, u in enumerate(uids)]
+    with Ledger(tmp_path / "l.sqlite") as led:
+        led.put(recs[::-1])
+        batches = list(study_batches(led.records_by_study(batch)))
+        whole = group_studies(led.records())
+    assert [(s.key, [r.path for r in s.records], s.decision) for b in batches for s in b] == \
+        [(s.key, [r.path for r in s.records], s.decision) for s in whole]
+    assert len(whole) == 10 and all(b for b in batches)
+    assert max(len(b) for b in batches) <= max(batch, 3)  # a batch of rows holds whole studies: at most one more
 
 
 def test_ledger_put_is_one_transaction(tmp_path: Path) -> None:

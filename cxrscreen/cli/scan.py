@@ -93,6 +93,11 @@ def scan_command(
     except BaseException as exc:  # a bug, not a bad file (a codec's panic too): say so, log it, distinct exit code
         if isinstance(exc, RuntimeError) and "CUDA" in str(exc):
             fail(str(exc))
+        from cxrscreen.pipeline.ray_engine import ScoringActorsDied  # imported already where it is raised
+
+        if isinstance(exc, ScoringActorsDied):  # what happened and what to do, one line; Ray's error: the log only
+            logging.getLogger("cxrscreen").info("scan stopped", exc_info=exc)
+            fail(str(exc), ExitCode.INTERNAL)
         logging.getLogger("cxrscreen").exception("internal error")
         fail(f"internal error ({type(exc).__name__}); details in the log", ExitCode.INTERNAL)
     s = result.summary

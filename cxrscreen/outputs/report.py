@@ -123,14 +123,24 @@ class ReportSetup:
     durations: Timings = field(default_factory=Timings)
 
 
-def write_reports(setup: ReportSetup, studies: Iterable[Study], policy: ReportPolicy | str
-                  ) -> tuple[set[str], list[Study]]:
+#: Studies, batch by batch, read afresh each time it is called (the report stage goes over them twice).
+StudySource = Callable[[], Iterable[list[Study]]]
+
+
+def write_reports(setup: ReportSetup, studies: StudySource | Iterable[Study], policy: ReportPolicy | str) -> set[str]:
     """Make the missing or outdated reports of ``policy`` studies and record their paths in the ledger.
 
-    Returns the keys of the studies whose report was written, and ``studies`` with each image's
-    report path as the ledger now has it.
+    ``studies``: the studies, or a :data:`StudySource` (the ledger's, a batch of studies at a time: the stage
+    then holds one batch, not every study). Returns the keys of the studies whose report was written.
     """
-    return ReportWriter(setup).run(policy, studies)
+    if not callable(studies):
+        batch = list(studies)
+
+        def source() -> Iterable[list[Study]]:
+            return [batch]
+    else:
+        source = studies
+    return ReportWriter(setup).run(policy, source)
 
 
 class ReportWriter:
@@ -155,33 +165,35 @@ class ReportWriter:
             self._net = self.store.net if self.store is not None else prepare(self.lm.net, self.rt)
         return self._net
 
-    def run(self, policy: ReportPolicy | str, studies: Iterable[Study]) -> tuple[set[str], list[Study]]:
+    def run(self, policy: ReportPolicy | str, studies: StudySource) -> set[str]:
+        """Two passes over ``studies``: which reports are missing (the others' paths put in the ledger, stale
+        files removed), then write those: the count is known before the first is written."""
         self.folder.mkdir(parents=True, exist_ok=True)
         _remove_temporaries(self.folder)
         self.existing = index_reports(self.folder)
-        todo: list[tuple[int, str]] = []
-        result = list(studies)
-        for i, study in enumerate(result):
-            rel = report_relpath(study)
-            names = self.existing.get(report_stem(study), set())
-            exists = Path(rel).name in names and (self.out / rel).is_file()
-            if wanted(study, policy) and not exists:
-                todo.append((i, rel))
-                continue
-            result[i] = _set_report(self.ledger, study, rel if exists else "")
-            _remove(self.folder, names - {Path(rel).name})
+        todo: set[str] = set()
+        for batch in studies():
+            for study in batch:
+                rel = report_relpath(study)
+                names = self.existing.get(report_stem(study), set())
+                exists = Path(rel).name in names and (self.out / rel).is_file()
+                if wanted(study, policy) and not exists:
+                    todo.add(study.key)
+                    continue
+                _set_report(self.ledger, study, rel if exists else "")
+                _remove(self.folder, names - {Path(rel).name})
         if not todo:
-            return set(), result
+            return set()
         self.ctx = ReportContext(str(self.lm.name), str(self.lm.meta.get("version", "")), self.lm.sha256,
                                  datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z").strip())
-        done = set()
-        for i, rel in todo:
-            if self.write(result[i], rel):
-                result[i] = result[i].with_report(rel)
-                done.add(result[i].key)
-                self.emit(ReportWritten(len(done), len(todo)))
+        done: set[str] = set()
+        for batch in studies():
+            for study in batch:
+                if study.key in todo and self.write(study, report_relpath(study)):
+                    done.add(study.key)
+                    self.emit(ReportWritten(len(done), len(todo)))
         log.info("reports: %d of %d written", len(done), len(todo))
-        return done, result
+        return done
 
     def page(self, record: ImageRecord) -> Page:
         page = self.store.take(record) if self.store is not None else None
@@ -228,11 +240,10 @@ def index_reports(folder: Path) -> dict[str, set[str]]:
     return index
 
 
-def _set_report(ledger: Ledger, study: Study, rel: str) -> Study:
+def _set_report(ledger: Ledger, study: Study, rel: str) -> None:
     for r in study.records:
         if r.report != rel:
             ledger.set_report(r.path, rel)
-    return study.with_report(rel)
 
 
 def _remove(folder: Path, names: Iterable[str]) -> None:

@@ -4,13 +4,14 @@ keeps the ledger.
 The driver has already discovered the files, made the plan (ledger skip) and holds the lock; here it
 hands ``todo`` to a Ray Data pipeline of two stages and commits what streams back:
 
-1. ``prepare`` — CPU tasks (:func:`_prepare`), one batch of files each: :func:`~cxrscreen.prepare.prepare_file`,
+1. ``prepare`` — CPU tasks (:func:`_prepare`), one block of files each: :func:`~cxrscreen.prepare.prepare_file`,
    every file's pixel data decoded in a crash-isolated helper process (``ISOLATE``);
 2. ``score`` — an actor pool (:class:`_Scorer`): each actor loads the model once from its file (sha256
    checked against the metadata the run planned with) and scores batches; with reports on, it also
    makes the report pages (Grad-CAM) while it holds the film and its tensor, and ships them back as arrays.
 
-Records reach the driver block by block (one block is one batch); each is committed to the ledger in one
+Records reach the driver block by block (a block is one batch, or up to ``MAX_BLOCK_BATCHES`` in a large run:
+:func:`block_batches`); each is committed to the ledger in one
 transaction (the single writer) and its pages handed to the run's page store: nothing is written into
 OUT by a worker. A page is made in an actor for a film when ``--reports all``, or when its own study
 was flagged by a film that actor scored (this batch or an earlier one); a film whose study is flagged
@@ -69,6 +70,20 @@ ACTOR_MEMORY = 512 << 20
 #: a decoder that crashes or hangs a helper costs its file one row (``error:decoder_crash``/``_timeout``).
 ISOLATE = "all"
 MAX_ACTOR_CPUS = 4  # torch threads per CPU actor; more actors beyond that
+#: A block (one preparation task, one actor call, one ledger commit) holds up to this many batches, and a run
+#: keeps at least ``MIN_BLOCKS`` blocks: Ray keeps some bookkeeping per task, in the driver too, and costs
+#: a fixed time per block, so a large run gets fewer, larger blocks; a small one still pipelines.
+MAX_BLOCK_BATCHES = 4
+MIN_BLOCKS = 32
+#: How often Ray restarts a scoring actor whose process died (and retries a batch it held), over the run;
+#: Ray Data's default is without end, which turns a crash that recurs on every batch into a scan that
+#: never ends. One more death ends the scan (:class:`ScoringActorsDied`).
+ACTOR_RESTARTS = 3
+
+
+class ScoringActorsDied(RuntimeError):
+    """The scan stopped: a scoring actor kept dying (Ray's restarts ran out) or could not start. The batches
+    committed before it stay in the ledger; the CLI prints the message on one line, exit code 3."""
 
 
 def ray_missing() -> str | None:
@@ -244,10 +259,10 @@ def _file_table(ref: list[ray.ObjectRef]) -> pa.Table:
 
 def _prepare(batch: dict[str, np.ndarray], files: list[ray.ObjectRef], batch_size: int, spec: dict[str, Any],
              keep_film: bool, env: Mapping[str, str]) -> dict[str, np.ndarray]:
-    """Ray Data task: prepare the batches whose numbers are ``batch["id"]`` (the files ``batch_size × id``
-    onwards of the file table ``files``), with one torch thread, MONAI without metadata tracking, every
-    decode in a helper process (``ISOLATE``). ``spec``: the model's ``preprocess`` metadata (the driver
-    imports no MONAI for it)."""
+    """Ray Data task: prepare the blocks whose numbers are ``batch["id"]`` (the ``batch_size`` films of a block,
+    from ``batch_size × id`` on, in the file table ``files``), with one torch thread, MONAI without metadata
+    tracking, every decode in a helper process (``ISOLATE``). ``spec``: the model's ``preprocess`` metadata
+    (the driver imports no MONAI for it)."""
     from cxrscreen.pipeline.scoring import scoring_threads
     from cxrscreen.prepare import prepare_file
     from cxrscreen.preprocess import PreprocessSpec, build_transform
@@ -293,6 +308,12 @@ class _ScoringSetup:
     reports: str  # ReportPolicy value
     threads: int
     env: Mapping[str, str]
+    batch_size: int = 16  # films per forward pass (a block may hold several batches)
+
+
+def block_batches(batches: int) -> int:
+    """Batches per block for a run of ``batches`` batches (``MAX_BLOCK_BATCHES``, ``MIN_BLOCKS``)."""
+    return max(1, min(MAX_BLOCK_BATCHES, batches // MIN_BLOCKS))
 
 
 class _Scorer:
@@ -331,15 +352,18 @@ class _Scorer:
         from cxrscreen.pipeline.scoring import record_for
 
         s = self.setup
+        faults.maybe_crash_actor(s.env)
         items: list[Prepared] = _unpickled(batch["item"])
         ok = [it for it in items if it.image is not None]
         t = time.perf_counter()
         probs: dict[int, float] = {}
-        if ok:
-            x = torch.stack([it.image for it in ok])
+        for start in range(0, len(ok), s.batch_size):  # the run's batch size per forward pass
+            part = ok[start:start + s.batch_size]
+            x = torch.stack([it.image for it in part])
             if self.rt.device.type == "cuda":
                 x = x.pin_memory()
-            probs = {it.index: float(v) for it, v in zip(ok, predict_batch(self.net, x, self.rt).numpy(), strict=True)}
+            probs.update((it.index, float(v)) for it, v in zip(part, predict_batch(self.net, x, self.rt).numpy(),
+                                                                strict=True))
         infer = time.perf_counter() - t
         records = [record_for(it, str(rel), str(sha), probs.get(it.index), s.points, s.sha256, s.run_id)
                    for it, rel, sha in zip(items, batch["rel"], batch["sha"], strict=True)]
@@ -383,14 +407,14 @@ class _ShippedPages(PageStore):
                         None if cam is None else cam.astype(np.float32)))
 
 
-def score(ctx: RunContext, todo: list[tuple[Path, str | None]]) -> list[ImageRecord]:
+def score(ctx: RunContext, todo: list[tuple[Path, str | None]]) -> int:
     """Prepare and score ``todo`` (``(path, known sha256)`` pairs) on a Ray cluster, committing each batch of
-    records to the ledger as it arrives; returns them in ``todo``'s order. Sets ``ctx.schedule`` (engine,
-    actors and their kind, reservations) and, with reports on, ``ctx.pages``."""
+    records to the ledger as it arrives (the driver keeps none); returns how many were committed. Sets
+    ``ctx.schedule`` (engine, actors and their kind, reservations) and, with reports on, ``ctx.pages``."""
     import ray
 
     if not todo:
-        return []
+        return 0
     if not Path(ctx.model.path).is_file():
         raise ScanInputError(f"--engine ray: every scoring actor loads the model from its file; {ctx.model.path} "
                              "is not one")
@@ -419,7 +443,7 @@ def score(ctx: RunContext, todo: list[tuple[Path, str | None]]) -> list[ImageRec
         finally:
             schedule["actor_processes"] = len(driver.pids)  # more than ``actors``: some were restarted
     d["score_wall"] = time.perf_counter() - t0
-    return [r for _, r in sorted(driver.records.items())]
+    return driver.done
 
 
 class _Driver:
@@ -428,29 +452,42 @@ class _Driver:
     def __init__(self, ctx: RunContext, todo: list[tuple[Path, str | None]], b: Budget,
                  schedule: dict[str, Any]) -> None:
         self.ctx, self.todo, self.b, self.schedule = ctx, todo, b, schedule
-        self.records: dict[int, ImageRecord] = {}  # by position in todo: a batch Ray retried is committed once
+        self.committed = np.zeros(len(todo), dtype=bool)  # by position in todo: a batch Ray retried is committed once
+        self.done = 0
         self.pids: set[int] = set()
         self.batches = 0
         self.t0 = time.perf_counter()
         m = ctx.model
         self.setup = _ScoringSetup(str(m.path), m.sha256, str(m.device), str(m.precision), ctx.points, ctx.run_id,
-                                   str(ctx.reports), b.torch_threads, settings.current().child_env())
+                                   str(ctx.reports), b.torch_threads, settings.current().child_env(), ctx.batch_size)
 
     def run(self) -> None:
-        import ray.data
+        import re
+        import warnings
 
-        ctx, b, bs = self.ctx, self.b, self.ctx.batch_size
-        # The file list goes to the object store once; the dataset is the batch numbers, one per block (a
-        # block per batch: each output block is one commit), made by Ray Data's range source in the tasks.
+        import ray.data
+        from ray.exceptions import RayActorError
+
+        ctx, b = self.ctx, self.b
+        # The file list goes to the object store once; the dataset is the block numbers, a row each (each
+        # output block is one commit), made by Ray Data's range source in the tasks. A block is one batch, or
+        # several in a large run (block_batches).
         files = [ray.put(self._file_table())]
+        bs = ctx.batch_size * block_batches(-(-len(self.todo) // ctx.batch_size))  # films per block
         n = -(-len(self.todo) // bs)
+        self.schedule["films_per_block"] = bs
         ds = ray.data.range(n, override_num_blocks=n)
         ds = ds.map_batches(_prepare, batch_size=None, num_cpus=b.prep_cpus,
                             fn_kwargs={"files": files, "batch_size": bs, "spec": dict(ctx.model.meta["preprocess"]),
                                        "keep_film": ctx.pages is not None, "env": self.setup.env})
-        ds = ds.map_batches(_Scorer, batch_size=bs, fn_constructor_kwargs={"setup": self.setup},
-                            compute=ray.data.ActorPoolStrategy(size=b.actors), num_cpus=b.actor_cpus,
-                            num_gpus=1 if b.actor_kind == "gpu" else None, memory=ACTOR_MEMORY)
+        # Bounded restarts and retries (Ray Data's default: without end): an actor killed once is restarted and
+        # the batches it held are scored again; one that keeps dying ends the scan.
+        with warnings.catch_warnings():  # Ray Data 2.60 takes them only as ``**ray_remote_args`` (deprecated: 2.64)
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
+            ds = ds.map_batches(_Scorer, batch_size=bs, fn_constructor_kwargs={"setup": self.setup},
+                                compute=ray.data.ActorPoolStrategy(size=b.actors), num_cpus=b.actor_cpus,
+                                num_gpus=1 if b.actor_kind == "gpu" else None, memory=ACTOR_MEMORY,
+                                max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
         ds.context.enable_progress_bars = False
         ds.context.log_internal_stack_trace = False
         batches = ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
@@ -458,6 +495,24 @@ class _Driver:
         try:
             for batch in it:
                 self._commit(batch)
+        except Exception as exc:
+            # Ray Data raises the actor's error itself (ActorDiedError; its cause a ray.data SystemException) once
+            # an actor's restarts or a batch's retries ran out, or an actor's __init__ raised: look along the chain.
+            died: BaseException | None = exc
+            seen: set[int] = set()
+            while died is not None and not isinstance(died, RayActorError) and id(died) not in seen:
+                seen.add(id(died))
+                died = died.__cause__ or died.__context__
+            if not isinstance(died, RayActorError):
+                raise
+            if died.actor_init_failed:  # the last line of its traceback: the exception raised in __init__
+                last = re.sub(r"\x1b\[[0-9;]*m", "", str(died)).strip().splitlines()[-1].strip()
+                what = f"a scoring actor could not start ({last[:300]})"
+            else:
+                what = f"a scoring actor died {ACTOR_RESTARTS + 1} times (Ray's {ACTOR_RESTARTS} restarts used up)"
+            raise ScoringActorsDied(f"--engine ray: {what}; the scan stopped. The {self.done} film(s) committed so "
+                                    "far are kept in the ledger: a rerun continues from there. Ray's error is in "
+                                    "the log (--log-file)") from exc
         finally:  # Ctrl-C, or an error: the dataset's tasks and actors are stopped
             close = getattr(it, "close", None)
             if close is not None:
@@ -475,7 +530,7 @@ class _Driver:
         """One scored batch: into the ledger (one transaction), its pages to the store, progress."""
         ctx, d = self.ctx, self.ctx.durations
         new = [(int(i), r, p) for i, r, p in zip(batch["index"], _unpickled(batch["record"]),
-                                                 _unpickled(batch["page"]), strict=True) if int(i) not in self.records]
+                                                 _unpickled(batch["page"]), strict=True) if not self.committed[i]]
         if not new:
             return
         if not self.batches:
@@ -499,8 +554,8 @@ class _Driver:
                 for _, rec, arrays in new:
                     if arrays is not None:
                         ctx.pages.add(rec, arrays)
-        self.records.update((i, r) for i, r, _ in new)
+        self.committed[[i for i, _, _ in new]] = True
+        self.done += len(new)
         self.batches += 1
         faults.kill_after_batch(self.batches)
-        done = len(self.records)
-        ctx.emit(BatchScored(done, len(self.todo), done / (time.perf_counter() - self.t0)))
+        ctx.emit(BatchScored(self.done, len(self.todo), self.done / (time.perf_counter() - self.t0)))

@@ -132,19 +132,20 @@ def scoring_threads(cores: int) -> Iterator[None]:
         set_track_meta(track)
 
 
-def score(ctx: RunContext, todo: list[tuple[Path, str | None]]) -> list[ImageRecord]:
-    """Prepare and score ``todo`` (``(path, known sha256)`` pairs) in batches, committing each batch.
+def score(ctx: RunContext, todo: list[tuple[Path, str | None]]) -> int:
+    """Prepare and score ``todo`` (``(path, known sha256)`` pairs) in batches, committing each batch to the
+    ledger, which alone keeps the records; returns how many were committed.
 
     Torch's thread count and MONAI's metadata tracking are set for the pass and put back
     (:func:`scoring_threads`).
     """
     if not todo:
-        return []
+        return 0
     with scoring_threads(usable_cores()):
         return _score(ctx, todo)
 
 
-def _score(ctx: RunContext, todo: list[tuple[Path, str | None]]) -> list[ImageRecord]:
+def _score(ctx: RunContext, todo: list[tuple[Path, str | None]]) -> int:
     scorer = _Scorer(ctx, todo)
     paths = [p for p, _ in todo]
     cores, gpu = usable_cores(), ctx.model.rt.device.type == "cuda"
@@ -177,7 +178,7 @@ def _score(ctx: RunContext, todo: list[tuple[Path, str | None]]) -> list[ImageRe
                 _with_workers(src, sched.workers, cores, gpu, scorer, ctx.durations)
         finally:
             _close(batches)
-    return scorer.records
+    return scorer.done
 
 
 def _with_workers(src: Batches, workers: int, cores: int, gpu: bool, scorer: _Scorer, durations: Counter) -> None:
@@ -212,13 +213,10 @@ class _Scorer:
         # Waits for the model's loading thread (started by the plan) before any film is prepared: the
         # schedule probe times preparation alone, and worker processes are not forked mid-load.
         self.net = ctx.model.scoring_net
-        self.records: list[ImageRecord] = []
+        self.done = 0  # files committed (their records are in the ledger only)
+        self.scored = 0  # of which scored
         self.batches = 0
         self.t0 = time.perf_counter()
-
-    @property
-    def done(self) -> int:
-        return len(self.records)
 
     def probe(self, batches: Iterable[list[Prepared]], cores: int, gpu: bool) -> Schedule:
         """Score in process until a batch had images to score, then choose the schedule from its costs.
@@ -231,9 +229,8 @@ class _Scorer:
         start_waits = isolation.helper_start_seconds()
         for batch in _timed(batches, d, in_process=True):
             self(batch)
-            scored = sum(r.probability is not None for r in self.records)
-            if scored:  # so far everything ran in process: the durations are the probe's
-                n = len(self.records)
+            if scored := self.scored:  # so far everything ran in process: the durations are the probe's
+                n = self.done
                 one_off = (isolation.helper_start_seconds() - start_waits) / cores  # the threads waited together
                 prep_wall = max(d["wait_for_decode"] - one_off, 0.0)
                 return choose_schedule(d["prepare_cpu_in_process"] / n, prep_wall / n, d["infer"] / scored, cores,
@@ -267,10 +264,11 @@ class _Scorer:
         if ctx.pages is not None:
             with d.stage("pages"):
                 ctx.pages.offer(records, batch)
-        self.records.extend(records)
+        self.done += len(records)
+        self.scored += sum(r.probability is not None for r in records)
         self.batches += 1
         faults.kill_after_batch(self.batches)
-        ctx.emit(BatchScored(len(self.records), len(self.todo), len(self.records) / (time.perf_counter() - self.t0)))
+        ctx.emit(BatchScored(self.done, len(self.todo), self.done / (time.perf_counter() - self.t0)))
 
 
 def record_for(it: Prepared, rel: str, known_sha: str, prob: float | None, points: OperatingPoints, model_sha: str,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,10 @@ from cxrscreen.populations import OperatingPoints
 from cxrscreen.records import ImageRecord, Status, decide
 from cxrscreen.state.atomic import sha256_file
 from cxrscreen.state.sqlite import Database
+
+#: A row's study key in SQL, as :attr:`ImageRecord.study_key` has it: the StudyInstanceUID, else ``file:<path>``.
+STUDY_KEY_SQL = "COALESCE(NULLIF(json_extract(tags, '$.StudyInstanceUID'), ''), 'file:' || path)"
+STUDY_BATCH = 1000  # rows per batch of records_by_study
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -118,7 +123,7 @@ class Ledger(Database):
         rows = self.db.execute(
             "SELECT path, status, probability, qc_notes, threshold, population, tags FROM images WHERE model_sha256=?",
             (model_sha256,),
-        ).fetchall()
+        )  # read row by row (the updates are made after the loop)
         updates = []
         for path, st, p, n, thr, stored, tags in rows:
             notes, pop = tuple(x for x in n.split(";") if x), stored
@@ -138,24 +143,50 @@ class Ledger(Database):
         with self.db:
             self.db.execute("UPDATE images SET report=? WHERE path=?", (report, path))
 
-    def records(self, run_id: str | None = None) -> Iterator[ImageRecord]:
+    def _select(self) -> str:
         population = "population" if "population" in self.columns() else "''"  # read-only, earlier release
-        sql = ("SELECT path, status, tags, qc_notes, probability, decision, report, size, mtime_ns, threshold, "
-               f"model_sha256, run_id, scored_at, sha256, {population} FROM images")
+        return ("SELECT path, status, tags, qc_notes, probability, decision, report, size, mtime_ns, threshold, "
+                f"model_sha256, run_id, scored_at, sha256, {population} FROM images")
+
+    def records(self, run_id: str | None = None) -> Iterator[ImageRecord]:
+        sql = self._select()
         args: tuple = ()
         if run_id is not None:
             sql += " WHERE run_id=?"
             args = (run_id,)
+        shared: dict[str, str] = {}
         for row in self.db.execute(sql + " ORDER BY path", args):
-            yield self._record(row)
+            yield self._record(row, shared)
+
+    def records_by_study(self, batch: int = STUDY_BATCH) -> Iterator[list[ImageRecord]]:
+        """Every record, in study order (:attr:`ImageRecord.study_key`, then path), ``batch`` rows at a time.
+
+        The order (row ids) is read first and each batch's rows when it is asked for: no cursor stays open
+        while the caller writes to the ledger (report paths), and the caller holds one batch of records, not
+        the ledger (:func:`cxrscreen.studies.study_batches` makes them studies).
+        """
+        order = array("q", (i for (i,) in self.db.execute(f"SELECT rowid FROM images ORDER BY {STUDY_KEY_SQL}, path")))
+        select = self._select().replace("SELECT ", "SELECT rowid, ", 1)
+        for start in range(0, len(order), batch):
+            ids = order[start:start + batch]
+            rows = {row[0]: row[1:] for row in
+                    self.db.execute(f"{select} WHERE rowid IN ({','.join('?' * len(ids))})", tuple(ids))}
+            shared: dict[str, str] = {}
+            yield [self._record(rows[i], shared) for i in ids if i in rows]
 
     @staticmethod
-    def _record(row: tuple) -> ImageRecord:
+    def _record(row: tuple, shared: dict[str, str]) -> ImageRecord:
+        """One row as a record. Text that recurs from row to row (tag keywords and common values, decisions,
+        model and run ids, times) is one ``str`` object shared through ``shared``: a worklist built from a
+        large ledger holds each once, not once per row."""
         path, status, tags, notes, prob, decision, report, size, mtime, thr, msha, run_id, when, sha, pop = row
-        return ImageRecord(path=path, status=Status(status), tags=json.loads(tags),
-                           qc_notes=tuple(n for n in notes.split(";") if n), probability=prob, decision=decision,
-                           report=report, size=size, mtime_ns=mtime, sha256=sha, threshold=float(thr),
-                           population=pop, model_sha256=msha, run_id=run_id, scored_at=when)
+        one = shared.setdefault
+        tag_values = {one(k, k): one(v, v) for k, v in json.loads(tags).items()}
+        return ImageRecord(path=path, status=Status(status), tags=tag_values,
+                           qc_notes=tuple(one(n, n) for n in notes.split(";") if n), probability=prob,
+                           decision=one(decision, decision), report=report, size=size, mtime_ns=mtime, sha256=sha,
+                           threshold=float(thr), population=one(pop, pop), model_sha256=one(msha, msha),
+                           run_id=one(run_id, run_id), scored_at=one(when, when))
 
     def start_run(self, run_id: str) -> None:
         with self.db:
