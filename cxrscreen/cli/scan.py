@@ -56,6 +56,7 @@ def scan_command(
     from cxrscreen import scan
     from cxrscreen.model.meta import ModelIntegrityError  # no torch: a scan with nothing to score imports none
     from cxrscreen.options import OptionError, ScanOptions
+    from cxrscreen.pipeline import ScanStopped
     from cxrscreen.state.lock import LockedError
 
     try:
@@ -90,14 +91,12 @@ def scan_command(
         fail(str(exc))
     except (KeyboardInterrupt, SystemExit):
         raise
+    except ScanStopped as exc:  # what happened and what to do, one line; its cause (Ray's error) in the log only
+        logging.getLogger("cxrscreen").info("scan stopped", exc_info=exc)
+        fail(str(exc), ExitCode.INTERNAL)
     except BaseException as exc:  # a bug, not a bad file (a codec's panic too): say so, log it, distinct exit code
         if isinstance(exc, RuntimeError) and "CUDA" in str(exc):
             fail(str(exc))
-        from cxrscreen.pipeline.ray_engine import ScoringActorsDied  # imported already where it is raised
-
-        if isinstance(exc, ScoringActorsDied):  # what happened and what to do, one line; Ray's error: the log only
-            logging.getLogger("cxrscreen").info("scan stopped", exc_info=exc)
-            fail(str(exc), ExitCode.INTERNAL)
         logging.getLogger("cxrscreen").exception("internal error")
         fail(f"internal error ({type(exc).__name__}); details in the log", ExitCode.INTERNAL)
     s = result.summary

@@ -14,7 +14,7 @@ The model is a :class:`~cxrscreen.model.lazy.LazyModel`: its metadata at once, t
 only when a film is to be scored (DESIGN.md: no model when there is nothing to score).
 """
 
-from cxrscreen.pipeline.context import ScanInputError, ScanResult
+from cxrscreen.pipeline.context import ScanInputError, ScanResult, ScanStopped
 from cxrscreen.state.ledger import STATE_DIR
 
-__all__ = ["STATE_DIR", "ScanInputError", "ScanResult"]
+__all__ = ["STATE_DIR", "ScanInputError", "ScanResult", "ScanStopped"]

@@ -22,6 +22,11 @@ class ScanInputError(OptionError):
     """A usage problem (missing folder, unusable model…): exit code 2."""
 
 
+class ScanStopped(RuntimeError):
+    """The scan stopped part-way for a reason its message states in one line (the Ray engine's scoring actors
+    kept dying…); the batches committed before stay in the ledger and a rerun continues: exit code 3."""
+
+
 @dataclass
 class ScanResult:
     """What a scan did; ``summary`` is also written as ``runs/<id>/run.json``."""

@@ -46,7 +46,7 @@ from cxrscreen.logs import file_handle, native_stderr_to_log
 from cxrscreen.model.meta import ModelIntegrityError
 from cxrscreen.options import ReportPolicy
 from cxrscreen.pages import Page, PageStore
-from cxrscreen.pipeline.context import RunContext, ScanInputError
+from cxrscreen.pipeline.context import RunContext, ScanInputError, ScanStopped
 from cxrscreen.pipeline.schedule import usable_cores
 from cxrscreen.records import ImageRecord
 from cxrscreen.state.atomic import sha256_file
@@ -81,7 +81,7 @@ MIN_BLOCKS = 32
 ACTOR_RESTARTS = 3
 
 
-class ScoringActorsDied(RuntimeError):
+class ScoringActorsDied(ScanStopped):
     """The scan stopped: a scoring actor kept dying (Ray's restarts ran out) or could not start. The batches
     committed before it stay in the ledger; the CLI prints the message on one line, exit code 3."""
 
