@@ -2,6 +2,7 @@
 (issue #23).
 
     .venv/bin/python benchmarks/ray_engine.py [--copies 93] [--rounds 2] [--ray-address ADDR] [--tiny 10000]
+                                              [--ref COMMIT] [--mem-rounds 1]
 
 Without ``--ray-address`` a local cluster is started first, as an operator would start one (``ray start --head
 --num-cpus N``, N = this machine's cores; its own temporary folder and a free port), and only its processes are
@@ -20,7 +21,9 @@ model, precision auto), once with the local engine and once with ``--engine ray 
 Then the driver's memory: scans of ``--tiny`` and of ``--tiny``/10 tiny (8×8 px, hence
 ``not_assessable:too_small``) films (``benchmarks/rescan.py``'s), with both engines: with Ray every file still
 goes through the preparation tasks and the scoring actor and its record streams back to the driver; the peak
-RSS of the ``cxrscreen`` process (the driver alone: the cluster's processes are not its children).
+RSS of the ``cxrscreen`` process (the driver alone: the cluster's processes are not its children). With
+``--ref COMMIT``, the package at COMMIT (a ``git worktree``, first on the ``PYTHONPATH``, same virtual
+environment) is measured in the same way, alternating with this tree, ``--mem-rounds`` times.
 Prints Markdown on stdout; the figures go to docs/benchmarks.md by hand.
 """
 
@@ -104,13 +107,16 @@ def scan(folder: Path, out: Path, env: dict[str, str], *extra: str) -> dict[str,
     return {"wall": wall, "summary": json.loads(stdout)}
 
 
-def peak_rss(folder: Path, out: Path, env: dict[str, str], *extra: str) -> tuple[float, float, dict[str, Any]]:
+def peak_rss(folder: Path, out: Path, env: dict[str, str], *extra: str,
+             tree: Path | None = None) -> tuple[float, float, dict[str, Any]]:
     """Peak RSS (MB) and CPU seconds of one ``cxrscreen scan`` process (``wait4``'s rusage: that process and
-    the children it waited for, its decode helpers), and its summary."""
+    the children it waited for, its decode helpers), and its summary; ``tree``: the package of that checkout."""
     cmd = [sys.executable, "-m", "cxrscreen", "scan", str(folder), "--out", str(out), "--reports", "none", "--json",
            *extra]
+    if tree is not None:
+        env = {**env, "PYTHONPATH": str(tree)}
     with tempfile.TemporaryFile("w+") as fout, tempfile.TemporaryFile("w+") as ferr:
-        proc = subprocess.Popen(cmd, stdout=fout, stderr=ferr, text=True, cwd=REPO, env=env)
+        proc = subprocess.Popen(cmd, stdout=fout, stderr=ferr, text=True, cwd=tree or REPO, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         fout.seek(0)
@@ -132,15 +138,22 @@ def main() -> None:
     ap.add_argument("--ray-address", help="a running cluster (default: start a local one for the benchmark)")
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs of the local cluster")
     ap.add_argument("--tiny", type=int, default=10_000, help="tiny films of the driver-memory check (0: skip)")
+    ap.add_argument("--ref", help="baseline commit for the driver-memory check (default: this tree only)")
+    ap.add_argument("--mem-rounds", type=int, default=1, help="rounds of the driver-memory check")
     args = ap.parse_args()
     env = dict(os.environ)
     env.setdefault("RAY_AUTH_MODE", "token")  # an explicit address needs it with a token-authenticated cluster
     head = None
     runs: dict[str, list[dict[str, Any]]] = {"local": [], "ray": []}
-    mem: list[tuple[str, int, float, float, dict[str, Any]]] = []
+    mem: list[tuple[str, str, int, float, float, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory(prefix="cxrscreen-raybench-") as tmp:
         base = Path(tmp)
-        n = sample_films(base / "films", args.copies)
+        trees: dict[str, Path | None] = {"this tree": None}
+        if args.ref:
+            subprocess.run(["git", "worktree", "add", "--detach", str(base / "ref"), args.ref], cwd=REPO, check=True,
+                           capture_output=True)
+            trees = {f"{args.ref[:9]} (baseline)": base / "ref", **trees}
+        n = sample_films(base / "films", args.copies) if args.rounds else 0
         try:
             if args.ray_address is None:
                 head = Head(args.cpus, env)
@@ -157,22 +170,30 @@ def main() -> None:
                     s = res["summary"]
                     print(f"round {r + 1} {engine}: {res['wall']:.1f} s, {n / res['wall']:.1f} img/s with start-up, "
                           f"pass {s['images_per_s']} img/s, other processes {busy:.2f} cores before", file=sys.stderr)
-            for k in ((args.tiny // 10, args.tiny) if args.tiny else ()):
-                folder = base / f"tiny{k}"
-                tiny_dicoms(folder, k)
-                for engine in ("ray", "local"):
-                    extra = ("--engine", "ray", "--ray-address", address) if engine == "ray" else ()
-                    rss, cpu, s = peak_rss(folder, base / f"out-tiny{k}-{engine}", env, *extra)
-                    mem.append((engine, k, rss, cpu, s))
-                    print(f"tiny {k}, {engine}: peak RSS {rss:.0f} MB, {s['wall_s']:.1f} s", file=sys.stderr)
+            sizes = (args.tiny // 10, args.tiny) if args.tiny else ()
+            for k in sizes:
+                tiny_dicoms(base / f"tiny{k}", k)
+            for r in range(args.mem_rounds if sizes else 0):
+                for name, tree in trees.items():
+                    for k in sizes:
+                        for engine in ("ray", "local"):
+                            extra = ("--engine", "ray", "--ray-address", address) if engine == "ray" else ()
+                            out = base / f"out-tiny{k}-{engine}-{r}-{len(mem)}"
+                            rss, cpu, s = peak_rss(base / f"tiny{k}", out, env, *extra, tree=tree)
+                            mem.append((name, engine, k, rss, cpu, s))
+                            print(f"{name}, tiny {k}, {engine}: peak RSS {rss:.0f} MB, {s['wall_s']:.1f} s",
+                                  file=sys.stderr)
         finally:
             if head is not None:
                 head.stop()
+            if args.ref:
+                subprocess.run(["git", "worktree", "remove", "--force", str(base / "ref")], cwd=REPO,
+                               capture_output=True)
     report(n, args, runs, mem, head)
 
 
 def report(n: int, args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]],
-           mem: list[tuple[str, int, float, float, dict[str, Any]]], head: Head | None) -> None:
+           mem: list[tuple[str, str, int, float, float, dict[str, Any]]], head: Head | None) -> None:
     m = harness.machine()
     print(f"Machine: {m['cpu']}, {m['cores']} cores ({m['isa']}), {m['ram']}, {m['sw']}, ray "
           f"{__import__('ray').__version__}; {harness.utc_now()}.  ")
@@ -220,11 +241,16 @@ def rates(n: int, runs: dict[str, list[dict[str, Any]]]) -> None:
     print(f"| marginal rate after the first batch | {span(marginal)} img/s |")
 
 
-def memory(mem: list[tuple[str, int, float, float, dict[str, Any]]]) -> None:
-    print("\n| engine | tiny films | peak RSS of the `cxrscreen scan` process, MB | its CPU s | wall s (in process) |")
-    print("|---|---:|---:|---:|---:|")
-    for engine, k, rss, cpu, s in sorted(mem, key=lambda m: (m[0] != "ray", m[1])):
-        print(f"| {engine} | {k:,} | {rss:.0f} | {cpu:.1f} | {s['wall_s']:.1f} |")
+def memory(mem: list[tuple[str, str, int, float, float, dict[str, Any]]]) -> None:
+    """Per tree, engine and size: the peak RSS (median and range over the rounds), CPU and wall seconds."""
+    print("\n| tree | engine | tiny films | peak RSS of the `cxrscreen scan` process, MB | its CPU s | wall s "
+          "(in process) |")
+    print("|---|---|---:|---:|---:|---:|")
+    keys = sorted({(m[0], m[1], m[2]) for m in mem}, key=lambda k: (k[0] == "this tree", k[1] != "ray", k[2]))
+    for name, engine, k in keys:
+        rows = [m for m in mem if m[:3] == (name, engine, k)]
+        print(f"| {name} | {engine} | {k:,} | {span([m[3] for m in rows], '{:.0f}')} | "
+              f"{span([m[4] for m in rows])} | {span([m[5]['wall_s'] for m in rows])} |")
 
 
 if __name__ == "__main__":

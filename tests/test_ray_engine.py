@@ -154,14 +154,20 @@ print(json.dumps({"cluster": res.summary.schedule["cluster"], "rows": res.summar
 def test_a_local_cluster_is_started_for_the_run_and_stopped_after_it(tmp_path: Path, random_model_path: Path) -> None:
     """No ``--ray-address``: a local cluster for the run; afterwards no Ray process is left, and what
     ``ray.init`` changed in the process (environment, SIGTERM handler, the ``ray`` logger) is put back."""
+    got = run_script(LOCAL_CLUSTER_RUN, tmp_path, random_model_path)
+    assert got == {"cluster": "local", "rows": 4, "initialized": False, "left": [], "restored": True}
+
+
+def run_script(script: str, tmp_path: Path, model: Path) -> dict:
+    """``script`` in a fresh Python process, given a folder of 4 films, an OUT and ``model``; the JSON it
+    printed last."""
     folder = tmp_path / "in"
     for i in range(4):
         make_dicom(folder / f"f{i}.dcm", chest_phantom(256, 256, seed=800 + i), accession=f"L{i}")
-    res = subprocess.run([sys.executable, "-c", LOCAL_CLUSTER_RUN, str(folder), str(tmp_path / "out"),
-                          str(random_model_path)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    res = subprocess.run([sys.executable, "-c", script, str(folder), str(tmp_path / "out"), str(model)],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
     assert res.returncode == 0, res.stderr
-    got = json.loads(res.stdout.strip().splitlines()[-1])
-    assert got == {"cluster": "local", "rows": 4, "initialized": False, "left": [], "restored": True}
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 GPU_CLUSTER_RUN = """
@@ -188,13 +194,7 @@ def test_a_cluster_with_a_gpu_gets_one_gpu_actor_per_gpu(tmp_path: Path, random_
     """A cluster that has a GPU (here one declared to Ray: ``num_gpus=1``): one scoring actor asking for it
     (``num_gpus=1``), with a CPU beside one preparation task, and the films scored; the actor's device is
     the GPU where CUDA works (``--device auto``), else the CPU (this machine)."""
-    folder = tmp_path / "in"
-    for i in range(4):
-        make_dicom(folder / f"f{i}.dcm", chest_phantom(256, 256, seed=820 + i), accession=f"G{i}")
-    res = subprocess.run([sys.executable, "-c", GPU_CLUSTER_RUN, str(folder), str(tmp_path / "out"),
-                          str(random_model_path)], capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert res.returncode == 0, res.stderr
-    got = json.loads(res.stdout.strip().splitlines()[-1])
+    got = run_script(GPU_CLUSTER_RUN, tmp_path, random_model_path)
     sched = got["schedule"]
     assert (sched["actor_kind"], sched["actors"], sched["cluster_gpus"], sched["actor_cpus"]) == ("gpu", 1, 1.0, 1.0)
     assert got["rows"] == 4 and got["runtime"].startswith("cuda" if got["cuda"] else "cpu")
