@@ -135,43 +135,59 @@ def _studies(ctx: RunContext) -> Iterator[list[Study]]:
     return study_batches(ctx.ledger.records_by_study())
 
 
-def _reports(ctx: RunContext) -> set[str]:
-    """The report stage (:func:`~cxrscreen.outputs.report.write_reports`). The model's runtime and network
-    are asked for only when a page has to be made: a stage with every report in place imports no torch."""
-    from cxrscreen.outputs.report import ReportSetup, write_reports
+def _outputs(ctx: RunContext, delivered: set[str], redecided: int) -> tuple[Worklist, set[str], Worklist, Delivered]:
+    """Everything a run writes from its studies, in one pass over the ledger's, a batch of studies at a time
+    (two with reports: the first counts the missing ones): each study's report, its DICOM results, its
+    worklist rows.
 
-    setup = ReportSetup(ctx.out, ctx.folder, ctx.model, None, ctx.ledger, ctx.pages, ctx.emit, ctx.durations)
-    return write_reports(setup, lambda: _studies(ctx), ctx.reports)
+    Returns the worklists of the whole ledger; the paths of the images this run delivers (its own, and
+    those of the killed runs it resumes: the ledger rows they wrote), the worklist of their studies (those
+    images alone) and what the summary counts of them. DICOM results are (re)written for the studies this
+    run changed (new images, a new report), for every study when the thresholds changed, and for scored
+    studies that have none yet.
+    """
+    d = ctx.durations
+    reports = None
+    if ctx.reports is not ReportPolicy.none:  # the model's runtime is asked for only when a page must be made
+        from cxrscreen.outputs.report import ReportSetup, ReportWriter
 
-
-def _dicom_results(ctx: RunContext, delivered: set[str], reported: set[str], everything: bool) -> None:
-    """(Re)write the DICOM results of the studies this run changed (new images, a new report), of
-    every study when the threshold changed, and of scored studies that have none yet."""
-    from cxrscreen.outputs.dicom import DICOM_DIR, write_dicom_results  # highdicom: only when asked for
-
-    root = ctx.out / DICOM_DIR
-    todo = (s for batch in _studies(ctx) for s in batch
-            if everything or s.key in reported or any(r.run_id in delivered for r in s.records)
-            or not (root / s.key).is_dir())
-    written = write_dicom_results(ctx.out, todo, ctx.model)
-    log.info("DICOM results: %d objects written", len(written))
-
-
-def _worklists(ctx: RunContext, delivered: set[str]) -> tuple[Worklist, set[str], Worklist, Delivered]:
-    """The worklists of the whole ledger; the paths of the images this run delivers (its own, and those of
-    the killed runs it resumes: the ledger rows they wrote), the worklist of their studies (those images
-    alone) and what the summary counts of them. One pass over the ledger, a batch of studies at a time."""
+        reports = ReportWriter(ReportSetup(ctx.out, ctx.folder, ctx.model, None, ctx.ledger, ctx.pages, ctx.emit,
+                                           d))
+        with d.stage("reports"):
+            reports.plan(ctx.reports, _studies(ctx))
+    if ctx.dicom_results:
+        from cxrscreen.outputs.dicom import DICOM_DIR, write_dicom_results  # highdicom: only when asked for
     everything, new_studies, counts = Worklist(ctx.model.name), Worklist(ctx.model.name), Delivered()
     new_paths: set[str] = set()
-    for batch in _studies(ctx):
-        for st in batch:
-            everything.add_study(st)
-            mine = [r for r in st.records if r.run_id in delivered]
-            if mine:
-                new_studies.add_study(Study.of(st.key, mine), images=False)
-                for r in mine:
-                    new_paths.add(r.path)
-                    counts.add(r)
+    dicom_objects = 0
+    studies = _studies(ctx)
+    while True:
+        with d.stage("worklists"):  # reading the ledger
+            batch = next(studies, None)
+        if batch is None:
+            break
+        if reports is not None:
+            with d.stage("reports"):
+                batch = [reports.make(st) for st in batch]
+        if ctx.dicom_results:
+            with d.stage("dicom_results"):
+                due = [st for st in batch
+                       if redecided or (reports is not None and st.key in reports.done)
+                       or any(r.run_id in delivered for r in st.records) or not (ctx.out / DICOM_DIR / st.key).is_dir()]
+                dicom_objects += len(write_dicom_results(ctx.out, due, ctx.model))
+        with d.stage("worklists"):
+            for st in batch:
+                everything.add_study(st)
+                mine = [r for r in st.records if r.run_id in delivered]
+                if mine:
+                    new_studies.add_study(Study.of(st.key, mine), images=False)
+                    for r in mine:
+                        new_paths.add(r.path)
+                        counts.add(r)
+    if reports is not None:
+        reports.finish()
+    if ctx.dicom_results:
+        log.info("DICOM results: %d objects written", dicom_objects)
     return everything, new_paths, new_studies, counts
 
 
@@ -192,25 +208,18 @@ def _run(ctx: RunContext, rescan: bool, t_start: float) -> ScanResult:
     log.info("run %s: %d files found, %d already scored, %d to process", ctx.run_id, len(files), skipped, len(todo))
     ctx.emit(ScanStarted(ctx.run_id, len(files), len(todo), skipped))
 
-    # The records go to the ledger as they are scored; every stage after scoring reads them back from it,
-    # a batch of studies at a time (the one study decision: cxrscreen.studies).
-    reported: set[str] = set()
+    # The records go to the ledger as they are scored; what the run writes from them is made in one pass
+    # over the ledger's studies, a batch at a time (the one study decision: cxrscreen.studies).
     try:
         _score(ctx, todo)
-        if ctx.reports is not ReportPolicy.none:
-            with d.stage("reports"):
-                reported = _reports(ctx)
+        everything, new_paths, new_studies, counts = _outputs(ctx, delivered, redecided)
     finally:
         if ctx.pages is not None:
             ctx.pages.close()
         elif ctx.reports is not ReportPolicy.none:  # what PageStore.close does: a killed run's pages go
             shutil.rmtree(ctx.out / STATE_DIR / PAGES_DIR, ignore_errors=True)
-    if ctx.dicom_results:
-        with d.stage("dicom_results"):
-            _dicom_results(ctx, delivered, reported, everything=redecided > 0)
 
     with d.stage("worklists"):
-        everything, new_paths, new_studies, counts = _worklists(ctx, delivered)
         images, studies = everything.images_frame(), everything.studies_frame()
         del everything
         images_csv = write_csv(images, ctx.out / "worklist_images.csv")

@@ -15,7 +15,7 @@ The worklists, report selection, study PDFs, DICOM results and the summary all r
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cxrscreen.options import ReportPolicy
 from cxrscreen.records import ABNORMAL, NORMAL, REVIEW, ImageRecord
@@ -84,6 +84,10 @@ class Study:
     @property
     def report(self) -> str:
         return next((r.report for r in self.records if r.report), "")
+
+    def with_report(self, rel: str) -> Study:
+        """This study with every image's report path set to ``rel``."""
+        return replace(self, records=tuple(r if r.report == rel else r.evolve(report=rel) for r in self.records))
 
 
 def group_studies(records: Iterable[ImageRecord]) -> list[Study]:

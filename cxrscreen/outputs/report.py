@@ -123,34 +123,18 @@ class ReportSetup:
     durations: Timings = field(default_factory=Timings)
 
 
-#: Studies, batch by batch, read afresh each time it is called (the report stage goes over them twice).
-StudySource = Callable[[], Iterable[list[Study]]]
-
-
-def write_reports(setup: ReportSetup, studies: StudySource | Iterable[Study], policy: ReportPolicy | str) -> set[str]:
-    """Make the missing or outdated reports of ``policy`` studies and record their paths in the ledger.
-
-    ``studies``: the studies, or a :data:`StudySource` (the ledger's, a batch of studies at a time: the stage
-    then holds one batch, not every study). Returns the keys of the studies whose report was written.
-    """
-    if not callable(studies):
-        batch = list(studies)
-
-        def source() -> Iterable[list[Study]]:
-            return [batch]
-    else:
-        source = studies
-    return ReportWriter(setup).run(policy, source)
-
-
 class ReportWriter:
-    """One report stage: which studies need a new report, their pages, the PDFs, the ledger's report column."""
+    """One report stage: which studies need a new report (:meth:`plan`, a first pass over the studies), then,
+    study by study (:meth:`make`), their pages, the PDFs, the ledger's report column."""
 
     def __init__(self, setup: ReportSetup) -> None:
         self.out, self.root, self.lm, self._rt, self.ledger = setup.out, setup.root, setup.lm, setup.rt, setup.ledger
         self.store, self.emit, self.durations = setup.pages, setup.emit, setup.durations
         self.folder = self.out / REPORT_DIR
         self._net: torch.nn.Module | None = None
+        self.ctx: ReportContext | None = None
+        self.todo: set[str] = set()  # keys of the studies whose report is to be written (plan)
+        self.done: set[str] = set()  # of which written
 
     @property
     def rt(self) -> Runtime:
@@ -165,35 +149,44 @@ class ReportWriter:
             self._net = self.store.net if self.store is not None else prepare(self.lm.net, self.rt)
         return self._net
 
-    def run(self, policy: ReportPolicy | str, studies: StudySource) -> set[str]:
-        """Two passes over ``studies``: which reports are missing (the others' paths put in the ledger, stale
-        files removed), then write those: the count is known before the first is written."""
+    def plan(self, policy: ReportPolicy | str, studies: Iterable[list[Study]]) -> int:
+        """First pass over the studies (a batch at a time): which need a new report (``policy`` wants one and
+        none is in place); the others get their report path in the ledger (the one in place, or none) and
+        lose their outdated files. Returns how many reports are to be written (:meth:`make` writes them)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         _remove_temporaries(self.folder)
         self.existing = index_reports(self.folder)
-        todo: set[str] = set()
-        for batch in studies():
+        self.todo, self.done = set(), set()
+        for batch in studies:
             for study in batch:
                 rel = report_relpath(study)
                 names = self.existing.get(report_stem(study), set())
                 exists = Path(rel).name in names and (self.out / rel).is_file()
                 if wanted(study, policy) and not exists:
-                    todo.add(study.key)
+                    self.todo.add(study.key)
                     continue
                 _set_report(self.ledger, study, rel if exists else "")
                 _remove(self.folder, names - {Path(rel).name})
-        if not todo:
-            return set()
-        self.ctx = ReportContext(str(self.lm.name), str(self.lm.meta.get("version", "")), self.lm.sha256,
-                                 datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z").strip())
-        done: set[str] = set()
-        for batch in studies():
-            for study in batch:
-                if study.key in todo and self.write(study, report_relpath(study)):
-                    done.add(study.key)
-                    self.emit(ReportWritten(len(done), len(todo)))
-        log.info("reports: %d of %d written", len(done), len(todo))
-        return done
+        return len(self.todo)
+
+    def make(self, study: Study) -> Study:
+        """Second pass, study by study: write the report :meth:`plan` found missing. Returns the study with
+        its report path (as it was for the others, and where the report failed: retried next run)."""
+        if study.key not in self.todo:
+            return study
+        if self.ctx is None:
+            self.ctx = ReportContext(str(self.lm.name), str(self.lm.meta.get("version", "")), self.lm.sha256,
+                                     datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z").strip())
+        rel = report_relpath(study)
+        if not self.write(study, rel):
+            return study
+        self.done.add(study.key)
+        self.emit(ReportWritten(len(self.done), len(self.todo)))
+        return study.with_report(rel)
+
+    def finish(self) -> None:
+        if self.todo:
+            log.info("reports: %d of %d written", len(self.done), len(self.todo))
 
     def page(self, record: ImageRecord) -> Page:
         page = self.store.take(record) if self.store is not None else None

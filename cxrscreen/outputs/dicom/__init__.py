@@ -61,7 +61,7 @@ def write_dicom_results(out: Path, studies: Iterable[Study], model: ModelInfo) -
             log.warning("dicom results: study #%d skipped: %s", n, type(exc).__name__)
         _remove_stale(folder, {p.name for p in paths})
         written += paths
-    log.info("dicom results: %d objects written under %s%s", len(written), DICOM_DIR,
+    log.debug("dicom results: %d objects written under %s%s", len(written), DICOM_DIR,
              f", {failed} studies failed" if failed else "")
     return written
 
