@@ -15,7 +15,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -135,16 +135,31 @@ def _studies(ctx: RunContext) -> Iterator[list[Study]]:
     return study_batches(ctx.ledger.records_by_study())
 
 
-def _outputs(ctx: RunContext, delivered: set[str], redecided: int) -> tuple[Worklist, set[str], Worklist, Delivered]:
+@dataclass
+class _Lists:
+    """What a run's worklists and summary are made of, filled a study at a time (:meth:`add`)."""
+
+    delivered: set[str]  # the run ids whose ledger rows this run delivers: its own, and the killed runs it resumes
+    everything: Worklist  # the worklists of the whole ledger
+    new_studies: Worklist  # the studies of the images this run delivers, made of those images alone
+    new_paths: set[str] = field(default_factory=set)  # those images
+    counts: Delivered = field(default_factory=Delivered)  # what the summary counts of them
+
+    def add(self, st: Study) -> None:
+        self.everything.add_study(st)
+        mine = [r for r in st.records if r.run_id in self.delivered]
+        if mine:
+            self.new_studies.add_study(Study.of(st.key, mine), images=False)
+            for r in mine:
+                self.new_paths.add(r.path)
+                self.counts.add(r)
+
+
+def _outputs(ctx: RunContext, delivered: set[str], redecided: int) -> _Lists:
     """Everything a run writes from its studies, in one pass over the ledger's, a batch of studies at a time
     (two with reports: the first counts the missing ones): each study's report, its DICOM results, its
-    worklist rows.
-
-    Returns the worklists of the whole ledger; the paths of the images this run delivers (its own, and
-    those of the killed runs it resumes: the ledger rows they wrote), the worklist of their studies (those
-    images alone) and what the summary counts of them. DICOM results are (re)written for the studies this
-    run changed (new images, a new report), for every study when the thresholds changed, and for scored
-    studies that have none yet.
+    worklist rows. DICOM results are (re)written for the studies this run changed (new images, a new
+    report), for every study when the thresholds changed, and for scored studies that have none yet.
     """
     d = ctx.durations
     reports = None
@@ -157,8 +172,7 @@ def _outputs(ctx: RunContext, delivered: set[str], redecided: int) -> tuple[Work
             reports.plan(ctx.reports, _studies(ctx))
     if ctx.dicom_results:
         from cxrscreen.outputs.dicom import DICOM_DIR, write_dicom_results  # highdicom: only when asked for
-    everything, new_studies, counts = Worklist(ctx.model.name), Worklist(ctx.model.name), Delivered()
-    new_paths: set[str] = set()
+    lists = _Lists(delivered, Worklist(ctx.model.name), Worklist(ctx.model.name))
     dicom_objects = 0
     studies = _studies(ctx)
     while True:
@@ -177,18 +191,12 @@ def _outputs(ctx: RunContext, delivered: set[str], redecided: int) -> tuple[Work
                 dicom_objects += len(write_dicom_results(ctx.out, due, ctx.model))
         with d.stage("worklists"):
             for st in batch:
-                everything.add_study(st)
-                mine = [r for r in st.records if r.run_id in delivered]
-                if mine:
-                    new_studies.add_study(Study.of(st.key, mine), images=False)
-                    for r in mine:
-                        new_paths.add(r.path)
-                        counts.add(r)
+                lists.add(st)
     if reports is not None:
         reports.finish()
     if ctx.dicom_results:
         log.info("DICOM results: %d objects written", dicom_objects)
-    return everything, new_paths, new_studies, counts
+    return lists
 
 
 def _run(ctx: RunContext, rescan: bool, t_start: float) -> ScanResult:
@@ -212,7 +220,7 @@ def _run(ctx: RunContext, rescan: bool, t_start: float) -> ScanResult:
     # over the ledger's studies, a batch at a time (the one study decision: cxrscreen.studies).
     try:
         _score(ctx, todo)
-        everything, new_paths, new_studies, counts = _outputs(ctx, delivered, redecided)
+        lists = _outputs(ctx, delivered, redecided)
     finally:
         if ctx.pages is not None:
             ctx.pages.close()
@@ -220,15 +228,15 @@ def _run(ctx: RunContext, rescan: bool, t_start: float) -> ScanResult:
             shutil.rmtree(ctx.out / STATE_DIR / PAGES_DIR, ignore_errors=True)
 
     with d.stage("worklists"):
-        images, studies = everything.images_frame(), everything.studies_frame()
-        del everything
+        images, studies = lists.everything.images_frame(), lists.everything.studies_frame()
         images_csv = write_csv(images, ctx.out / "worklist_images.csv")
         studies_csv = write_csv(studies, ctx.out / "worklist_studies.csv")
-        new_images = images[images["path"].isin(new_paths)].reset_index(drop=True)
+        new_images = images[images["path"].isin(lists.new_paths)].reset_index(drop=True)
         new_images["rank"] = range(1, len(new_images) + 1)
         write_csv(new_images, ctx.run_dir / "new_images.csv")
-        write_csv(new_studies.studies_frame(), ctx.run_dir / "new_studies.csv")
-        del new_images, new_paths, new_studies
+        write_csv(lists.new_studies.studies_frame(), ctx.run_dir / "new_studies.csv")
+        counts = lists.counts
+        del lists, new_images  # the cells: the summary needs the two frames and the counts
 
     exit_code = 1 if counts.errors else 0
     totals = WorklistTotals(len(images), len(studies),
