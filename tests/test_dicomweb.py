@@ -34,7 +34,7 @@ from cxrscreen.pacs import (
 from cxrscreen.pacs.web import ENV_PASSWORD, ENV_TOKEN, ENV_USER
 from cxrscreen.state.outbox import Outbox
 from tests.orthanc import free_port, orthanc_server, require_dicomweb
-from tests.test_pull import SAMPLES, _expected, _extra_films, _pulled
+from tests.test_pull import _expected, _pulled, pacs_films
 from tests.test_send import pdf, sr
 
 runner = CliRunner()
@@ -123,13 +123,20 @@ def stub_server(token: str, context: ssl.SSLContext | None = None) -> Iterator[t
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with serving(Handler, context) as url:
+        yield url, seen
+
+
+@contextlib.contextmanager
+def serving(handler: type[http.server.BaseHTTPRequestHandler], context: ssl.SSLContext | None = None) -> Iterator[str]:
+    """``handler`` served on a free local port (HTTPS with ``context``) for the ``with`` block; yields the
+    server's DICOMweb URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     if context is not None:
         server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"{'https' if context else 'http'}://127.0.0.1:{server.server_address[1]}/dicom-web", seen
+        yield f"{'https' if context else 'http'}://127.0.0.1:{server.server_address[1]}/dicom-web"
     finally:
         server.shutdown()
         server.server_close()
@@ -168,13 +175,8 @@ def stow_stub(answers: list[tuple[int, dict | None]]) -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as url:
+        yield url
     assert not todo  # every answer was asked for
 
 
@@ -248,8 +250,7 @@ def pacs(tmp_path_factory):
     """Orthanc (DICOMweb on, HTTP authentication on) holding the sample films and two extra films."""
     require_dicomweb()
     tmp = tmp_path_factory.mktemp("dicomweb")
-    films = [p for p in SAMPLES.rglob("*") if p.is_file() and p.suffix != ".md" and "corrupt" not in p.name]
-    films += _extra_films(tmp / "extra")
+    films = pacs_films(tmp / "extra")
     with orthanc_server(tmp / "orthanc", dicomweb=True, users={USER: PASSWORD}, OverwriteInstances=True) as server:
         for path in films:
             assert server.upload(path)["Status"] == "Success", path

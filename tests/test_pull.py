@@ -39,13 +39,19 @@ def _extra_films(folder: Path) -> list[Path]:
     return [jpeg, deflated]
 
 
+def pacs_films(extra: Path) -> list[Path]:
+    """What a test PACS holds: the sample films but the truncated one (Orthanc refuses it) and two extra films
+    written under ``extra``."""
+    films = [p for p in SAMPLES.rglob("*") if p.is_file() and p.suffix != ".md" and "corrupt" not in p.name]
+    return films + _extra_films(extra)
+
+
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory):
     """Orthanc holding the sample films (all but the truncated one, which it refuses) and two extra films."""
     require_orthanc()
     tmp = tmp_path_factory.mktemp("pull")
-    films = [p for p in SAMPLES.rglob("*") if p.is_file() and p.suffix != ".md" and "corrupt" not in p.name]
-    films += _extra_films(tmp / "extra")
+    films = pacs_films(tmp / "extra")
     with orthanc_server(tmp / "orthanc") as server:
         for path in films:
             assert server.upload(path)["Status"] == "Success", path

@@ -32,7 +32,7 @@ from cxrscreen.events import BatchScored, Event
 from cxrscreen.options import ScanOptions
 from cxrscreen.outputs.worklist import read_csv
 from cxrscreen.pipeline import ScanInputError
-from cxrscreen.pipeline.ray_engine import INSTALL_HINT, budget
+from cxrscreen.pipeline.ray_engine import INSTALL_HINT, MAX_BLOCK_BATCHES, MIN_BLOCKS, block_batches, budget
 from tests.crashers import rle_panic_file
 from tests.factory import chest_phantom, make_dicom, truncate
 
@@ -147,6 +147,17 @@ after = (os.environ.get("RAY_AUTH_MODE"), signal.getsignal(signal.SIGTERM), logg
 print(json.dumps({"cluster": res.summary.schedule["cluster"], "rows": res.summary.files_processed,
                   "initialized": ray.is_initialized(), "left": left, "restored": before == after}))
 """
+
+
+@pytest.mark.parametrize("batches", [1, 31, 63, 64, 100, 127, 128, 625, 10**6])
+def test_blocks_grow_with_the_run_but_never_below_min_blocks(batches: int) -> None:
+    """One batch per block in a small run; up to MAX_BLOCK_BATCHES in a large one, never fewer than MIN_BLOCKS
+    blocks where the run has that many batches."""
+    k = block_batches(batches)
+    assert 1 <= k <= MAX_BLOCK_BATCHES
+    assert -(-batches // k) >= min(batches, MIN_BLOCKS)
+    assert (k == 1) == (batches < 2 * MIN_BLOCKS)
+    assert (k == MAX_BLOCK_BATCHES) == (batches >= MAX_BLOCK_BATCHES * MIN_BLOCKS)
 
 
 @needs_ray

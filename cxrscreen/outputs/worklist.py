@@ -47,8 +47,8 @@ def _frame(cols: dict[str, list], columns: list[str], key_cols: tuple[str, ...])
     # text as Python objects, not pandas' Arrow strings: no copy of every cell into Arrow's memory pool
     df = pd.DataFrame({c: pd.Series([v[i] for i in order], dtype=None if c in _NUMERIC else object)
                        for c, v in cols.items()}, columns=[c for c in columns if c != "rank"])
-    df.insert(0, "rank", np.arange(1, len(df) + 1))
-    return df[columns]
+    df.insert(0, "rank", np.arange(1, len(df) + 1))  # the first column of both worklists
+    return df
 
 
 _NUMERIC = frozenset({"probability", "threshold", "n_images", "n_assessable", "n_abnormal", "n_not_assessable",
